@@ -1,0 +1,30 @@
+# Two entry points, each creating what it needs on a fresh clone: `make demo`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# The pinned CPU build first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[torch,postgres,examples,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/flor-flows demo
+
+test: $(STAMP)
+	$(BIN)/ruff check flor_flows tests bench examples
+	$(BIN)/ruff format --check flor_flows tests bench examples
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	bash bench/setup_flordb.sh
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV)

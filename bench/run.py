@@ -1,0 +1,493 @@
+"""Side-by-side benchmark of FlorDB 4.0.1 and flor_flows.
+
+    /work/main/.venv/bin/python bench/run.py [--quick] [--only import,log,commit,query,train]
+
+Every measurement runs a script from bench/workloads/ in a fresh subprocess, inside a fresh scratch
+git repo under bench/.work/, with FLOR_IMPL naming the module under test. FlorDB runs on the
+interpreter of bench/.work/flordb-venv (made by bench/setup_flordb.sh), flor_flows on
+/work/main/.venv. Writes bench/RESULTS.md (or bench/.work/RESULTS-quick.md with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+WORKLOADS = BENCH / "workloads"
+WORK = BENCH / ".work"
+OURS_PY = BENCH.parent / ".venv" / "bin" / "python"
+FLORDB_PY = WORK / "flordb-venv" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Impl:
+    key: str
+    python: Path
+    module: str
+
+
+FLORDB = Impl("flordb", FLORDB_PY, "flordb")
+OURS = Impl("flor_flows", OURS_PY, "flor_flows")
+IMPLS = (FLORDB, OURS)
+# The record-overhead baseline runs the same script with a do-nothing flor, on each venv's python.
+NOOP = {
+    FLORDB.key: Impl("noop@flordb-venv", FLORDB_PY, "noop_flor"),
+    OURS.key: Impl("noop@main-venv", OURS_PY, "noop_flor"),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    import_reps: int = 7
+    log_n: int = 100_000
+    log_reps: int = 3
+    commit_n: int = 200_000
+    commit_reps: int = 3
+    store_runs: int = 1000
+    query_reps: int = 5
+    train_reps: int = 5
+    train_argv: tuple[str, ...] = ()
+
+
+FULL = Sizes()
+QUICK = Sizes(3, 10_000, 1, 20_000, 1, 50, 3, 2, ("--kwargs", "epochs=3"))
+
+
+class Failed(Exception):
+    """One implementation's measurement failed; shown in the table instead of a figure."""
+
+
+@dataclass
+class Row:
+    measure: str
+    unit: str
+    values: dict[str, float | Failed]
+    goal: float | None = None  # flor_flows must be <= goal
+    before: str = ""  # FlorDB's figure from the earlier research
+
+
+@dataclass
+class Section:
+    title: str
+    rows: list[Row]
+    notes: list[str] = field(default_factory=list)
+
+
+class Runner:
+    def __init__(self, root: Path):
+        self.root = root
+        self.count = 0
+
+    def new_repo(self, tag: str) -> Path:
+        repo = self.root / "repos" / f"{tag}-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(WORKLOADS, repo, ignore=shutil.ignore_patterns("__pycache__"))
+        for cmd in (
+            ["git", "init", "-q", "-b", "main"],
+            ["git", "config", "user.name", "bench"],
+            ["git", "config", "user.email", "bench@localhost"],
+            ["git", "add", "-A"],
+            ["git", "commit", "-q", "-m", "initial"],
+        ):
+            subprocess.run(cmd, cwd=repo, check=True)
+        return repo
+
+    def run(
+        self,
+        impl: Impl,
+        script: str,
+        params: dict | None = None,
+        repo: Path | None = None,
+        argv: tuple[str, ...] = (),
+        timeout: float = 3600,
+    ) -> dict:
+        """Run one workload in a fresh process; return its JSON plus wall_s and cpu_s."""
+        self.count += 1
+        repo = repo or self.new_repo(f"{impl.key}-{Path(script).stem}")
+        tag = f"{self.count:03d}-{impl.key}-{Path(script).stem}"
+        out, log = self.root / "out" / f"{tag}.json", self.root / "logs" / f"{tag}.log"
+        env = {
+            **os.environ,
+            "FLOR_IMPL": impl.module,
+            "BENCH_OUT": str(out),
+            "BENCH_PARAMS": json.dumps(params or {}),
+            "OMP_NUM_THREADS": "1",
+        }
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        with log.open("w") as err:
+            try:
+                proc = subprocess.run(
+                    [str(impl.python), script, *argv],
+                    cwd=repo,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    timeout=timeout,
+                )
+            except subprocess.TimeoutExpired as e:
+                raise Failed(f"timed out after {timeout:.0f} s (log: {rel(log)})") from e
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            raise Failed(f"exit {proc.returncode}: {last_error(log)} (log: {rel(log)})")
+        result = json.loads(out.read_text()) if out.exists() else {}
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        return {**result, "wall_s": wall, "cpu_s": cpu}
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(BENCH.parent))
+
+
+def last_error(log: Path) -> str:
+    """The exception line of a traceback, else the last non-empty line (progress bars stripped)."""
+    lines = [ln.split("\r")[-1].strip() for ln in log.read_text(errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln]
+    for ln in reversed(lines):
+        if ln[:1].isalpha() and ("Error" in ln or "Exception" in ln) and ":" in ln:
+            return ln[:300]
+    return lines[-1][:300] if lines else "no output"
+
+
+def interleaved(impls: tuple[Impl, ...], reps: int, measure: Callable[[Impl], dict]) -> dict:
+    """Run measure(impl) reps times, alternating the order; an impl stops at its first failure."""
+    results: dict[str, list[dict] | Failed] = {impl.key: [] for impl in impls}
+    for rep in range(reps):
+        order = impls if rep % 2 == 0 else impls[::-1]
+        for impl in order:
+            if isinstance(results[impl.key], Failed):
+                continue
+            try:
+                results[impl.key].append(measure(impl))
+            except Failed as e:
+                results[impl.key] = e
+    return results
+
+
+def median_of(results: dict, key: str, scale: float = 1.0) -> dict[str, float | Failed]:
+    return {
+        k: v if isinstance(v, Failed) else statistics.median(r[key] for r in v) * scale
+        for k, v in results.items()
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+
+
+def m_import(runner: Runner, sz: Sizes) -> Section:
+    def once(impl: Impl) -> dict:
+        return runner.run(impl, "import_cost.py")
+
+    warm = interleaved(IMPLS, 1, once)  # compiles .pyc files; not counted
+    res = interleaved(IMPLS, sz.import_reps, once)
+    for k, v in warm.items():
+        if isinstance(v, Failed):
+            res[k] = v
+    return Section(
+        f"Import (median of {sz.import_reps} fresh processes, after one uncounted warm-up)",
+        [
+            Row("`import` time", "s", median_of(res, "import_s"), 0.3, "0.46-0.8 s"),
+            Row("RSS added by `import`", "MB", median_of(res, "rss_added_mb"), 100, ""),
+        ],
+        ["Timed in-process around `importlib.import_module`; interpreter start-up excluded."],
+    )
+
+
+def m_log(runner: Runner, sz: Sizes) -> Section:
+    res = interleaved(IMPLS, sz.log_reps, lambda i: runner.run(i, "log_loop.py", {"n": sz.log_n}))
+    return Section(
+        f"`flor.log` inside `flor.loop` (N = {sz.log_n:,}, median of {sz.log_reps} processes)",
+        [
+            Row("`flor.log` cost per call", "us", median_of(res, "log_us"), 10, "130-180 us"),
+            Row(
+                "bare `flor.loop` per iteration",
+                "us",
+                median_of(res, "bare_s", 1e6 / sz.log_n),
+                None,
+                "4-11 us",
+            ),
+        ],
+        [
+            "Cost per call = (time of the loop with `flor.log` - the same loop without it) / N.",
+            "stdout goes to /dev/null and stderr to a file for both implementations, so FlorDB's "
+            "per-value terminal echo (`tqdm.write`) is not paying for a terminal.",
+        ],
+    )
+
+
+def m_commit(runner: Runner, sz: Sizes) -> Section:
+    n = sz.commit_n
+    res = interleaved(IMPLS, sz.commit_reps, lambda i: runner.run(i, "log_loop.py", {"n": n}))
+    return Section(
+        f"`commit()` and memory with {n:,} buffered values (median of {sz.commit_reps} processes)",
+        [
+            Row(f"`flor.commit()` of {n:,} values", "s", median_of(res, "commit_s"), 1, "6.4 s"),
+            Row(
+                f"RSS growth while logging {n:,} values",
+                "MB",
+                median_of(res, "rss_growth_mb"),
+                50,
+                "~+100 MB",
+            ),
+            Row("peak RSS of the process (VmHWM)", "MB", median_of(res, "peak_rss_mb")),
+        ],
+        ["Memory read from /proc/self/status (VmRSS before and after the logging loop)."],
+    )
+
+
+def m_query(runner: Runner, sz: Sizes) -> Section:
+    builds: dict[str, dict | Failed] = {}
+    repos: dict[str, Path] = {}
+    for impl in IMPLS:
+        repos[impl.key] = runner.new_repo(f"{impl.key}-store")
+        try:
+            builds[impl.key] = runner.run(
+                impl, "build_store.py", {"runs": sz.store_runs}, repo=repos[impl.key]
+            )
+        except Failed as e:
+            builds[impl.key] = e
+    res: dict[str, list[dict] | Failed] = {}
+    for impl in IMPLS:
+        b = builds[impl.key]
+        try:
+            if isinstance(b, Failed):
+                raise Failed(f"store build {b}")
+            res[impl.key] = [
+                runner.run(impl, "query.py", {"reps": sz.query_reps}, repo=repos[impl.key])
+            ]
+        except Failed as e:
+            res[impl.key] = e
+
+    def q(label: str) -> dict:
+        return {
+            k: v if isinstance(v, Failed) else v[0][label]["median_s"] * 1e3 for k, v in res.items()
+        }
+
+    shapes = [
+        f"{k}: "
+        + ", ".join(f"{lbl} {tuple(v[0][lbl]['shape'])}" for lbl in ("one", "seven", "runs"))
+        for k, v in res.items()
+        if not isinstance(v, Failed)
+    ]
+    build_s = {k: v if isinstance(v, Failed) else v["build_s"] for k, v in builds.items()}
+    runs = sz.store_runs
+    return Section(
+        f"`flor.dataframe` over {runs:,} runs x 624 logged values (median of {sz.query_reps})",
+        [
+            Row("`dataframe('loss')` (1 column)", "ms", q("one"), 150, "1.40 s"),
+            Row("`dataframe(<7 names>)`", "ms", q("seven"), 500, "6.67 s"),
+            Row("`dataframe()` (runs x args)", "ms", q("runs"), None, "133 ms"),
+            Row(f"building the store ({runs:,} runs, one `commit()` each)", "s", build_s),
+        ],
+        [
+            "Both stores were built through the real API by the same script "
+            "(`workloads/build_store.py`): per run 4 `flor.arg`s, `flor.loop('epoch', range(20))` "
+            "> `flor.loop('step', range(9))`, 3 step metrics + 4 epoch metrics, then "
+            f"`flor.commit()` (FlorDB: a git commit per run), {runs * 624:,} logged values in all.",
+            "Queries timed in one fresh process per implementation after the build.",
+            "Result shapes (rows, columns): " + "; ".join(shapes),
+        ],
+    )
+
+
+def m_train(runner: Runner, sz: Sizes) -> Section:
+    contenders = (NOOP[FLORDB.key], FLORDB, NOOP[OURS.key], OURS)
+    res = interleaved(
+        contenders, sz.train_reps, lambda i: runner.run(i, "train_digits.py", argv=sz.train_argv)
+    )
+
+    def overhead(impl: Impl, key: str) -> float | Failed:
+        mine, base = res[impl.key], res[NOOP[impl.key].key]
+        for r in (mine, base):
+            if isinstance(r, Failed):
+                return r
+        diffs = [a[key] - b[key] for a, b in zip(mine, base, strict=False)]
+        return statistics.median(diffs) / statistics.median(b[key] for b in base) * 100
+
+    def medians(key: str) -> str:
+        return ", ".join(
+            f"{c.key} {statistics.median(r[key] for r in res[c.key]):.2f} s"
+            if not isinstance(res[c.key], Failed)
+            else f"{c.key} failed"
+            for c in contenders
+        )
+
+    return Section(
+        f"Record overhead on `workloads/train_digits.py` "
+        f"(median of {sz.train_reps} interleaved reps)",
+        [
+            Row(
+                "wall-time overhead vs. no-op flor",
+                "%",
+                {i.key: overhead(i, "wall_s") for i in IMPLS},
+                2,
+                "~7 % (CPU)",
+            ),
+            Row(
+                "CPU-time overhead vs. no-op flor",
+                "%",
+                {i.key: overhead(i, "cpu_s") for i in IMPLS},
+                None,
+                "+0.48 s, 7 %",
+            ),
+        ],
+        [
+            "PyTorch MLP on `sklearn.datasets.load_digits`, `OMP_NUM_THREADS=1`, whole process "
+            "timed (interpreter, imports, training, commit, exit). Baseline: the same script with "
+            "`workloads/noop_flor.py` on the same venv's python. Overhead = median of per-rep "
+            "(impl - baseline) differences / median baseline.",
+            "Median wall: " + medians("wall_s"),
+            "Median CPU (user+sys): " + medians("cpu_s"),
+        ],
+    )
+
+
+METRICS = {"import": m_import, "log": m_log, "commit": m_commit, "query": m_query, "train": m_train}
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(v: float | Failed | None, unit: str) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, Failed):
+        return f"failed: {v}"
+    digits = 2 if abs(v) < 10 else 1 if abs(v) < 100 else 0
+    return f"{v:,.{digits}f} {unit}"
+
+
+def render_row(row: Row) -> str:
+    theirs, ours = row.values.get(FLORDB.key), row.values.get(OURS.key)
+    ratio = ""
+    if isinstance(theirs, float) and isinstance(ours, float) and ours > 0 and theirs > 0:
+        ratio = f"{theirs / ours:,.{1 if theirs / ours < 100 else 0}f}x"
+    goal, met = "", ""
+    if row.goal is not None:
+        goal = f"<= {fmt(row.goal, row.unit)}"
+        met = (
+            "MISSED (failed)"
+            if isinstance(ours, Failed)
+            else "**met**"
+            if ours <= row.goal
+            else "MISSED"
+        )
+    cells = [row.measure, fmt(theirs, row.unit), fmt(ours, row.unit), ratio, goal, met, row.before]
+    return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+
+
+def versions(python: Path) -> dict:
+    code = (
+        "import importlib.metadata as m, json, platform\n"
+        "pk = ['flordb', 'flor-flows', 'prefect', 'pandas', 'numpy', 'GitPython', 'SQLAlchemy',"
+        " 'torch', 'scikit-learn', 'tqdm']\n"
+        "v = {}\n"
+        "for p in pk:\n"
+        "    try: v[p] = m.version(p)\n"
+        "    except m.PackageNotFoundError: pass\n"
+        "print(json.dumps({'python': platform.python_version(), 'packages': v}))"
+    )
+    try:
+        out = subprocess.run(
+            [str(python), "-c", code], cwd=WORK, capture_output=True, text=True, check=True
+        )
+        return json.loads(out.stdout)
+    except (OSError, subprocess.CalledProcessError, json.JSONDecodeError) as e:
+        return {"python": f"unavailable ({e})", "packages": {}}
+
+
+def report(
+    sections: list[Section], argv: list[str], started: datetime.datetime, took: float, quick: bool
+) -> str:
+    load = os.getloadavg()
+    lines = [
+        "# FlorDB 4.0.1 vs flor_flows: side-by-side benchmark"
+        + (" (QUICK smoke run)" if quick else ""),
+        "",
+        f"- Command: `/work/main/.venv/bin/python bench/run.py{''.join(' ' + a for a in argv)}`"
+        " (from /work/main; `bench/setup_flordb.sh` makes the FlorDB venv first)",
+        f"- Date: {started:%Y-%m-%d %H:%M} (local), {took / 60:.1f} min in all",
+        f"- Machine: {platform.machine()}, nproc {os.cpu_count()}, {platform.platform()}, "
+        f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
+    ]
+    for impl in IMPLS:
+        v = versions(impl.python)
+        pk = ", ".join(f"{k} {val}" for k, val in v["packages"].items())
+        lines.append(f"- {impl.key}: `{rel(impl.python)}`, Python {v['python']}; {pk}")
+    lines += [
+        "- Every figure comes from fresh subprocesses, each in its own scratch git repo under "
+        "`bench/.work/` (git init + an initial commit). Scripts: `bench/workloads/`.",
+        "- Columns: FlorDB / flor_flows figures; *FlorDB / ours* is the ratio (higher = ours "
+        "cheaper); the goal applies to flor_flows; *FlorDB before* is the earlier research "
+        "measurement (`shared/research/flordb.md`).",
+        "",
+    ]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        lines += [
+            "| measure | FlorDB 4.0.1 | flor_flows | FlorDB / ours | goal | met? | FlorDB before |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [render_row(r) for r in s.rows]
+        lines += [""] + [f"- {n}" for n in s.notes] + [""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--quick", action="store_true", help="small sizes, writes .work/RESULTS-quick.md"
+    )
+    ap.add_argument("--only", default=",".join(METRICS), help="comma list of " + ",".join(METRICS))
+    args = ap.parse_args()
+    only = [m.strip() for m in args.only.split(",") if m.strip()]
+    if unknown := set(only) - set(METRICS):
+        ap.error(f"unknown metrics: {sorted(unknown)}")
+
+    subprocess.run(["bash", str(BENCH / "setup_flordb.sh")], check=True)
+    sz = QUICK if args.quick else FULL
+    root = WORK / ("run-quick" if args.quick else "run-full")
+    shutil.rmtree(root, ignore_errors=True)
+    for sub in ("repos", "out", "logs"):
+        (root / sub).mkdir(parents=True)
+    runner = Runner(root)
+
+    started, t0 = datetime.datetime.now(), time.perf_counter()
+    sections = []
+    for name in only:
+        print(f"[bench] {name} ...", flush=True)
+        t = time.perf_counter()
+        sections.append(METRICS[name](runner, sz))
+        for row in sections[-1].rows:
+            print(
+                f"  {row.measure}: "
+                + "; ".join(f"{k}={fmt(v, row.unit)}" for k, v in row.values.items()),
+                flush=True,
+            )
+        print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+
+    text = report(sections, sys.argv[1:], started, time.perf_counter() - t0, args.quick)
+    dest = WORK / "RESULTS-quick.md" if args.quick else BENCH / "RESULTS.md"
+    dest.write_text(text)
+    print(f"[bench] wrote {rel(dest)}")
+
+
+if __name__ == "__main__":
+    main()

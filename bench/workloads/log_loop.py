@@ -1,0 +1,41 @@
+"""Cost of flor.log inside flor.loop, memory held by the buffered values, and commit() time.
+
+A short warm-up loop first triggers any lazy initialisation, so it is not charged to either loop.
+"""
+
+import time
+
+from benchlib import emit, load_flor, mem_mb, params
+
+flor = load_flor()
+n = params()["n"]
+
+for i in flor.loop("warmup", range(10)):
+    flor.log("warm", i)
+
+t0 = time.perf_counter()
+for i in flor.loop("bare", range(n)):
+    x = i * 0.001
+bare_s = time.perf_counter() - t0
+
+rss0 = mem_mb()
+t0 = time.perf_counter()
+for i in flor.loop("step", range(n)):
+    x = i * 0.001
+    flor.log("loss", x)
+logged_s = time.perf_counter() - t0
+rss1 = mem_mb()
+
+t0 = time.perf_counter()
+flor.commit()
+commit_s = time.perf_counter() - t0
+
+emit(
+    n=n,
+    bare_s=bare_s,
+    logged_s=logged_s,
+    log_us=(logged_s - bare_s) / n * 1e6,
+    rss_growth_mb=rss1 - rss0,
+    commit_s=commit_s,
+    peak_rss_mb=mem_mb("VmHWM"),
+)

@@ -1,0 +1,92 @@
+"""flor-flows: multiversion hindsight logging for continuous training, on Prefect.
+
+Drop-in for FlorDB's record API: `import flor_flows as flor`. Importing is cheap; the store,
+git and pandas load on first use. `--kwargs k=v` and `--data name=URI` are taken out of
+`sys.argv` here, so a script's own argparse never sees them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flor_flows.record import context as _context
+from flor_flows.record import session as _session
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "arg", "checkpointing", "commit", "data", "dataframe", "iteration", "log", "loop", "query",
+]  # fmt: skip
+__version__ = "0.1.0"
+
+T = TypeVar("T")
+
+_ctx, sys.argv[1:] = _context.current(sys.argv[1:])
+_session.configure(_ctx)
+
+
+def log(name: str, value: T) -> T:
+    """Record `value` under `name` in the current loop context; returns `value`."""
+    return _session.current().log(name, value)
+
+
+def arg(name: str, default: Any = None) -> Any:
+    """A hyperparameter: `--kwargs name=v` cast to the default's type, else `default`.
+
+    In a replay it returns the value the historical run used.
+    """
+    return _session.current().arg(name, default)
+
+
+def data(name: str, uri: str) -> str:
+    """Declare and version a data batch (any fsspec URL); returns a local path to read it from.
+
+    `--data name=URI` (or the training flow) overrides `uri`; a replay gets the recorded copy.
+    """
+    return _session.current().data(name, uri)
+
+
+def loop(name: str, iterable: Iterable[T]) -> Iterator[T]:
+    """Iterate lazily, recording each item as iteration 0, 1, ... of loop `name`."""
+    return _session.current().loop(name, iterable)
+
+
+def iteration(name: str, idx: int | None, value: Any) -> AbstractContextManager[Any]:
+    """One user-driven iteration of loop `name` (a request, a document), as a `with` block."""
+    return _session.current().iteration(name, idx, value)
+
+
+def checkpointing(**objects: Any) -> AbstractContextManager[None]:
+    """Checkpoint `objects` at the iteration boundaries of the outer `flor.loop` inside."""
+    return _session.current().checkpoint_objects(objects)
+
+
+def commit() -> None:
+    """End the current run now (it also ends at exit); the next call starts a new run."""
+    _session.commit()
+
+
+def dataframe(*names: str) -> pd.DataFrame:
+    """The wide table over every run and version; with no names, one row per run."""
+    return _store().dataframe(names)
+
+
+def query(sql: str) -> pd.DataFrame:
+    """Run SQL on the store (the escape hatch for what `dataframe` does not show)."""
+    return _store().query(sql)
+
+
+def _store() -> Any:
+    """The store to read: the current run's (flushed first, so its values show), else the project's."""
+    run = _session.active()
+    if run is not None:
+        run.buffer.wait_ready()
+        run.buffer.flush()
+        return run.store
+    from flor_flows.store import project_store
+
+    return project_store()

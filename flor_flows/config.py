@@ -1,0 +1,72 @@
+"""Where a project's state lives: store URL, checkpoint and data locations.
+
+Precedence, highest first: environment variables, `[tool.flor-flows]` in the project's
+`pyproject.toml`, then project-local defaults under `<project root>/.flor-flows/`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from flor_flows.errors import FlorError
+
+STATE_DIR = ".flor-flows"
+ENV = {
+    "store_url": "FLOR_FLOWS_STORE_URL",
+    "checkpoint_url": "FLOR_FLOWS_CHECKPOINT_URL",
+    "data_url": "FLOR_FLOWS_DATA_URL",
+    "checkpoint_policy": "FLOR_FLOWS_CHECKPOINT_POLICY",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations for one project."""
+
+    root: Path
+    store_url: str
+    checkpoint_url: str
+    data_url: str
+    checkpoint_policy: str  # "adaptive", "adaptive:<epsilon>" or "every"
+
+    @property
+    def project_name(self) -> str:
+        return self.root.name
+
+
+def _pyproject_settings(root: Path) -> dict[str, str]:
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        table = tomllib.loads(path.read_text()).get("tool", {}).get("flor-flows", {})
+    except tomllib.TOMLDecodeError as exc:
+        raise FlorError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = set(table) - set(ENV)
+    if unknown:
+        raise FlorError(
+            f"{path} [tool.flor-flows] has unknown keys {sorted(unknown)}; known: {sorted(ENV)}"
+        )
+    return {key: str(value) for key, value in table.items()}
+
+
+def load_settings(root: Path | None = None) -> Settings:
+    """Settings for the project at `root` (default: the git root around the working directory)."""
+    from flor_flows.versioning.code import project_root
+
+    root = project_root(root or Path.cwd())
+    state = root / STATE_DIR
+    defaults = {
+        "store_url": f"sqlite:///{state / 'store.db'}",
+        "checkpoint_url": str(state / "checkpoints"),
+        "data_url": str(state / "data"),
+        "checkpoint_policy": "adaptive",
+    }
+    values = defaults | _pyproject_settings(root)
+    for key, var in ENV.items():
+        if os.environ.get(var):
+            values[key] = os.environ[var]
+    return Settings(root=root, **values)

@@ -1,0 +1,29 @@
+"""Exceptions raised by flor-flows. Every error a user can cause derives from `FlorError`."""
+
+
+class FlorError(Exception):
+    """Base class for errors caused by input, configuration or environment."""
+
+
+class NotAGitRepository(FlorError):
+    """The project is not inside a git working tree, so its code cannot be versioned."""
+
+
+class DetachedHead(FlorError):
+    """HEAD is detached; a run needs a branch so its code version has a clear lineage."""
+
+
+class ArgumentError(FlorError):
+    """A `flor.arg` has no default and no value was given on the command line."""
+
+
+class DataError(FlorError):
+    """A declared data batch cannot be read or versioned."""
+
+
+class CheckpointError(FlorError):
+    """Checkpoints cannot be written to or read from their location."""
+
+
+class StoreError(FlorError):
+    """The relational store is unreachable or was written by an incompatible schema."""

@@ -1,0 +1,111 @@
+"""The run context: everything a training process needs to know from outside its script.
+
+It is the single hand-off between a launcher (the training flow, the replay engine, or a
+user's shell) and the record API in the child process: the flow and the replay engine
+serialise it into one environment variable; a user's shell supplies `--kwargs`/`--data`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from flor_flows.errors import FlorError
+
+ENV_VAR = "FLOR_FLOWS_CONTEXT"
+FLAGS = ("--kwargs", "--data")
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    """What a replay re-executes: the names to record and the outer iterations to run.
+
+    `iterations` None means every iteration; an empty tuple means none (run-level only).
+    """
+
+    apply: tuple[str, ...] | None = None
+    iterations: tuple[int, ...] | None = None
+    replay_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    mode: Literal["record", "replay"] = "record"
+    run_uid: str | None = None  # record: preassigned by a launcher; replay: the historical run
+    store_url: str | None = None
+    checkpoint_url: str | None = None
+    data_url: str | None = None
+    flow_run_id: str | None = None
+    resumed_from: str | None = None  # uid of the run whose checkpoint this run starts from
+    kwargs: dict[str, str] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)
+    replay: ReplaySpec | None = None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment entry that hands this context to a child process."""
+        return {ENV_VAR: json.dumps(asdict(self))}
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | os._Environ[str] = os.environ) -> RunContext:
+        raw = environ.get(ENV_VAR)
+        if not raw:
+            return cls()
+        try:
+            fields = json.loads(raw)
+            replay = fields.pop("replay", None)
+            if replay is not None:
+                for key in ("apply", "iterations"):
+                    if replay.get(key) is not None:
+                        replay[key] = tuple(replay[key])
+                replay = ReplaySpec(**replay)
+            return cls(**fields, replay=replay)
+        except (ValueError, TypeError) as exc:
+            raise FlorError(f"{ENV_VAR} is not a valid run context: {exc}") from exc
+
+
+def _pairs(flag: str, items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FlorError(f"{flag} expects NAME=VALUE pairs, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Separate `--kwargs k=v ...` and `--data name=URI ...` from a script's own arguments.
+
+    Returns the remaining argv (for the script's argparse) and the parsed pairs per flag.
+    """
+    rest: list[str] = []
+    found: dict[str, list[str]] = {flag: [] for flag in FLAGS}
+    current: str | None = None
+    for arg in argv:
+        flag, _, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if flag in FLAGS:
+            current = flag
+            if inline:
+                found[flag].append(inline)
+        elif current and not arg.startswith("-"):
+            found[current].append(arg)
+        else:
+            current = None
+            rest.append(arg)
+    return rest, {flag: _pairs(flag, items) for flag, items in found.items()}
+
+
+def current(argv: list[str]) -> tuple[RunContext, list[str]]:
+    """The context of this process: the environment's, with command-line pairs merged in."""
+    context = RunContext.from_env()
+    rest, pairs = split_argv(argv)
+    if pairs["--kwargs"] or pairs["--data"]:
+        merged = asdict(context) | {
+            "kwargs": context.kwargs | pairs["--kwargs"],
+            "data": context.data | pairs["--data"],
+            "replay": context.replay,
+        }
+        context = RunContext(**merged)
+    return context, rest

@@ -1,0 +1,368 @@
+"""`Run`: one execution of a training script, in record or replay mode.
+
+The main thread only appends to in-memory queues; a background writer opens the store,
+versions the code and streams the queues to the store every second (see `buffer.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from flor_flows.config import Settings, load_settings
+from flor_flows.errors import ArgumentError, FlorError
+from flor_flows.record import frames, replay, values
+from flor_flows.record.buffer import Buffer
+from flor_flows.record.context import RunContext
+from flor_flows.record.frames import ROOT, Frame
+
+_IMMUTABLE = frozenset({float, int, str, bool, type(None)})
+_TRUE, _FALSE = ("yes", "y", "true", "t", "1"), ("no", "n", "false", "f", "0")
+
+
+def new_uid() -> str:
+    """A sortable, unique run id: UTC start time plus random hex."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
+
+
+def cast(name: str, raw: str, default: Any) -> Any:
+    """Cast a command-line string to the type of the arg's default."""
+    kind = type(default)
+    if kind is bool:
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ArgumentError(f"--kwargs {name}={raw!r}: expected a boolean (yes/no, true/false, 1/0)")
+    if default is None or kind is str:
+        return raw
+    try:
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(
+            f"--kwargs {name}={raw!r}: cannot convert to {kind.__name__} like its default {default!r}"
+        ) from exc
+
+
+class _Checkpointing:
+    def __init__(self, objects: dict[str, Any], anchor: Frame, settings: Settings) -> None:
+        from flor_flows.versioning import checkpoints
+
+        self.objects, self.anchor = objects, anchor
+        self.store = checkpoints.CheckpointStore(settings.checkpoint_url)
+        self.policy = checkpoints.policy(settings.checkpoint_policy)
+
+
+class Run:
+    """The state of the run in progress and the implementation of the record API."""
+
+    def __init__(self, context: RunContext, entry_script: str | None) -> None:
+        self.context = context
+        self.replaying = context.mode == "replay"
+        if self.replaying and not context.run_uid:
+            raise FlorError("a replay context needs the uid of the run to replay")
+        self.uid = context.run_uid or new_uid()
+        self.entry_script = entry_script
+        self.source = "replay" if self.replaying else "forward"
+        spec = context.replay
+        self.apply = frozenset(spec.apply) if spec and spec.apply is not None else None
+        self.selected = spec.iterations if spec else None
+        self.frame = ROOT
+        self.muted = False
+        self.args: dict[str, Any] = {}
+        self.batches: dict[str, str] = {}
+        self.failure: str | None = None
+        self.finished = False
+        self.checkpointing: _Checkpointing | None = None
+        self.run_id: int | None = None
+        self.replay_id: int | None = spec.replay_id if spec else None
+        self.history: dict[str, Any] = {}
+        self._args_dirty = False
+        self.buffer = Buffer(self._open, self._drain)
+
+    # -- background writer ----------------------------------------------------------------
+    def _open(self) -> None:
+        from flor_flows.store import open_store
+
+        root = Path(self.entry_script).parent if self.entry_script else None
+        self.settings = load_settings(root)
+        ctx = self.context
+        self.settings = Settings(
+            root=self.settings.root,
+            store_url=ctx.store_url or self.settings.store_url,
+            checkpoint_url=ctx.checkpoint_url or self.settings.checkpoint_url,
+            data_url=ctx.data_url or self.settings.data_url,
+            checkpoint_policy=self.settings.checkpoint_policy,
+        )
+        self.store = open_store(self.settings.store_url)
+        if self.replaying:
+            self.history = self.store.run_record(self.uid)
+            self.run_id = self.history["id"]
+            if self.replay_id is None:
+                self.replay_id = self.store.start_replay(self.run_id)
+            return
+        from flor_flows.versioning import code
+
+        entry = self.entry_script
+        version = code.snapshot(self.settings.root, self.uid, Path(entry) if entry else None)
+        self.project_id = self.store.project_id(self.settings.project_name, self.settings.root)
+        self.run_id = self.store.start_run(
+            uid=self.uid,
+            project_id=self.project_id,
+            entry_script=os.path.relpath(entry, self.settings.root) if entry else None,
+            prefect_flow_run_id=ctx.flow_run_id,
+            resumed_from=ctx.resumed_from,
+        )
+        self.store.set_code_version(self.run_id, self.project_id, version)
+
+    def _drain(self, buffer: Buffer) -> None:
+        take = buffer.take
+        logs = take(buffer.logs)
+        contexts = take(buffer.contexts)
+        ends = take(buffer.context_ends)
+        checkpoints = take(buffer.checkpoints)
+        args, self._args_dirty = (dict(self.args) if self._args_dirty else None), False
+        if not (logs or contexts or ends or checkpoints or args is not None) and self.replaying:
+            return
+        run_id, source, replay_id = self.run_id, self.source, self.replay_id
+        signature = self.store.signature_id
+        self.store.write(
+            run_id,
+            contexts=[
+                {
+                    "run_id": run_id, "ctx_id": f.ctx_id, "parent_id": p, "loop_name": f.names[-1],
+                    "iteration": f.path[-1], "value": f.values[-1], "depth": f.depth,
+                    "started_at": t, "path_values": _path_values(f),
+                }  # fmt: skip
+                for f, p, t in contexts
+            ],
+            context_ends=[{"ctx": c, "secs": secs} for c, secs in ends],
+            logs=[
+                (run_id, name, source, f.ctx_id, signature(f.names) if f.names else None,
+                 *(v.encoded if type(v) is _Encoded else values.encode(v)), replay_id, *f.padded)  # fmt: skip
+                for f, name, v in logs
+            ],
+            checkpoints=checkpoints,
+            args=args,
+            heartbeat=not self.replaying,
+        )
+
+    # -- API --------------------------------------------------------------------------------
+    def log(self, name: str, value: Any) -> Any:
+        if self.muted or (self.apply is not None and name not in self.apply):
+            return value
+        if self.buffer.error is not None:
+            raise self.buffer.error
+        stored = value if type(value) in _IMMUTABLE else _Encoded(values.encode(value))
+        self.buffer.logs.append((self.frame, name, stored))
+        return value
+
+    def arg(self, name: str, default: Any) -> Any:
+        if name in self.args:
+            return self.args[name]
+        if self.replaying:
+            self.buffer.wait_ready()
+            historical = self.history["args"]
+            if name in historical:
+                value = historical[name]
+            else:
+                warnings.warn(
+                    f"flor.arg({name!r}) was not recorded by run {self.uid}; using the default",
+                    stacklevel=3,
+                )
+                value = default
+        elif name in self.context.kwargs:
+            value = cast(name, self.context.kwargs[name], default)
+        elif default is None:
+            raise ArgumentError(
+                f"flor.arg({name!r}) has no default and no value was given; "
+                f"pass --kwargs {name}=VALUE or give the arg a default"
+            )
+        else:
+            value = default
+        self.args[name] = values.plain(value)
+        self._args_dirty = True
+        return value
+
+    def data(self, name: str, uri: str) -> str:
+        from flor_flows.versioning import data
+
+        if name in self.batches:
+            return self.batches[name]
+        self.buffer.wait_ready()
+        cache = self.settings.root / ".flor-flows" / "cache"
+        if self.replaying:
+            recorded = self.history["data"].get(name)
+            if recorded is None:
+                raise FlorError(f"run {self.uid} recorded no data batch named {name!r}")
+            location = recorded["stored_uri"] or recorded["uri"]
+            path = data.fetch(location, recorded["sha256"], cache)
+        else:
+            batch = data.version(name, self.context.data.get(name, uri), self.settings.data_url, cache)
+            self.store.add_data_batch(
+                self.run_id,
+                name=name,
+                uri=batch.uri,
+                sha256=batch.sha256,
+                bytes=batch.bytes,
+                stored_uri=batch.stored_uri,
+            )
+            path = batch.local_path
+        self.batches[name] = path
+        return path
+
+    @contextlib.contextmanager
+    def checkpoint_objects(self, objects: dict[str, Any]) -> Iterator[None]:
+        self.buffer.wait_ready()
+        previous = self.checkpointing
+        self.checkpointing = _Checkpointing(objects, self.frame, self.settings)
+        if not self.replaying:
+            self.checkpointing.store.probe()
+        try:
+            yield
+        finally:
+            self.checkpointing = previous
+
+    def loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
+        parent = self.frame
+        outer = self.checkpointing is not None and self.checkpointing.anchor is parent
+        if self.replaying and parent is ROOT:
+            yield from self._replay_outer(name, iterable)
+            return
+        try:
+            for iteration, item in enumerate(iterable):
+                self.buffer.check()
+                started = time.perf_counter()
+                self._enter(name, iteration, item)
+                yield item
+                seconds = time.perf_counter() - started
+                self._leave(parent, seconds)
+                if outer and not self.replaying:
+                    self._maybe_checkpoint(name, iteration, seconds)
+        finally:
+            self.frame = parent
+
+    def _enter(self, name: str, iteration: int | None, item: Any) -> None:
+        parent = self.frame
+        value = frames.item_value(iteration, item)
+        self.frame = frame = frames.child(parent, name, iteration, value)
+        if not self.replaying:  # a replay reuses the contexts its forward run recorded
+            self.buffer.contexts.append((frame, parent.ctx_id, time.time()))
+
+    def _leave(self, parent: Frame, seconds: float) -> None:
+        if not self.replaying:
+            self.buffer.context_ends.append((self.frame.ctx_id, seconds))
+        self.frame = parent
+
+    def _maybe_checkpoint(self, name: str, iteration: int, seconds: float) -> None:
+        ckpt = self.checkpointing
+        if not ckpt.policy.should_write(seconds):
+            return
+        written = ckpt.store.write(self.uid, name, iteration, ckpt.objects)
+        ckpt.policy.wrote(written.seconds)
+        frame = frames.child(self.frame, name, iteration, None)
+        self.buffer.checkpoints.append(
+            {
+                "run_id": self.run_id,
+                "ctx_id": frame.ctx_id,
+                "loop_name": name,
+                "iteration": iteration,
+                "uri": written.uri,
+                "sha256": written.sha256,
+                "bytes": written.bytes,
+                "seconds": written.seconds,
+                "created_at": datetime.now(UTC),
+            }
+        )
+
+    def _replay_outer(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
+        """Run the outer loop of a replay following `replay.steps` (skip, restore, record)."""
+        from flor_flows.versioning.checkpoints import CheckpointStore, restore
+
+        self.buffer.wait_ready()
+        ckpt = self.checkpointing
+        recorded = {}
+        if ckpt is not None:
+            recorded = {
+                c["iteration"]: c for c in self.store.checkpoints_of(self.run_id) if c["loop_name"] == name
+            }
+        items = iter(iterable)
+        position = 0
+        try:
+            for step in replay.steps(self.selected, recorded):
+                skip = step.iteration - position
+                if skip:
+                    next(islice(items, skip - 1, skip), None)
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                position = step.iteration + 1
+                if step.action == "skip":
+                    continue
+                if step.restore is not None:
+                    saved = recorded[step.restore]
+                    restore(CheckpointStore.read(saved["uri"], saved["sha256"]), ckpt.objects)
+                self.muted = step.action == "silent"
+                self._enter(name, step.iteration, item)
+                yield item
+                self.frame = ROOT
+                self.muted = False
+        finally:
+            self.frame, self.muted = ROOT, False
+
+    @contextlib.contextmanager
+    def iteration(self, name: str, idx: int | None, value: Any) -> Iterator[Any]:
+        parent = self.frame
+        muted = self.muted
+        if self.replaying and parent is ROOT and self.selected is not None:
+            self.muted = idx not in self.selected
+        started = time.perf_counter()
+        self._enter(name, idx, value)
+        try:
+            yield value
+        finally:
+            self._leave(parent, time.perf_counter() - started)
+            self.muted = muted
+
+    def commit(self) -> None:
+        """Write everything, record the outcome, and end the run."""
+        if self.finished:
+            return
+        self.finished = True
+        self.buffer.close()
+        status = "failed" if self.failure else "completed"
+        if self.replaying:
+            self.store.finish_replay(self.replay_id, status)
+        else:
+            self.store.finish_run(self.run_id, status, self.failure)
+
+
+def _path_values(frame: Frame) -> str | None:
+    return json.dumps(frame.values) if any(v is not None for v in frame.values) else None
+
+
+class _Encoded:
+    """A value encoded at log time, because the object may change after it was logged."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, encoded: values.Encoded) -> None:
+        self.encoded = encoded
+
+
+def entry_script() -> str | None:
+    """The script being run, when the process runs one (not `-c`, a REPL or a notebook)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return str(Path(path).resolve()) if path else None

@@ -1,0 +1,91 @@
+"""The process-wide current run: started by the first API call, ended by `commit` or at exit."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+import traceback
+from types import TracebackType
+
+from flor_flows.errors import FlorError
+from flor_flows.record.context import RunContext
+from flor_flows.record.run import Run, entry_script
+
+_lock = threading.Lock()
+_state: dict[str, object] = {"run": None, "context": RunContext(), "hooks": False}
+
+
+def configure(context: RunContext) -> None:
+    """Set the context later runs of this process start with (done once at import)."""
+    _state["context"] = context
+
+
+def current() -> Run:
+    """The run in progress, started now if there is none."""
+    run = _state["run"]
+    if run is None or run.finished:
+        with _lock:
+            run = _state["run"]
+            if run is None or run.finished:
+                _install_hooks()
+                run = Run(_state["context"], entry_script())
+                _state["run"] = run
+    return run
+
+
+def active() -> Run | None:
+    run = _state["run"]
+    return None if run is None or run.finished else run
+
+
+def commit() -> None:
+    """End the current run (if any); the next API call starts a new one."""
+    run = active()
+    if run is not None:
+        run.commit()
+
+
+def _excepthook(
+    kind: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    run = active()
+    if run is not None:
+        run.failure = "".join(traceback.format_exception(kind, exc, tb))[-4000:]
+    _previous_excepthook(kind, exc, tb)
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    run = active()
+    if run is not None:
+        run.failure = "terminated by SIGTERM"
+    sys.exit(128 + signum)
+
+
+def _at_exit() -> None:
+    run = active()
+    if run is None:
+        return
+    try:
+        run.commit()
+    except FlorError as exc:
+        print(f"flor-flows: the run was not recorded: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+_previous_excepthook = sys.excepthook
+
+
+def _install_hooks() -> None:
+    if _state["hooks"]:
+        return
+    _state["hooks"] = True
+    atexit.register(_at_exit)
+    sys.excepthook = _excepthook
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _on_sigterm)

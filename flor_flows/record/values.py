@@ -1,0 +1,62 @@
+"""Typed encoding of logged values, so the wide table gets floats as floats.
+
+A value is stored as (vtype, num, ival, txt). Values that are not JSON are stored as their
+`str()`, as FlorDB does; numpy and torch scalars become Python numbers first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+FLOAT, INT, BOOL, TEXT, JSON, NONE = range(6)
+Encoded = tuple[int, float | None, int | None, str | None]
+
+_INT64 = 2**63
+
+
+def plain(value: Any) -> Any:
+    """Numpy/torch scalars and 0-d arrays as Python scalars; other values unchanged."""
+    item = getattr(value, "item", None)
+    if item is not None and getattr(value, "ndim", 0) == 0 and callable(item):
+        return item()
+    return value
+
+
+def encode(value: Any) -> Encoded:
+    """Encode one value for the `logs` table."""
+    value = plain(value)
+    kind = type(value)
+    if kind is float:
+        # NaN is kept as a float with no number: SQLite cannot store NaN itself.
+        return (FLOAT, None if math.isnan(value) else value, None, None)
+    if kind is bool:
+        return (BOOL, None, int(value), None)
+    if kind is int:
+        if -_INT64 <= value < _INT64:
+            return (INT, None, value, None)
+        return (TEXT, None, None, str(value))
+    if kind is str:
+        return (TEXT, None, None, value)
+    if value is None:
+        return (NONE, None, None, None)
+    try:
+        return (JSON, None, None, json.dumps(value, allow_nan=True))
+    except (TypeError, ValueError):
+        return (TEXT, None, None, str(value))
+
+
+def decode(vtype: int, num: float | None, ival: int | None, txt: str | None) -> Any:
+    """The Python value of one stored row."""
+    if vtype == FLOAT:
+        return math.nan if num is None else float(num)
+    if vtype == INT:
+        return int(ival)
+    if vtype == BOOL:
+        return bool(ival)
+    if vtype == JSON:
+        return json.loads(txt)
+    if vtype == NONE:
+        return None
+    return txt

@@ -1,0 +1,188 @@
+"""SQLAlchemy models of the relational store.
+
+One row per project, code version, run, data batch, loop context, logged value and
+checkpoint. Loop paths are flattened into `logs` at write time (`i0`..`i7` under a loop
+signature), so the wide table needs no recursive join.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from flor_flows.record.frames import MAX_DEPTH
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Key/value facts about the store itself, such as its schema version."""
+
+    __tablename__ = "flor_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    root: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CodeVersion(Base):
+    __tablename__ = "code_versions"
+    __table_args__ = (UniqueConstraint("project_id", "commit"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    commit: Mapped[str] = mapped_column(String(40))
+    tree: Mapped[str] = mapped_column(String(40))
+    base: Mapped[str | None] = mapped_column(String(40))
+    branch: Mapped[str | None] = mapped_column(String(255))
+    dirty: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    code_version_id: Mapped[int | None] = mapped_column(ForeignKey("code_versions.id"))
+    entry_script: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # running | completed | failed
+    args: Mapped[dict] = mapped_column(JSON, default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    resumed_from_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class DataBatch(Base):
+    __tablename__ = "data_batches"
+    __table_args__ = (UniqueConstraint("run_id", "name"), Index("ix_data_batches_sha", "sha256"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    stored_uri: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LoopSignature(Base):
+    """The loop names along a context path, e.g. ["epoch", "step"]."""
+
+    __tablename__ = "loop_signatures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    names: Mapped[str] = mapped_column(Text, unique=True)  # JSON list
+
+
+class Context(Base):
+    """One iteration of one `flor.loop` (or `flor.iteration`) within a run."""
+
+    __tablename__ = "contexts"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    ctx_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    parent_id: Mapped[int | None] = mapped_column(BigInteger)
+    loop_name: Mapped[str] = mapped_column(String(255))
+    iteration: Mapped[int | None] = mapped_column(Integer)
+    value: Mapped[str | None] = mapped_column(Text)  # the item, when it is not the index
+    path_values: Mapped[str | None] = mapped_column(Text)  # JSON items along the path, if any
+    depth: Mapped[int] = mapped_column(SmallInteger)
+    started_at: Mapped[float] = mapped_column(Float)  # unix seconds
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class LogName(Base):
+    """Each (name, loop signature) pair ever logged, so queries know a name's loop columns."""
+
+    __tablename__ = "log_names"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    sig_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # 0: run
+
+
+class Replay(Base):
+    """Provenance of replayed values: which code and statements produced them."""
+
+    __tablename__ = "replays"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    code_commit: Mapped[str | None] = mapped_column(String(40))
+    statements_sha256: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(String(16))
+    prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Log(Base):
+    """One logged value, typed (see `flor_flows.record.values`)."""
+
+    __tablename__ = "logs"
+    __table_args__ = (Index("ix_logs_name_run", "name", "run_id"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(8))  # forward | replay
+    ctx_id: Mapped[int | None] = mapped_column(BigInteger)
+    sig_id: Mapped[int | None] = mapped_column(Integer)
+    vtype: Mapped[int] = mapped_column(SmallInteger)
+    num: Mapped[float | None] = mapped_column(Float)
+    ival: Mapped[int | None] = mapped_column(BigInteger)
+    txt: Mapped[str | None] = mapped_column(Text)
+    replay_id: Mapped[int | None] = mapped_column(ForeignKey("replays.id"))
+    i0: Mapped[int | None] = mapped_column(Integer)
+    i1: Mapped[int | None] = mapped_column(Integer)
+    i2: Mapped[int | None] = mapped_column(Integer)
+    i3: Mapped[int | None] = mapped_column(Integer)
+    i4: Mapped[int | None] = mapped_column(Integer)
+    i5: Mapped[int | None] = mapped_column(Integer)
+    i6: Mapped[int | None] = mapped_column(Integer)
+    i7: Mapped[int | None] = mapped_column(Integer)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_run_loop", "run_id", "loop_name", "iteration"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    ctx_id: Mapped[int] = mapped_column(BigInteger)
+    loop_name: Mapped[str] = mapped_column(String(255))
+    iteration: Mapped[int] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+LOG_COLUMNS = (
+    "run_id", "name", "source", "ctx_id", "sig_id", "vtype", "num", "ival", "txt", "replay_id",
+    *(f"i{k}" for k in range(MAX_DEPTH)),
+)  # fmt: skip

@@ -1,0 +1,346 @@
+"""`Store`: every read and write of recorded runs goes through this one class, on any SQLAlchemy URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import create_engine, event, insert, select, text, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from flor_flows.errors import StoreError
+from flor_flows.store import schema as s
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from flor_flows.versioning.code import CodeVersion
+
+HOST = socket.gethostname()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """Runs, versions, batches, loop contexts, logs and checkpoints in one SQL database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine: Engine = create_engine(url, future=True)
+        except Exception as exc:  # noqa: BLE001 - any driver/URL error becomes one clear message
+            raise StoreError(f"cannot open store {url!r}: {exc}") from exc
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._signatures: dict[tuple[str, ...], int] = {}
+        self._log_names: set[tuple[str, int]] = set()
+        self._insert_logs = _insert_sql(s.Log.__tablename__, s.LOG_COLUMNS, self.engine)
+        self._ensure_schema()
+
+    # -- schema ---------------------------------------------------------------------------
+    def _ensure_schema(self) -> None:
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    s.Base.metadata.create_all(conn)
+                    found = conn.scalar(select(s.Meta.value).where(s.Meta.key == "schema_version"))
+                    if found is None:
+                        conn.execute(
+                            insert(s.Meta).values(key="schema_version", value=str(s.SCHEMA_VERSION))
+                        )
+                break
+            except (IntegrityError, OperationalError, ProgrammingError) as exc:
+                # Another process may be creating the same tables right now: look again.
+                if attempt == 2:
+                    raise StoreError(f"cannot use store {self.url!r}: {exc.orig}") from exc
+        with self.engine.connect() as conn:
+            found = conn.scalar(select(s.Meta.value).where(s.Meta.key == "schema_version"))
+        if found != str(s.SCHEMA_VERSION):
+            raise StoreError(
+                f"store {self.url!r} has schema version {found}, this flor-flows expects "
+                f"{s.SCHEMA_VERSION}; upgrade flor-flows or point FLOR_FLOWS_STORE_URL at a new store"
+            )
+
+    # -- runs -----------------------------------------------------------------------------
+    def project_id(self, name: str, root: Path) -> int:
+        """The id of project `name`, created on first use."""
+        query = select(s.Project.id).where(s.Project.name == name)
+        with self.engine.begin() as conn:
+            found = conn.scalar(query)
+            if found is not None:
+                return found
+            try:
+                return conn.execute(
+                    insert(s.Project).values(name=name, root=str(root), created_at=now())
+                ).inserted_primary_key[0]
+            except IntegrityError:
+                pass
+        with self.engine.connect() as conn:
+            return conn.scalar(query)
+
+    def start_run(
+        self,
+        *,
+        uid: str,
+        project_id: int,
+        entry_script: str | None,
+        prefect_flow_run_id: str | None = None,
+        resumed_from: str | None = None,
+    ) -> int:
+        """Insert a run in status `running` and return its id."""
+        stamp = now()
+        with self.engine.begin() as conn:
+            resumed_id = self.run_id(resumed_from, conn) if resumed_from else None
+            return conn.execute(
+                insert(s.Run).values(
+                    uid=uid,
+                    project_id=project_id,
+                    entry_script=entry_script,
+                    status="running",
+                    args={},
+                    started_at=stamp,
+                    heartbeat_at=stamp,
+                    host=HOST,
+                    pid=os.getpid(),
+                    resumed_from_id=resumed_id,
+                    prefect_flow_run_id=prefect_flow_run_id,
+                )
+            ).inserted_primary_key[0]
+
+    def run_id(self, uid: str, conn: Any = None) -> int:
+        """The id of run `uid`; StoreError when there is none."""
+        query = select(s.Run.id).where(s.Run.uid == uid)
+        if conn is None:
+            with self.engine.connect() as conn:
+                found = conn.scalar(query)
+        else:
+            found = conn.scalar(query)
+        if found is None:
+            raise StoreError(f"no run {uid!r} in store {self.url!r}")
+        return found
+
+    def run_record(self, uid: str) -> dict[str, Any]:
+        """A run's row, with its data batches, as plain values (used by replay)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.Run).where(s.Run.uid == uid)).mappings().first()
+            if row is None:
+                raise StoreError(f"no run {uid!r} in store {self.url!r}")
+            batches = conn.execute(select(s.DataBatch).where(s.DataBatch.run_id == row["id"]))
+            record = dict(row)
+            record["data"] = {b["name"]: dict(b) for b in batches.mappings()}
+        return record
+
+    def set_code_version(self, run_id: int, project_id: int, version: CodeVersion) -> None:
+        with self.engine.begin() as conn:
+            query = select(s.CodeVersion.id).where(
+                s.CodeVersion.project_id == project_id, s.CodeVersion.commit == version.commit
+            )
+            version_id = conn.scalar(query)
+            if version_id is None:
+                version_id = conn.execute(
+                    insert(s.CodeVersion).values(
+                        project_id=project_id,
+                        commit=version.commit,
+                        tree=version.tree,
+                        base=version.base,
+                        branch=version.branch,
+                        dirty=version.dirty,
+                        created_at=now(),
+                    )
+                ).inserted_primary_key[0]
+            conn.execute(update(s.Run).where(s.Run.id == run_id).values(code_version_id=version_id))
+
+    def add_data_batch(self, run_id: int, **batch: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(s.DataBatch).values(run_id=run_id, created_at=now(), **batch))
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.Run)
+                .where(s.Run.id == run_id)
+                .values(status=status, ended_at=now(), heartbeat_at=now(), error=error)
+            )
+
+    def mark_dead_runs(self) -> int:
+        """Mark runs of this host whose process is gone (SIGKILL, power loss) as failed."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(s.Run.id, s.Run.pid).where(s.Run.status == "running", s.Run.host == HOST)
+            ).all()
+            dead = [rid for rid, pid in rows if not _pid_alive(pid)]
+            if dead:
+                conn.execute(
+                    update(s.Run)
+                    .where(s.Run.id.in_(dead))
+                    .values(status="failed", error="process ended without finishing the run")
+                )
+        return len(dead)
+
+    # -- streamed records -----------------------------------------------------------------
+    def signature_id(self, names: tuple[str, ...]) -> int:
+        """The id of a loop signature (the loop names along a context path)."""
+        found = self._signatures.get(names)
+        if found is not None:
+            return found
+        key = json.dumps(list(names))
+        query = select(s.LoopSignature.id).where(s.LoopSignature.names == key)
+        with self.engine.begin() as conn:
+            found = conn.scalar(query)
+            if found is None:
+                try:
+                    with conn.begin_nested():
+                        found = conn.execute(
+                            insert(s.LoopSignature).values(names=key)
+                        ).inserted_primary_key[0]
+                except IntegrityError:
+                    found = conn.scalar(query)
+        self._signatures[names] = found
+        return found
+
+    def write(
+        self,
+        run_id: int,
+        *,
+        contexts: Sequence[dict[str, Any]] = (),
+        context_ends: Sequence[dict[str, Any]] = (),
+        logs: Sequence[dict[str, Any]] = (),
+        checkpoints: Sequence[dict[str, Any]] = (),
+        args: dict[str, Any] | None = None,
+        heartbeat: bool = False,
+    ) -> None:
+        """Write one flush of a run's buffered records in a single transaction."""
+        with self.engine.begin() as conn:
+            if contexts:
+                conn.execute(insert(s.Context), list(contexts))
+            if context_ends:
+                conn.execute(
+                    update(s.Context.__table__)
+                    .where(
+                        s.Context.run_id == run_id,
+                        s.Context.ctx_id == _bind("ctx"),
+                    )
+                    .values(seconds=_bind("secs")),
+                    list(context_ends),
+                )
+            if logs:
+                conn.exec_driver_sql(self._insert_logs, list(logs))
+                self._register_names(conn, {(row[1], row[4] or 0) for row in logs})
+            if checkpoints:
+                conn.execute(insert(s.Checkpoint), list(checkpoints))
+            values: dict[str, Any] = {}
+            if args is not None:
+                values["args"] = args
+            if heartbeat:
+                values["heartbeat_at"] = now()
+            if values:
+                conn.execute(update(s.Run).where(s.Run.id == run_id).values(**values))
+
+    def _register_names(self, conn: Any, pairs: set[tuple[str, int]]) -> None:
+        for name, sig_id in pairs - self._log_names:
+            exists = select(s.LogName.name).where(s.LogName.name == name, s.LogName.sig_id == sig_id)
+            if conn.scalar(exists) is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(s.LogName).values(name=name, sig_id=sig_id))
+                except IntegrityError:
+                    pass  # registered by a concurrent writer
+            self._log_names.add((name, sig_id))
+
+    def checkpoints_of(self, run_id: int) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(s.Checkpoint).where(s.Checkpoint.run_id == run_id).order_by(s.Checkpoint.id)
+            )
+            return [dict(r) for r in rows.mappings()]
+
+    def start_replay(self, run_id: int, **provenance: Any) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(
+                insert(s.Replay).values(
+                    run_id=run_id, started_at=now(), status="running", **provenance
+                )
+            ).inserted_primary_key[0]
+
+    def finish_replay(self, replay_id: int, status: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.Replay).where(s.Replay.id == replay_id).values(status=status, ended_at=now())
+            )
+
+    # -- reads ----------------------------------------------------------------------------
+    def runs(self, project: str | None = None) -> pd.DataFrame:
+        """One row per run: uid, status, code version, times, entry script, args, batches."""
+        from flor_flows.store.query import run_table
+
+        self.mark_dead_runs()
+        return run_table(self, project)
+
+    def dataframe(self, names: Iterable[str], project: str | None = None) -> pd.DataFrame:
+        from flor_flows.store.query import run_table, wide_table
+
+        self.mark_dead_runs()
+        names = list(dict.fromkeys(names))
+        return wide_table(self, names, project) if names else run_table(self, project)
+
+    def query(self, sql: str) -> pd.DataFrame:
+        import pandas as pd
+
+        with self.engine.connect() as conn:
+            return pd.read_sql_query(text(sql), conn)
+
+
+def _insert_sql(table: str, columns: Sequence[str], engine: Engine) -> str:
+    """A driver-level INSERT taking positional tuples: the fast path for streamed logs."""
+    style = engine.dialect.paramstyle
+    if style == "qmark":
+        marks = ["?"] * len(columns)
+    elif style in ("format", "pyformat"):
+        marks = ["%s"] * len(columns)
+    elif style == "numeric":
+        marks = [f":{k + 1}" for k in range(len(columns))]
+    else:
+        raise StoreError(f"unsupported DB-API paramstyle {style!r} for {engine.url}")
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
+
+
+def _bind(name: str) -> Any:
+    from sqlalchemy import bindparam
+
+    return bindparam(name)
+
+
+@cache
+def open_store(url: str) -> Store:
+    """One `Store` per URL per process."""
+    return Store(url)

@@ -1,0 +1,241 @@
+"""Code versioning: snapshot a project's source as a git commit under a hidden ref.
+
+Every run records the exact source it ran as a commit at ``refs/flor/runs/<run_uid>``.
+The commit is built with a throwaway index, so the user's branch, index and working
+tree are never touched, and uncommitted edits of tracked files are still captured.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import git
+
+from flor_flows.errors import DetachedHead, FlorError, NotAGitRepository
+
+__all__ = ["CodeVersion", "project_root", "read_file", "run_ref", "snapshot"]
+
+RUN_REF_PREFIX = "refs/flor/runs/"
+SNAPSHOT_IDENTITY = ("flor-flows", "flor-flows@localhost")
+# Fixed date for root snapshots (no HEAD to copy dates from), so they stay deterministic.
+_UNBORN_DATE = "@0 +0000"
+_RUN_UID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    """The code a run executed: a snapshot commit and where it came from."""
+
+    commit: str  # hexsha of the snapshot commit (the code version id)
+    tree: str  # hexsha of its tree
+    base: str | None  # HEAD commit the snapshot was taken on; None on an unborn branch
+    branch: str | None  # branch checked out at snapshot time
+    dirty: bool  # True when the snapshot differs from HEAD's tree
+
+
+def run_ref(run_uid: str) -> str:
+    """The hidden ref that pins a run's code version: ``refs/flor/runs/<run_uid>``."""
+    if not _RUN_UID.fullmatch(run_uid) or ".." in run_uid or run_uid.endswith(".lock"):
+        raise FlorError(
+            f"Invalid run uid {run_uid!r}: use letters, digits, '.', '_' or '-' "
+            "(no '..', not starting with '.' or '-', not ending in '.lock')."
+        )
+    return RUN_REF_PREFIX + run_uid
+
+
+def _open_repo(start: Path | str) -> git.Repo:
+    """Open the repository whose working tree contains `start` (no subprocess)."""
+    path = Path(start).expanduser().absolute()
+    if not path.exists():
+        raise NotAGitRepository(f"{path} does not exist, so it cannot be in a git repository.")
+    try:
+        repo = git.Repo(path, search_parent_directories=True)
+    except git.InvalidGitRepositoryError:
+        raise NotAGitRepository(
+            f"{path} is not inside a git repository. flor-flows versions each run's code "
+            f"with git: run `git init` in your project directory (and commit your code)."
+        ) from None
+    if repo.bare or repo.working_tree_dir is None:
+        repo.close()
+        raise NotAGitRepository(
+            f"{path} is in a bare repository or inside a .git directory, not a working tree."
+        )
+    return repo
+
+
+def project_root(start: Path | str) -> Path:
+    """The git working-tree root containing `start`; raises NotAGitRepository otherwise."""
+    repo = _open_repo(start)
+    try:
+        return Path(repo.working_tree_dir).resolve()
+    finally:
+        repo.close()
+
+
+def _repo_relative(top: Path, base: Path, path: Path | str, what: str) -> str:
+    """`path` (relative to `base`, or absolute) as a posix path relative to `top`."""
+    p = Path(path).expanduser()
+    p = Path(os.path.abspath(p if p.is_absolute() else base / p))
+    if not p.exists():
+        raise FlorError(f"{what} {p} does not exist.")
+    # Compare unresolved first (keeps in-repo symlinks in-repo), then resolved.
+    for candidate in (p, p.parent.resolve() / p.name):
+        for root in (Path(os.path.abspath(top)), top.resolve()):
+            if candidate.is_relative_to(root) and candidate != root:
+                rel = candidate.relative_to(root).as_posix()
+                if rel != ".git" and not rel.startswith(".git/"):
+                    return rel
+    raise FlorError(
+        f"{what} {p} is outside the project repository {top}; only files inside the "
+        "repository can be versioned. Move it into the repository or run from its repository."
+    )
+
+
+def _git(repo: git.Repo, *args: str, env: dict[str, str], what: str) -> str:
+    """Run one git command, turning a failure into a FlorError that shows git's message."""
+    try:
+        return repo.git.execute(["git", *args], env=env)
+    except git.GitCommandError as exc:
+        raise FlorError(f"Could not {what} in {repo.working_tree_dir}: {_stderr(exc)}") from exc
+
+
+def _stderr(exc: git.GitCommandError) -> str:
+    """Git's own error text, without GitPython's `stderr: '...'` decoration."""
+    text = str(exc.stderr or "").strip()
+    match = re.fullmatch(r"stderr: '(.*)'", text, flags=re.DOTALL)
+    return (match.group(1) if match else text).strip()
+
+
+def snapshot(
+    root: Path,
+    run_uid: str,
+    entry_script: Path | None = None,
+    include: Sequence[Path] = (),
+) -> CodeVersion:
+    """Commit the project's current source under refs/flor/runs/<run_uid> and return its version.
+
+    The snapshot is the user's index plus every modification and deletion of tracked files,
+    plus `entry_script` and `include` (forced, even if untracked or ignored). Relative
+    paths are taken relative to `root`. Nothing the user sees (branch, index, working
+    tree) changes; the only writes are git objects and the run's ref.
+    """
+    ref = run_ref(run_uid)
+    root = Path(root).expanduser().absolute()
+    repo = _open_repo(root)
+    try:
+        top = Path(repo.working_tree_dir)
+        head = repo.head
+        if head.is_detached:
+            raise DetachedHead(
+                f"HEAD is detached in {top}, so the run's code has no branch to belong to. "
+                "Check out a branch first, e.g. `git switch <branch>` or "
+                "`git switch -c <new-branch>`."
+            )
+        head_ref = head.reference.path  # e.g. refs/heads/main; readable even when unborn
+        branch = head_ref.removeprefix("refs/heads/")
+        forced = [
+            _repo_relative(top, root, p, "Entry script")
+            for p in ([entry_script] if entry_script is not None else [])
+        ] + [_repo_relative(top, root, p, "Included path") for p in include]
+
+        env = {"GIT_LITERAL_PATHSPECS": "1"}
+        info = _git(
+            repo,
+            "for-each-ref",
+            "--format=%(objectname) %(tree) %(authordate:raw) %(committerdate:raw)",
+            head_ref,
+            env=env,
+            what="read HEAD",
+        ).split()
+        base = base_tree = None
+        if info:  # [commit, tree, a_time, a_tz, c_time, c_tz]
+            base, base_tree = info[0], info[1]
+            author_date, committer_date = f"@{info[2]} {info[3]}", f"@{info[4]} {info[5]}"
+        else:  # unborn branch: no commits yet
+            author_date = committer_date = _UNBORN_DATE
+
+        tmpdir = tempfile.mkdtemp(prefix="flor-index-")
+        try:
+            index = os.path.join(tmpdir, "index")
+            env["GIT_INDEX_FILE"] = index
+            user_index = Path(repo.git_dir) / "index"
+            if user_index.is_file():
+                shutil.copy2(user_index, index)  # keeps git's stat cache (and its mtime)
+            elif base is not None:
+                _git(repo, "read-tree", base, env=env, what="read HEAD's tree")
+            _git(repo, "add", "-u", env=env, what="stage tracked changes")
+            if forced:
+                _git(
+                    repo,
+                    "add",
+                    "-f",
+                    "--",
+                    *forced,
+                    env=env,
+                    what="add the entry script and includes",
+                )
+            tree = _git(repo, "write-tree", env=env, what="write the snapshot tree")
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+        if tree == base_tree:
+            commit, dirty = base, False
+        else:
+            name, email = SNAPSHOT_IDENTITY
+            env.update(
+                GIT_AUTHOR_NAME=name,
+                GIT_AUTHOR_EMAIL=email,
+                GIT_AUTHOR_DATE=author_date,
+                GIT_COMMITTER_NAME=name,
+                GIT_COMMITTER_EMAIL=email,
+                GIT_COMMITTER_DATE=committer_date,
+            )
+            parent = ["-p", base] if base is not None else []
+            commit = _git(
+                repo,
+                "-c",
+                "i18n.commitEncoding=UTF-8",
+                "commit-tree",
+                "--no-gpg-sign",
+                tree,
+                *parent,
+                "-m",
+                f"flor-flows snapshot\n\nbase {base or 'none'}",
+                env=env,
+                what="commit the snapshot",
+            )
+            dirty = True
+        _git(repo, "update-ref", ref, commit, env=env, what=f"update {ref}")
+        return CodeVersion(commit=commit, tree=tree, base=base, branch=branch, dirty=dirty)
+    finally:
+        repo.close()
+
+
+def read_file(root: Path, commit: str, path: str) -> bytes:
+    """The exact bytes of `path` (relative to the repository root) at `commit`."""
+    repo = _open_repo(root)
+    try:
+        rel = PurePosixPath(Path(path).as_posix())
+        if rel.is_absolute():
+            top = Path(repo.working_tree_dir)
+            for candidate in (Path(os.path.abspath(top)), top.resolve()):
+                if Path(path).is_relative_to(candidate):
+                    rel = PurePosixPath(Path(path).relative_to(candidate).as_posix())
+                    break
+            else:
+                raise FlorError(f"{path} is outside the project repository {top}.")
+        return repo.git.execute(
+            ["git", "cat-file", "blob", f"{commit}:{rel}"],
+            stdout_as_string=False,
+            strip_newline_in_stdout=False,
+        )
+    except git.GitCommandError as exc:
+        raise FlorError(f"Cannot read {rel} at code version {commit}: {_stderr(exc)}") from exc
+    finally:
+        repo.close()

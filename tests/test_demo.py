@@ -1,0 +1,100 @@
+"""The demo end to end: real git, real training runs in child processes, the real store."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flor_flows import demo as demo_module
+from flor_flows.demo import STEPS, DemoStepFailed, run_demo
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, str]:
+    workdir = tmp_path_factory.mktemp("demo") / "repo"
+    out = io.StringIO()
+    table = run_demo(workdir, out=out)
+    return workdir, table, out.getvalue()
+
+
+def test_one_run_per_version_each_with_step_losses(demo: tuple[Path, pd.DataFrame, str]) -> None:
+    _, table, _ = demo
+    versions = [s.version for s in STEPS]
+    assert sorted(table["version"].unique()) == versions
+    runs = table.groupby("version")["run_uid"].nunique()
+    assert runs.to_dict() == dict.fromkeys(versions, 1)
+    for version in versions:
+        losses = table.loc[(table["version"] == version) & table["loss"].notna()]
+        assert len(losses) > 0, version
+        assert losses["step"].notna().all(), version
+
+
+def test_metrics_appear_with_the_version_that_logs_them(
+    demo: tuple[Path, pd.DataFrame, str],
+) -> None:
+    _, table, _ = demo
+    epoch_rows = table.loc[table["acc"].notna()]
+    by_version = {v: rows for v, rows in epoch_rows.groupby("version")}
+    assert by_version["v1"]["lr"].isna().all()
+    assert by_version["v2"]["lr"].notna().all()
+    assert by_version["v2"]["val_loss"].isna().all()
+    assert by_version["v3"]["val_loss"].notna().all()
+    # v2 anneals the learning rate from its default 0.1; v3 ran with --kwargs lr=0.05.
+    assert by_version["v2"].sort_values("epoch")["lr"].iloc[0] == pytest.approx(0.1)
+    assert by_version["v2"].sort_values(["epoch", "step"])["lr"].is_monotonic_decreasing
+    assert by_version["v3"].sort_values("epoch")["lr"].iloc[0] == pytest.approx(0.05)
+
+
+def test_each_run_has_its_own_code_version(demo: tuple[Path, pd.DataFrame, str]) -> None:
+    _, table, _ = demo
+    per_run = table.groupby("run_uid")["code_version"].unique()
+    assert all(len(v) == 1 for v in per_run)
+    assert per_run.map(lambda v: v[0]).nunique() == len(STEPS)
+
+
+def test_each_run_trained_on_its_own_batch(demo: tuple[Path, pd.DataFrame, str]) -> None:
+    _, table, _ = demo
+    used = table.groupby("version")["data.batch"].unique()
+    expected = {s.version: f"data/batches/2026-11-0{i}.csv" for i, s in enumerate(STEPS, 1)}
+    assert {v: list(b) for v, b in used.items()} == {v: [b] for v, b in expected.items()}
+
+
+def test_training_learns(demo: tuple[Path, pd.DataFrame, str]) -> None:
+    _, table, _ = demo
+    epoch_rows = table.loc[table["acc"].notna()]
+    assert ((epoch_rows["acc"] >= 0.0) & (epoch_rows["acc"] <= 1.0)).all()
+    final = epoch_rows.sort_values("epoch").groupby("version")["acc"].last()
+    assert (final > 0.5).all(), final.to_dict()
+    steps = table.loc[table["loss"].notna()].sort_values(["epoch", "step"]).groupby("version")
+    assert (steps["loss"].last() < steps["loss"].first()).all()
+
+
+def test_progress_and_repo(demo: tuple[Path, pd.DataFrame, str]) -> None:
+    workdir, _, printed = demo
+    assert "[1/4] v1 on 2026-11-01.csv ..." in printed
+    assert "[3/4] v3 on 2026-11-03.csv (lr=0.05) ..." in printed
+    log = subprocess.run(
+        ["git", "log", "--format=%s", "main"], cwd=workdir, capture_output=True, text=True
+    ).stdout.split("\n")
+    assert [f"train.py: {s.version}" for s in reversed(STEPS)] == log[: len(STEPS)]
+    assert (workdir / "data" / "test.csv").is_file()
+
+
+def test_rejects_a_non_empty_workdir(tmp_path: Path) -> None:
+    (tmp_path / "something").write_text("x")
+    with pytest.raises(FileExistsError):
+        run_demo(tmp_path, out=io.StringIO())
+
+
+def test_a_failing_run_raises_with_its_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("import sys\nsys.exit('boom: no column named label')\n")
+    monkeypatch.setattr(demo_module, "_version_file", lambda version: broken)
+    with pytest.raises(DemoStepFailed, match="boom: no column named label"):
+        run_demo(tmp_path / "repo", out=io.StringIO())

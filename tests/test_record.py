@@ -1,0 +1,330 @@
+"""The record API end to end: real scripts in real git projects, read back from the store."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from tests.conftest import Project, git
+
+TRAIN = """
+import flor_flows as flor
+lr = flor.arg("lr", 0.5)
+epochs = flor.arg("epochs", 3)
+name = flor.arg("name", "base")
+use_bias = flor.arg("bias", False)
+w = 0.0
+for epoch in flor.loop("epoch", range(epochs)):
+    for step in flor.loop("step", range(4)):
+        w += lr
+        assert flor.log("loss", w) == w
+    flor.log("acc", epoch / 10)
+"""
+
+
+def test_args_logs_and_loops_are_recorded(project: Project) -> None:
+    project.write("train.py", TRAIN)
+    project.run("train.py", "--kwargs", "lr=0.25", "epochs=2", "name=tuned", "bias=yes")
+    df = project.store().dataframe(["loss", "acc"])
+    assert len(df) == 2 * 4
+    assert list(df["epoch"]) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert list(df["step"]) == [0, 1, 2, 3] * 2
+    assert df["loss"].tolist() == pytest.approx([0.25 * k for k in range(1, 9)])
+    assert df["acc"].tolist() == [0.0] * 4 + [0.1] * 4  # epoch value broadcast onto step rows
+    assert df["lr"].iloc[0] == 0.25 and df["epochs"].iloc[0] == 2
+    assert df["name"].iloc[0] == "tuned" and df["bias"].iloc[0] is True or df["bias"].iloc[0]
+    assert df["loss"].dtype == "float64" and df["epoch"].dtype == "Int64"
+    assert {"run_uid", "code_version", "started_at"} <= set(df.columns)
+
+
+def test_kwargs_are_removed_from_argv_for_the_script_argparse(project: Project) -> None:
+    project.write(
+        "train.py",
+        """
+        import argparse
+        import flor_flows as flor
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--device", default="cpu")
+        ns = parser.parse_args()
+        flor.log("device", ns.device)
+        flor.log("lr", flor.arg("lr", 1.0))
+        """,
+    )
+    project.run("train.py", "--kwargs", "lr=3", "--device", "meta")
+    df = project.store().dataframe(["device"])
+    assert df["device"].tolist() == ["meta"] and df["lr"].tolist() == [3.0]
+
+
+def test_arg_errors_are_clear(project: Project) -> None:
+    project.write("need.py", "import flor_flows as flor\nflor.arg('lr')\n")
+    proc = project.run("need.py", check=False)
+    assert proc.returncode != 0
+    assert "flor.arg('lr') has no default" in proc.stderr and "--kwargs lr=VALUE" in proc.stderr
+    project.write("bad.py", "import flor_flows as flor\nflor.arg('epochs', 3)\n")
+    proc = project.run("bad.py", "--kwargs", "epochs=many", check=False)
+    assert "cannot convert to int" in proc.stderr
+    proc = project.run("bad.py", "--kwargs", "epochs", check=False)
+    assert "expects NAME=VALUE" in proc.stderr
+
+
+def test_loop_is_lazy_and_records_item_values(project: Project) -> None:
+    project.write(
+        "lazy.py",
+        """
+        import itertools
+        import flor_flows as flor
+        seen = []
+        def endless():
+            for k in itertools.count():
+                seen.append(k)
+                yield k * 10
+        for i, item in enumerate(flor.loop("tick", endless())):
+            flor.log("item", item)
+            if i == 2:
+                break
+        assert seen == [0, 1, 2], seen  # never materialised
+        for doc in flor.loop("doc", ["a.pdf", "b.pdf"]):
+            flor.log("chars", len(doc))
+        with flor.iteration("request", None, "r-17"):
+            flor.log("latency", 0.5)
+        """,
+    )
+    project.run("lazy.py")
+    store = project.store()
+    ticks = store.dataframe(["item"])
+    assert ticks["tick"].tolist() == [0, 1, 2]
+    assert ticks["tick_value"].tolist() == ["0", "10", "20"][0:0] + [None, "10", "20"]
+    docs = store.dataframe(["chars"])
+    assert docs["doc"].tolist() == [0, 1] and docs["doc_value"].tolist() == ["a.pdf", "b.pdf"]
+    requests = store.dataframe(["latency"])
+    assert requests["request_value"].tolist() == ["r-17"] and requests["latency"].tolist() == [0.5]
+
+
+def test_several_runs_per_process_and_types(project: Project) -> None:
+    project.write(
+        "multi.py",
+        """
+        import numpy as np
+        import flor_flows as flor
+        for k in range(3):
+            flor.log("k", k)
+            flor.log("mixed", [1.5, "two", 3][k])
+            flor.log("weird", {0: float("nan"), 1: float("inf"), 2: -float("inf")}[k])
+            flor.log("np", np.float32(0.5) * k)
+            flor.log("obj", {"a": [1, 2]} if k == 0 else object.__new__(type("Thing", (), {})))
+            flor.commit()
+        """,
+    )
+    project.run("multi.py")
+    store = project.store()
+    runs = store.runs()
+    assert len(runs) == 3 and set(runs["status"]) == {"completed"}
+    df = store.dataframe(["k", "mixed", "weird", "np", "obj"])
+    assert df["k"].tolist() == [0, 1, 2] and str(df["k"].dtype) == "Int64"
+    assert df["mixed"].tolist() == [1.5, "two", 3]  # mixed types stay as Python values
+    assert math.isnan(df["weird"][0]) and df["weird"][1] == math.inf and df["weird"][2] == -math.inf
+    assert df["np"].dtype == "float64" and df["np"].tolist() == [0.0, 0.5, 1.0]
+    assert df["obj"][0] == {"a": [1, 2]} and "Thing object" in df["obj"][1]
+
+
+def test_exception_marks_run_failed_and_keeps_logs(project: Project) -> None:
+    project.write(
+        "crash.py",
+        """
+        import flor_flows as flor
+        for epoch in flor.loop("epoch", range(5)):
+            flor.log("loss", 1.0 / (3 - epoch))
+        """,
+    )
+    proc = project.run("crash.py", check=False)
+    assert proc.returncode == 1 and "ZeroDivisionError" in proc.stderr
+    store = project.store()
+    runs = store.runs()
+    assert runs["status"].tolist() == ["failed"] and "ZeroDivisionError" in runs["error"][0]
+    assert store.dataframe(["loss"])["epoch"].tolist() == [0, 1, 2]
+
+
+def test_sigkill_keeps_flushed_records_and_shows_run_failed(project: Project) -> None:
+    project.write(
+        "killed.py",
+        """
+        import os, signal, time
+        import flor_flows as flor
+        for step in flor.loop("step", range(100)):
+            flor.log("loss", step * 1.0)
+            if step == 9:
+                time.sleep(2.5)  # past the one-second flush
+                os.kill(os.getpid(), signal.SIGKILL)
+        """,
+    )
+    proc = project.run("killed.py", check=False)
+    assert proc.returncode == -signal.SIGKILL
+    store = project.store()
+    assert store.dataframe(["loss"])["loss"].tolist() == [float(k) for k in range(10)]
+    assert store.runs()["status"].tolist() == ["failed"]
+
+
+def test_records_stream_to_the_store_while_the_run_is_alive(project: Project) -> None:
+    project.write(
+        "slow.py",
+        """
+        import time
+        import flor_flows as flor
+        for step in flor.loop("step", range(3)):
+            flor.log("loss", float(step))
+        time.sleep(30)
+        """,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOR_FLOWS_")}
+    child = subprocess.Popen([sys.executable, "slow.py"], cwd=project.root, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                if len(project.store().dataframe(["loss"])) == 3:
+                    break
+            except Exception:  # noqa: BLE001 - store not created yet
+                continue
+        runs = project.store().runs()
+        assert runs["status"].tolist() == ["running"]
+        assert len(project.store().dataframe(["loss"])) == 3
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(20)
+    assert project.store().runs()["status"].tolist() == ["failed"]  # SIGTERM ends it as failed
+
+
+def test_code_version_is_a_hidden_ref_and_the_user_tree_is_untouched(project: Project) -> None:
+    project.write("train.py", TRAIN)
+    head = project.commit("add train")
+    project.write("train.py", TRAIN + "\nflor.log('extra', 1)\n")  # uncommitted edit
+    project.write("scratch.txt", "not part of the project\n")
+    status_before = git(project.root, "status", "--porcelain")
+    project.run("train.py")
+    assert git(project.root, "status", "--porcelain") == status_before
+    assert git(project.root, "rev-parse", "HEAD") == head
+    assert git(project.root, "branch", "--show-current") == "main"
+    run = project.store().runs().iloc[0]
+    ref = git(project.root, "rev-parse", f"refs/flor/runs/{run['run_uid']}")
+    assert ref == run["code_version"]
+    snapshot = git(project.root, "show", f"{ref}:train.py")
+    assert "flor.log('extra', 1)" in snapshot
+    assert "scratch.txt" not in git(project.root, "ls-tree", "-r", "--name-only", ref)
+
+
+def test_not_a_git_repository_and_detached_head(tmp_path, project: Project) -> None:
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "t.py").write_text("import flor_flows as flor\nflor.log('x', 1)\n")
+    proc = subprocess.run(
+        [sys.executable, "t.py"], cwd=loose, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0 and "not inside a git repository" in proc.stderr
+    project.write("t.py", "import flor_flows as flor\nflor.log('x', 1)\n")
+    project.commit()
+    git(project.root, "checkout", "-q", "--detach")
+    proc = project.run("t.py", check=False)
+    assert proc.returncode != 0 and "detached" in proc.stderr.lower()
+
+
+def test_data_batches_are_hashed_copied_and_overridable(project: Project) -> None:
+    import hashlib
+
+    (project.root / "data").mkdir()
+    (project.root / "data" / "b1.csv").write_text("x,y\n1,2\n")
+    (project.root / "data" / "b2.csv").write_text("x,y\n3,4\n5,6\n")
+    project.write(
+        "train.py",
+        """
+        import flor_flows as flor
+        path = flor.data("batch", "data/b1.csv")
+        flor.log("rows", len(open(path).read().splitlines()) - 1)
+        flor.log("path", path)
+        """,
+    )
+    project.run("train.py")
+    project.run("train.py", "--data", "batch=data/b2.csv")
+    store = project.store()
+    df = store.dataframe(["rows", "path"])
+    assert df["rows"].tolist() == [1, 2]
+    assert df["data.batch"].tolist() == ["data/b1.csv", "data/b2.csv"]
+    batches = store.query("select uri, sha256, bytes, stored_uri from data_batches order by id")
+    body = (project.root / "data" / "b2.csv").read_bytes()
+    assert batches["sha256"][1] == hashlib.sha256(body).hexdigest()
+    assert batches["bytes"][1] == len(body)
+    stored = batches["stored_uri"][1]
+    assert stored.startswith(str(project.root / ".flor-flows" / "data"))
+    assert df["path"][1] == stored  # the script read the versioned copy
+    (project.root / "data" / "b2.csv").unlink()
+    assert open(stored).read() == body.decode()  # survives the source vanishing
+
+
+def test_missing_data_file_is_a_clear_error(project: Project) -> None:
+    project.write("t.py", "import flor_flows as flor\nflor.data('batch', 'data/nope.csv')\n")
+    proc = project.run("t.py", check=False)
+    assert proc.returncode != 0
+    assert "data batch 'batch'" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_unwritable_checkpoint_location_is_a_clear_error(project: Project, tmp_path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file, not a directory")
+    project.write(
+        "t.py",
+        """
+        import flor_flows as flor
+        state = {"w": 1}
+        with flor.checkpointing(state=state):
+            for epoch in flor.loop("epoch", range(2)):
+                flor.log("w", state["w"])
+        """,
+    )
+    proc = project.run("t.py", env={"FLOR_FLOWS_CHECKPOINT_URL": str(blocked / "ckpt")}, check=False)
+    assert proc.returncode != 0 and "is not writable" in proc.stderr
+
+
+def test_checkpoints_are_recorded_per_outer_iteration(project: Project) -> None:
+    project.write(
+        "t.py",
+        """
+        import numpy as np
+        import flor_flows as flor
+        w = np.zeros(4)
+        with flor.checkpointing(w=w):
+            for epoch in flor.loop("epoch", range(3)):
+                for step in flor.loop("step", range(2)):
+                    w += 1
+        """,
+    )
+    project.run("t.py", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
+    ckpts = project.store().query("select loop_name, iteration, uri, sha256, bytes, seconds from checkpoints")
+    assert ckpts["loop_name"].tolist() == ["epoch"] * 3
+    assert ckpts["iteration"].tolist() == [0, 1, 2]
+    assert (ckpts["bytes"] > 0).all() and (ckpts["seconds"] >= 0).all()
+    assert all(os.path.exists(u) for u in ckpts["uri"])
+
+
+def test_run_table_and_version_columns(project: Project) -> None:
+    project.write("train.py", TRAIN)
+    project.commit("v1")
+    project.run("train.py")
+    project.write("train.py", TRAIN + "    flor.log('val', epoch * 2)\n")
+    project.commit("v2")
+    project.run("train.py", "--kwargs", "lr=1.0")
+    store = project.store()
+    runs = store.dataframe([])
+    assert len(runs) == 2 and runs["lr"].tolist() == [0.5, 1.0]
+    assert runs["code_version"].nunique() == 2
+    df = store.dataframe(["acc", "val"])
+    v1 = df[df["run_uid"] == runs["run_uid"][0]]
+    assert v1["val"].isna().all() and v1["acc"].notna().all()
+    reordered = store.dataframe(["val", "acc"])
+    pd.testing.assert_frame_equal(df, reordered[df.columns])

@@ -1,0 +1,111 @@
+"""Replay mode (the contract later issues build on), checked against ground truth."""
+
+from __future__ import annotations
+
+import pytest
+
+from flor_flows.record.context import ReplaySpec, RunContext
+from flor_flows.record.replay import Step, steps
+from tests.conftest import Project
+
+
+def test_steps_restore_the_checkpoint_at_the_start_of_each_target() -> None:
+    plan = list(steps([5], checkpointed={2, 3}))
+    assert plan == [
+        Step(0, "skip"), Step(1, "skip"), Step(2, "skip"), Step(3, "skip"),
+        Step(4, "silent", restore=3), Step(5, "record"),
+    ]  # fmt: skip
+    assert list(steps([4], {3})) == [*(Step(i, "skip") for i in range(4)), Step(4, "record", 3)]
+    assert list(steps([0, 2], set())) == [Step(0, "record"), Step(1, "silent"), Step(2, "record")]
+    assert list(steps([], {0, 1})) == []  # run-level only: the loop runs no iteration
+    first = steps(None, {0})
+    assert [next(first) for _ in range(3)] == [Step(0, "record"), Step(1, "record"), Step(2, "record")]
+
+
+V1 = """
+import numpy as np
+import flor_flows as flor
+rng_seed = flor.arg("seed", 7)
+np.random.seed(rng_seed)
+w = np.zeros(3)
+with flor.checkpointing(w=w):
+    for epoch in flor.loop("epoch", range(5)):
+        {start}
+        for step in flor.loop("step", range(4)):
+            w += np.random.rand(3)  # consumes the global RNG: replay must restore it
+            flor.log("loss", float(w.sum()))
+        {end}
+"""
+HINDSIGHT = {
+    "start": 'flor.log("w_start", float(w.sum()))',
+    "end": 'flor.log("w_end", float(w.sum()))',
+}
+
+
+def _replay_env(project: Project, uid: str, apply: tuple[str, ...], iterations) -> dict[str, str]:
+    context = RunContext(
+        mode="replay", run_uid=uid, replay=ReplaySpec(apply=apply, iterations=iterations)
+    )
+    return context.to_env()
+
+
+@pytest.fixture
+def recorded(project: Project) -> tuple[Project, str, list]:
+    project.write("train.py", V1.format(start="pass", end="pass"))
+    project.commit("v1")
+    project.run("train.py", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
+    uid = project.store().runs()["run_uid"][0]
+    # Ground truth: the hindsight version run forward from scratch, as a separate project state.
+    project.write("truth.py", V1.format(**HINDSIGHT))
+    project.run("truth.py")
+    truth = project.store().dataframe(["w_start", "w_end"])
+    truth = truth[truth["run_uid"] != uid]
+    return project, uid, truth
+
+
+def test_replay_from_checkpoints_matches_ground_truth(recorded) -> None:
+    project, uid, truth = recorded
+    project.write("train.py", V1.format(**HINDSIGHT))  # the statements propagated into v1
+    project.run("train.py", env=_replay_env(project, uid, ("w_start", "w_end"), (2, 4)))
+    df = project.store().dataframe(["loss", "w_start", "w_end"])
+    mine = df[df["run_uid"] == uid]
+    epochs = mine.drop_duplicates("epoch").set_index("epoch")
+    expected = truth.drop_duplicates("epoch").set_index("epoch")
+    for epoch in (2, 4):
+        assert epochs.loc[epoch, "w_start"] == expected.loc[epoch, "w_start"]
+        assert epochs.loc[epoch, "w_end"] == expected.loc[epoch, "w_end"]
+    assert epochs.loc[[0, 1, 3], "w_start"].isna().all()  # not selected: not recorded
+    assert mine["loss"].notna().all() and len(mine) == 5 * 4  # forward rows intact, same rows
+    replays = project.store().query("select status from replays")
+    assert replays["status"].tolist() == ["completed"]
+
+
+def test_replay_with_sparse_checkpoints_reexecutes_silently(recorded) -> None:
+    project, uid, truth = recorded
+    store = project.store()
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM checkpoints WHERE iteration IN (1, 2)")
+    project.write("train.py", V1.format(**HINDSIGHT))
+    project.run("train.py", env=_replay_env(project, uid, ("w_start",), (3,)))
+    df = store.dataframe(["w_start"])
+    mine = df[df["run_uid"] == uid].dropna(subset=["w_start"])
+    expected = truth.drop_duplicates("epoch").set_index("epoch")
+    assert mine["epoch"].tolist() == [3]
+    assert mine["w_start"].iloc[0] == expected.loc[3, "w_start"]
+
+
+def test_replay_of_an_existing_statement_is_identical(recorded) -> None:
+    project, uid, _ = recorded
+    project.run("train.py", env=_replay_env(project, uid, ("loss",), None))
+    df = project.store().dataframe(["loss"])
+    mine = df[df["run_uid"] == uid]
+    assert "loss@replay" in mine.columns
+    assert (mine["loss"] == mine["loss@replay"]).all() and len(mine) == 20
+
+
+def test_replay_args_come_from_history(recorded) -> None:
+    project, uid, _ = recorded
+    project.write("args.py", "import flor_flows as flor\nflor.log('seed_seen', flor.arg('seed', 0))\n")
+    project.run("args.py", env=_replay_env(project, uid, None, None))
+    df = project.store().dataframe(["seed_seen"])
+    assert df[df["run_uid"] == uid]["seed_seen"].tolist() == [7]
