@@ -15,7 +15,9 @@ def _print_frame(frame, as_csv: bool) -> None:  # noqa: ANN001 - pandas is impor
     if as_csv:
         frame.to_csv(sys.stdout, index=False)
         return
-    with pd.option_context("display.width", 200, "display.max_columns", 40, "display.max_rows", 200):
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", 40, "display.max_rows", 200
+    ):
         print(frame.to_string(index=False) if len(frame) else "(no rows)")
 
 
@@ -58,7 +60,9 @@ def parser() -> argparse.ArgumentParser:
 
     def reader(name: str, help_: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_, description=help_)
-        cmd.add_argument("--project-dir", type=Path, help="project (git repo) to read; default: cwd")
+        cmd.add_argument(
+            "--project-dir", type=Path, help="project (git repo) to read; default: cwd"
+        )
         cmd.add_argument("--store", help="SQLAlchemy URL of the store (overrides the project's)")
         cmd.add_argument("--csv", action="store_true", help="print CSV instead of a table")
         return cmd

@@ -19,7 +19,11 @@ def test_steps_restore_the_checkpoint_at_the_start_of_each_target() -> None:
     assert list(steps([0, 2], set())) == [Step(0, "record"), Step(1, "silent"), Step(2, "record")]
     assert list(steps([], {0, 1})) == []  # run-level only: the loop runs no iteration
     first = steps(None, {0})
-    assert [next(first) for _ in range(3)] == [Step(0, "record"), Step(1, "record"), Step(2, "record")]
+    assert [next(first) for _ in range(3)] == [
+        Step(0, "record"),
+        Step(1, "record"),
+        Step(2, "record"),
+    ]
 
 
 V1 = """
@@ -105,7 +109,9 @@ def test_replay_of_an_existing_statement_is_identical(recorded) -> None:
 
 def test_replay_args_come_from_history(recorded) -> None:
     project, uid, _ = recorded
-    project.write("args.py", "import flor_flows as flor\nflor.log('seed_seen', flor.arg('seed', 0))\n")
+    project.write(
+        "args.py", "import flor_flows as flor\nflor.log('seed_seen', flor.arg('seed', 0))\n"
+    )
     project.run("args.py", env=_replay_env(project, uid, None, None))
     df = project.store().dataframe(["seed_seen"])
     assert df[df["run_uid"] == uid]["seed_seen"].tolist() == [7]

@@ -15,6 +15,9 @@ class Buffer:
     there or in `drain` is kept and re-raised in the caller's thread by `check`.
     """
 
+    MAX_PENDING = 50_000  # log records held before the logging thread writes them itself
+    CHUNK = 20_000  # rows per INSERT, bounding the memory one write needs
+
     def __init__(
         self,
         start: Callable[[], None],
@@ -23,7 +26,6 @@ class Buffer:
     ) -> None:
         self.logs: deque[tuple[Any, ...]] = deque()
         self.contexts: deque[tuple[Any, ...]] = deque()
-        self.context_ends: deque[tuple[int, float]] = deque()
         self.checkpoints: deque[dict[str, Any]] = deque()
         self._start, self._drain, self._interval = start, drain, interval
         self._lock = threading.Lock()
@@ -54,13 +56,19 @@ class Buffer:
         return True
 
     @staticmethod
-    def take(queue: deque) -> list:
-        """Pop what is in `queue` now (appends racing with this stay for the next drain)."""
-        return [queue.popleft() for _ in range(len(queue))]
+    def take(queue: deque, limit: int | None = None) -> list:
+        """Pop up to `limit` records (default: all there now; later appends wait their turn)."""
+        count = len(queue) if limit is None else min(limit, len(queue))
+        return [queue.popleft() for _ in range(count)]
 
     def flush(self) -> None:
         with self._lock:
             self._drain(self)
+
+    def flush_now(self) -> None:
+        """Write from the calling thread once the store is open (used for back-pressure)."""
+        self.wait_ready()
+        self.flush()
 
     def wait_ready(self) -> None:
         """Block until the store is open; raise its error if opening failed."""

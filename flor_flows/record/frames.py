@@ -23,13 +23,14 @@ class Frame:
     path: tuple[int | None, ...]  # iterations from the outermost in
     padded: tuple[int | None, ...]  # `path` padded to MAX_DEPTH, as stored in `logs`
     values: tuple[str | None, ...]  # item values along the path (see `item_value`)
+    has_values: bool  # any of `values` is not None
 
     @property
     def depth(self) -> int:
         return len(self.names)
 
 
-ROOT = Frame(None, (), (), (None,) * MAX_DEPTH, ())
+ROOT = Frame(None, (), (), (None,) * MAX_DEPTH, (), False)
 
 
 def item_value(iteration: int | None, item: Any) -> str | None:
@@ -50,4 +51,5 @@ def child(parent: Frame, name: str, iteration: int | None, value: str | None) ->
     ctx_id = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest()) >> 1
     path = (*parent.path, iteration)
     padded = path + (None,) * (MAX_DEPTH - depth)
-    return Frame(ctx_id, (*parent.names, name), path, padded, (*parent.values, value))
+    has_values = parent.has_values or value is not None
+    return Frame(ctx_id, (*parent.names, name), path, padded, (*parent.values, value), has_values)

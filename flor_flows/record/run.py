@@ -43,7 +43,9 @@ def cast(name: str, raw: str, default: Any) -> Any:
             return True
         if raw.lower() in _FALSE:
             return False
-        raise ArgumentError(f"--kwargs {name}={raw!r}: expected a boolean (yes/no, true/false, 1/0)")
+        raise ArgumentError(
+            f"--kwargs {name}={raw!r}: expected a boolean (yes/no, true/false, 1/0)"
+        )
     if default is None or kind is str:
         return raw
     try:
@@ -126,30 +128,46 @@ class Run:
         self.store.set_code_version(self.run_id, self.project_id, version)
 
     def _drain(self, buffer: Buffer) -> None:
-        take = buffer.take
-        logs = take(buffer.logs)
-        contexts = take(buffer.contexts)
-        ends = take(buffer.context_ends)
-        checkpoints = take(buffer.checkpoints)
+        take, pending = buffer.take, len(buffer.logs)  # what is queued now, not what arrives later
+        while pending > Buffer.CHUNK:
+            self._write(take(buffer.logs, Buffer.CHUNK), [], [])
+            pending -= Buffer.CHUNK
+        self._write(take(buffer.logs, pending), take(buffer.contexts), take(buffer.checkpoints))
+
+    def _write(self, logs: list, contexts: list, checkpoints: list) -> None:
         args, self._args_dirty = (dict(self.args) if self._args_dirty else None), False
-        if not (logs or contexts or ends or checkpoints or args is not None) and self.replaying:
+        if not (logs or contexts or checkpoints or args is not None) and self.replaying:
             return
         run_id, source, replay_id = self.run_id, self.source, self.replay_id
         signature = self.store.signature_id
         self.store.write(
             run_id,
             contexts=[
-                {
-                    "run_id": run_id, "ctx_id": f.ctx_id, "parent_id": p, "loop_name": f.names[-1],
-                    "iteration": f.path[-1], "value": f.values[-1], "depth": f.depth,
-                    "started_at": t, "path_values": _path_values(f),
-                }  # fmt: skip
-                for f, p, t in contexts
+                (
+                    run_id,
+                    f.ctx_id,
+                    parent,
+                    f.names[-1],
+                    f.path[-1],
+                    f.values[-1],
+                    _path_values(f),
+                    f.depth,
+                    started,
+                    seconds,
+                )  # fmt: skip
+                for f, parent, started, seconds in contexts
             ],
-            context_ends=[{"ctx": c, "secs": secs} for c, secs in ends],
             logs=[
-                (run_id, name, source, f.ctx_id, signature(f.names) if f.names else None,
-                 *(v.encoded if type(v) is _Encoded else values.encode(v)), replay_id, *f.padded)  # fmt: skip
+                (
+                    run_id,
+                    name,
+                    source,
+                    f.ctx_id,
+                    signature(f.names) if f.names else None,
+                    *(v.encoded if type(v) is _Encoded else values.encode(v)),
+                    replay_id,
+                    *f.padded,
+                )  # fmt: skip
                 for f, name, v in logs
             ],
             checkpoints=checkpoints,
@@ -164,7 +182,10 @@ class Run:
         if self.buffer.error is not None:
             raise self.buffer.error
         stored = value if type(value) in _IMMUTABLE else _Encoded(values.encode(value))
-        self.buffer.logs.append((self.frame, name, stored))
+        logs = self.buffer.logs
+        logs.append((self.frame, name, stored))
+        if len(logs) > Buffer.MAX_PENDING:
+            self.buffer.flush_now()  # back-pressure: memory stays bounded at any log rate
         return value
 
     def arg(self, name: str, default: Any) -> Any:
@@ -208,7 +229,9 @@ class Run:
             location = recorded["stored_uri"] or recorded["uri"]
             path = data.fetch(location, recorded["sha256"], cache)
         else:
-            batch = data.version(name, self.context.data.get(name, uri), self.settings.data_url, cache)
+            batch = data.version(
+                name, self.context.data.get(name, uri), self.settings.data_url, cache
+            )
             self.store.add_data_batch(
                 self.run_id,
                 name=name,
@@ -244,24 +267,30 @@ class Run:
                 self.buffer.check()
                 started = time.perf_counter()
                 self._enter(name, iteration, item)
-                yield item
-                seconds = time.perf_counter() - started
-                self._leave(parent, seconds)
+                try:
+                    yield item
+                finally:  # a `break` or an exception still ends the iteration
+                    seconds = time.perf_counter() - started
+                    self._leave(parent, seconds)
                 if outer and not self.replaying:
                     self._maybe_checkpoint(name, iteration, seconds)
         finally:
             self.frame = parent
 
     def _enter(self, name: str, iteration: int | None, item: Any) -> None:
-        parent = self.frame
         value = frames.item_value(iteration, item)
-        self.frame = frame = frames.child(parent, name, iteration, value)
-        if not self.replaying:  # a replay reuses the contexts its forward run recorded
-            self.buffer.contexts.append((frame, parent.ctx_id, time.time()))
+        self.frame = frames.child(self.frame, name, iteration, value)
 
     def _leave(self, parent: Frame, seconds: float) -> None:
-        if not self.replaying:
-            self.buffer.context_ends.append((self.frame.ctx_id, seconds))
+        """Close the current iteration, recording its context row when it carries information.
+
+        Outer iterations (their durations drive replay planning) and iterations over items
+        that are not their index get a row; plain nested iterations are fully described by
+        the loop path stored with each log, so they cost no row.
+        """
+        frame = self.frame
+        if not self.replaying and (frame.depth == 1 or frame.has_values):
+            self.buffer.contexts.append((frame, parent.ctx_id, time.time() - seconds, seconds))
         self.frame = parent
 
     def _maybe_checkpoint(self, name: str, iteration: int, seconds: float) -> None:
@@ -294,7 +323,9 @@ class Run:
         recorded = {}
         if ckpt is not None:
             recorded = {
-                c["iteration"]: c for c in self.store.checkpoints_of(self.run_id) if c["loop_name"] == name
+                c["iteration"]: c
+                for c in self.store.checkpoints_of(self.run_id)
+                if c["loop_name"] == name
             }
         items = iter(iterable)
         position = 0
@@ -349,7 +380,7 @@ class Run:
 
 
 def _path_values(frame: Frame) -> str | None:
-    return json.dumps(frame.values) if any(v is not None for v in frame.values) else None
+    return json.dumps(frame.values) if frame.has_values else None
 
 
 class _Encoded:

@@ -48,9 +48,7 @@ def commit() -> None:
         run.commit()
 
 
-def _excepthook(
-    kind: type[BaseException], exc: BaseException, tb: TracebackType | None
-) -> None:
+def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     run = active()
     if run is not None:
         run.failure = "".join(traceback.format_exception(kind, exc, tb))[-4000:]

@@ -55,7 +55,9 @@ def _runs(store: Store, project: str | None) -> pd.DataFrame:
         runs = pd.DataFrame(conn.execute(query).mappings().all())
         data = pd.DataFrame(conn.execute(batches).mappings().all())
     if runs.empty:
-        return pd.DataFrame(columns=["run_id", "run_uid", "code_version", "status", "started_at", "args"])
+        return pd.DataFrame(
+            columns=["run_id", "run_uid", "code_version", "status", "started_at", "args"]
+        )
     runs["started_at"] = pd.to_datetime(runs["started_at"], utc=True)
     runs["ended_at"] = pd.to_datetime(runs["ended_at"], utc=True)
     if not data.empty:
@@ -103,7 +105,9 @@ def _name_values(store: Store, name: str, signatures: dict[int, tuple[str, ...]]
     paths = [f"i{k}" for k in range(depth)]
     columns = ["id", "run_id", "ctx_id", "sig_id", "source", "vtype", "num", "ival", "txt", *paths]
     mark = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
-    frame = _frame(store, f"SELECT {', '.join(columns)} FROM logs WHERE name = {mark}", (name,), columns)
+    frame = _frame(
+        store, f"SELECT {', '.join(columns)} FROM logs WHERE name = {mark}", (name,), columns
+    )
     frame["value"] = _typed(frame)
     return frame.drop(columns=["vtype", "num", "ival", "txt"])
 
@@ -138,7 +142,9 @@ def _cells(store: Store, names: list[str], signatures: dict[int, tuple[str, ...]
     return rows
 
 
-def _broadcast(rows: pd.DataFrame, names: list[str], signatures: dict[int, tuple[str, ...]]) -> pd.DataFrame:
+def _broadcast(
+    rows: pd.DataFrame, names: list[str], signatures: dict[int, tuple[str, ...]]
+) -> pd.DataFrame:
     """Fold rows of enclosing contexts onto the rows of the contexts nested in them."""
     sig = rows["sig_id"]
     depth = sig.map(lambda x: len(signatures.get(x, ())) if pd.notna(x) else 0).to_numpy()

@@ -182,6 +182,10 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+CONTEXT_COLUMNS = (
+    "run_id", "ctx_id", "parent_id", "loop_name", "iteration", "value", "path_values", "depth",
+    "started_at", "seconds",
+)  # fmt: skip
 LOG_COLUMNS = (
     "run_id", "name", "source", "ctx_id", "sig_id", "vtype", "num", "ival", "txt", "replay_id",
     *(f"i{k}" for k in range(MAX_DEPTH)),

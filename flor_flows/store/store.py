@@ -65,6 +65,7 @@ class Store:
         self._signatures: dict[tuple[str, ...], int] = {}
         self._log_names: set[tuple[str, int]] = set()
         self._insert_logs = _insert_sql(s.Log.__tablename__, s.LOG_COLUMNS, self.engine)
+        self._insert_contexts = _insert_sql("contexts", s.CONTEXT_COLUMNS, self.engine)
         self._ensure_schema()
 
     # -- schema ---------------------------------------------------------------------------
@@ -232,27 +233,19 @@ class Store:
         self,
         run_id: int,
         *,
-        contexts: Sequence[dict[str, Any]] = (),
-        context_ends: Sequence[dict[str, Any]] = (),
-        logs: Sequence[dict[str, Any]] = (),
+        contexts: Sequence[tuple[Any, ...]] = (),
+        logs: Sequence[tuple[Any, ...]] = (),
         checkpoints: Sequence[dict[str, Any]] = (),
         args: dict[str, Any] | None = None,
         heartbeat: bool = False,
     ) -> None:
-        """Write one flush of a run's buffered records in a single transaction."""
+        """Write one flush of a run's buffered records in a single transaction.
+
+        Contexts and logs are positional tuples in `CONTEXT_COLUMNS` / `LOG_COLUMNS` order.
+        """
         with self.engine.begin() as conn:
             if contexts:
-                conn.execute(insert(s.Context), list(contexts))
-            if context_ends:
-                conn.execute(
-                    update(s.Context.__table__)
-                    .where(
-                        s.Context.run_id == run_id,
-                        s.Context.ctx_id == _bind("ctx"),
-                    )
-                    .values(seconds=_bind("secs")),
-                    list(context_ends),
-                )
+                conn.exec_driver_sql(self._insert_contexts, list(contexts))
             if logs:
                 conn.exec_driver_sql(self._insert_logs, list(logs))
                 self._register_names(conn, {(row[1], row[4] or 0) for row in logs})
@@ -268,7 +261,9 @@ class Store:
 
     def _register_names(self, conn: Any, pairs: set[tuple[str, int]]) -> None:
         for name, sig_id in pairs - self._log_names:
-            exists = select(s.LogName.name).where(s.LogName.name == name, s.LogName.sig_id == sig_id)
+            exists = select(s.LogName.name).where(
+                s.LogName.name == name, s.LogName.sig_id == sig_id
+            )
             if conn.scalar(exists) is None:
                 try:
                     with conn.begin_nested():
@@ -295,7 +290,9 @@ class Store:
     def finish_replay(self, replay_id: int, status: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                update(s.Replay).where(s.Replay.id == replay_id).values(status=status, ended_at=now())
+                update(s.Replay)
+                .where(s.Replay.id == replay_id)
+                .values(status=status, ended_at=now())
             )
 
     # -- reads ----------------------------------------------------------------------------
@@ -332,12 +329,6 @@ def _insert_sql(table: str, columns: Sequence[str], engine: Engine) -> str:
     else:
         raise StoreError(f"unsupported DB-API paramstyle {style!r} for {engine.url}")
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
-
-
-def _bind(name: str) -> Any:
-    from sqlalchemy import bindparam
-
-    return bindparam(name)
 
 
 @cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import pickle
 import random
 import sys
@@ -128,7 +129,9 @@ class CheckpointStore:
             self.fs.pipe_file(probe, b"")
             self.fs.rm_file(probe)
         except OSError as exc:
-            raise CheckpointError(f"checkpoint location {self.root!r} is not writable: {exc}") from exc
+            raise CheckpointError(
+                f"checkpoint location {self.root!r} is not writable: {exc}"
+            ) from exc
 
     def write(self, run_uid: str, loop: str, iteration: int, objects: dict[str, Any]) -> Written:
         start = time.perf_counter()
@@ -167,24 +170,29 @@ class EveryIteration:
 class Adaptive:
     """Flor's rule (VLDB 2021): keep checkpoint cost under `epsilon` of loop time.
 
-    The first iteration is always checkpointed to measure the cost M. After that a
-    checkpoint is written once the loop time since the last one reaches M / epsilon,
-    which is every iteration when M is cheap and a sparse period when it is not.
+    The first two iterations are checkpointed to measure the cost M (the first write pays
+    one-off warm-up, so M is the cheaper of the two). After that a checkpoint is written
+    once the loop time since the last one reaches M / epsilon: every iteration when M is
+    cheap, a sparse period when it is not.
     """
+
+    WARMUP = 2
 
     def __init__(self, epsilon: float = 1 / 15) -> None:
         if not 0 < epsilon <= 1:
             raise CheckpointError(f"checkpoint epsilon must be in (0, 1], got {epsilon}")
         self.epsilon = epsilon
-        self.cost: float | None = None
+        self.cost = math.inf
+        self.samples = 0
         self.since_last = 0.0
 
     def should_write(self, loop_seconds: float) -> bool:
         self.since_last += loop_seconds
-        return self.cost is None or self.cost <= self.epsilon * self.since_last
+        return self.samples < self.WARMUP or self.cost <= self.epsilon * self.since_last
 
     def wrote(self, seconds: float) -> None:
-        self.cost = seconds if self.cost is None else 0.5 * (self.cost + seconds)
+        self.cost = min(self.cost, seconds)
+        self.samples += 1
         self.since_last = 0.0
 
 

@@ -1,0 +1,50 @@
+"""The `flor-flows` command line over a real recorded project."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import Project
+
+SCRIPT = """
+import flor_flows as flor
+for epoch in flor.loop("epoch", range(2)):
+    flor.log("loss", 1.0 / (epoch + 1))
+    flor.log("acc", 0.5 * epoch)
+"""
+
+
+def cli(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flor_flows.cli", *args],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_runs_dataframe_and_query(project: Project) -> None:
+    project.write("train.py", SCRIPT)
+    project.run("train.py")
+    runs = cli(project, "runs")
+    assert runs.returncode == 0 and "completed" in runs.stdout and "train.py" in runs.stdout
+    frame = cli(project, "dataframe", "loss,acc", "--csv")
+    lines = frame.stdout.strip().splitlines()
+    assert lines[0].endswith("epoch,loss,acc") and len(lines) == 3
+    assert lines[2].endswith(",1,0.5,0.5")
+    query = cli(project, "query", "select count(*) as n from logs", "--csv")
+    assert query.stdout.split() == ["n", "4"]
+
+
+def test_errors_and_help(project: Project, tmp_path) -> None:
+    outside = subprocess.run(
+        [sys.executable, "-m", "flor_flows.cli", "runs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert outside.returncode == 2 and "not inside a git repository" in outside.stderr
+    helped = cli(project, "dataframe", "--help")
+    assert helped.returncode == 0 and "comma-separated names" in helped.stdout

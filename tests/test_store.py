@@ -1,0 +1,105 @@
+"""The store on SQLite and PostgreSQL: configuration, schema checks, concurrent writers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from flor_flows.errors import StoreError
+from flor_flows.store import Store
+from tests.conftest import Project
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+SCRIPT = """
+import sys
+import flor_flows as flor
+tag = flor.arg("tag", "a")
+for epoch in flor.loop("epoch", range(3)):
+    for step in flor.loop("step", range(200)):
+        flor.log("loss", epoch + step / 1000)
+    flor.log("acc", 0.5 + epoch / 10)
+"""
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    name = f"flor_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        from flor_flows.store.store import open_store
+
+        open_store.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_postgres_store_end_to_end(project: Project, postgres_url: str) -> None:
+    project.write("train.py", SCRIPT)
+    project.run("train.py", "--kwargs", "tag=pg", env={"FLOR_FLOWS_STORE_URL": postgres_url})
+    store = Store(postgres_url)
+    df = store.dataframe(["loss", "acc"])
+    assert len(df) == 600 and df["loss"].dtype == "float64"
+    assert df.groupby("epoch")["acc"].first().tolist() == pytest.approx([0.5, 0.6, 0.7])
+    assert df["tag"].unique().tolist() == ["pg"]
+    assert store.runs()["status"].tolist() == ["completed"]
+    assert not (project.root / ".flor-flows" / "store.db").exists()
+    store.engine.dispose()
+
+
+def test_two_concurrent_runs_lose_nothing(project: Project, postgres_url: str) -> None:
+    project.write("train.py", SCRIPT)
+    for url in (project.store_url, postgres_url):
+        children = [
+            subprocess.Popen(
+                [sys.executable, "train.py", "--kwargs", f"tag={tag}"],
+                cwd=project.root,
+                env={"FLOR_FLOWS_STORE_URL": url, "PATH": "/usr/bin:/bin"},
+            )
+            for tag in ("x", "y")
+        ]
+        assert [c.wait(120) for c in children] == [0, 0]
+        store = Store(url)
+        df = store.dataframe(["loss"])
+        assert df.groupby("tag").size().to_dict() == {"x": 600, "y": 600}
+        store.engine.dispose()
+
+
+def test_store_url_from_pyproject(project: Project, tmp_path) -> None:
+    target = tmp_path / "elsewhere" / "flor.db"
+    project.write("pyproject.toml", f'[tool.flor-flows]\nstore_url = "sqlite:///{target}"\n')
+    project.write("t.py", "import flor_flows as flor\nflor.log('x', 1.5)\n")
+    project.run("t.py")
+    assert Store(f"sqlite:///{target}").dataframe(["x"])["x"].tolist() == [1.5]
+    project.write("pyproject.toml", '[tool.flor-flows]\nstore_uri = "typo"\n')
+    proc = project.run("t.py", check=False)
+    assert proc.returncode != 0 and "unknown keys ['store_uri']" in proc.stderr
+
+
+def test_a_store_from_another_schema_version_is_refused(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    Store(url).engine.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE flor_meta SET value = '0' WHERE key = 'schema_version'"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="has schema version 0"):
+        Store(url)
+
+
+def test_bad_store_url_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(StoreError, match="cannot"):
+        Store("nosuchdialect://x")
+    with pytest.raises(StoreError, match="cannot use store"):
+        Store("postgresql+psycopg://postgres@127.0.0.1:5432/flor_no_such_database_xyz")
