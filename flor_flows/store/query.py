@@ -23,10 +23,17 @@ if TYPE_CHECKING:
 WIDE_RUN_COLUMNS = ["run_id", "run_uid", "code_version", "started_at"]
 
 
-def _frame(store: Store, sql: str, params: tuple, columns: list[str]) -> pd.DataFrame:
+def _columns(store: Store, sql: str, params: tuple, dtypes: dict[str, str]) -> pd.DataFrame:
+    """Fetch with the DB-API cursor straight into typed numpy columns (no per-row objects)."""
     with store.engine.connect() as conn:
-        rows = conn.exec_driver_sql(sql, params).fetchall()
-    return pd.DataFrame.from_records(rows, columns=columns)
+        rows = conn.exec_driver_sql(sql, params).cursor.fetchall()
+    columns = zip(*rows, strict=True) if rows else [()] * len(dtypes)
+    return pd.DataFrame(
+        {
+            name: np.array(col, dtype=dtype)
+            for (name, dtype), col in zip(dtypes.items(), columns, strict=True)
+        }
+    )
 
 
 def _runs(store: Store, project: str | None) -> pd.DataFrame:
@@ -82,32 +89,41 @@ def _typed(frame: pd.DataFrame) -> pd.Series:
     """One typed column from the stored (vtype, num, ival, txt) columns."""
     kinds = set(frame["vtype"].unique())
     if kinds <= {values.FLOAT, values.INT}:
-        out = frame["num"].astype("float64")
-        ints = frame["vtype"].to_numpy() == values.INT
         if kinds == {values.INT}:
             return frame["ival"].astype("Int64")
-        out[ints] = frame["ival"][ints].astype("float64")
-        return out
+        ints = frame["vtype"].to_numpy() == values.INT
+        return pd.Series(np.where(ints, frame["ival"], frame["num"]), index=frame.index)
     if kinds == {values.BOOL}:
         return frame["ival"].astype("boolean")
+    cells = frame[["vtype", "num", "ival", "txt"]].astype(object)
+    cells["num"] = cells["num"].where(frame["num"].notna(), None)
     return pd.Series(
-        [values.decode(*row) for row in frame[["vtype", "num", "ival", "txt"]].itertuples(False)],
+        [values.decode(*row) for row in cells.itertuples(index=False)],
         index=frame.index,
         dtype=object,
     )
 
 
 def _name_values(store: Store, name: str, signatures: dict[int, tuple[str, ...]]) -> pd.DataFrame:
-    """Every stored value of `name`, typed, with its run, context, source and loop path."""
+    """Every stored value of `name`, typed, with its run, context, source and loop path.
+
+    Missing context, signature and path entries come back as 0 / 0 / -1 so every key column
+    is a plain int64.
+    """
     with store.engine.connect() as conn:
         sigs = list(conn.scalars(select(s.LogName.sig_id).where(s.LogName.name == name)))
     depth = max((len(signatures.get(sig, ())) for sig in sigs), default=0)
-    paths = [f"i{k}" for k in range(depth)]
-    columns = ["id", "run_id", "ctx_id", "sig_id", "source", "vtype", "num", "ival", "txt", *paths]
-    mark = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
-    frame = _frame(
-        store, f"SELECT {', '.join(columns)} FROM logs WHERE name = {mark}", (name,), columns
+    dtypes = {
+        "id": "int64", "run_id": "int64", "ctx_id": "int64", "sig_id": "int64",
+        "forward": "bool", "vtype": "int64", "num": "float64", "ival": "int64", "txt": "object",
+    } | {f"i{k}": "int64" for k in range(depth)}  # fmt: skip
+    select_list = (
+        "id, run_id, COALESCE(ctx_id, 0), COALESCE(sig_id, 0), "
+        "CASE WHEN source = 'forward' THEN 1 ELSE 0 END, vtype, num, COALESCE(ival, 0), txt"
+        + "".join(f", COALESCE(i{k}, -1)" for k in range(depth))
     )
+    mark = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
+    frame = _columns(store, f"SELECT {select_list} FROM logs WHERE name = {mark}", (name,), dtypes)
     frame["value"] = _typed(frame)
     return frame.drop(columns=["vtype", "num", "ival", "txt"])
 
@@ -125,16 +141,15 @@ def _cells(store: Store, names: list[str], signatures: dict[int, tuple[str, ...]
     columns: list[pd.DataFrame] = []
     for name in names:
         frame = _name_values(store, name, signatures)
-        forward = frame["source"] == "forward"
-        best = frame.assign(forward=forward).sort_values(["forward", "id"])
-        best = best.drop_duplicates(keys, keep="last")
+        forward = frame["forward"]
+        best = frame.sort_values(["forward", "id"]).drop_duplicates(keys, keep="last")
         column = best[[*keys, "value"]].rename(columns={"value": name})
         if forward.any() and not forward.all():
             replayed = frame[~forward].sort_values("id").drop_duplicates(keys, keep="last")
             replayed = replayed[[*keys, "value"]].rename(columns={"value": f"{name}@replay"})
             column = column.merge(replayed, on=keys, how="left")
         columns.append(column)
-        path = best.drop(columns=["id", "source", "value", "forward"])
+        path = best.drop(columns=["id", "value", "forward"])
         rows = path if rows is None else pd.concat([rows, path]).drop_duplicates(keys)
     rows = rows.reset_index(drop=True)
     for column in columns:
@@ -147,11 +162,12 @@ def _broadcast(
 ) -> pd.DataFrame:
     """Fold rows of enclosing contexts onto the rows of the contexts nested in them."""
     sig = rows["sig_id"]
-    depth = sig.map(lambda x: len(signatures.get(x, ())) if pd.notna(x) else 0).to_numpy()
+    depth_of = {x: len(signatures.get(x, ())) for x in sig.unique()}  # sig 0: run level
+    depth = sig.map(depth_of).to_numpy()
     keep = np.ones(len(rows), dtype=bool)
     filled = rows.copy()
     for k in range(int(depth.max(initial=0))):
-        prefix = sig.map(lambda x, k=k: "/".join(signatures.get(x, ())[:k]) if pd.notna(x) else "")
+        prefix = sig.map({x: "/".join(signatures.get(x, ())[:k]) for x in depth_of})
         key_cols = ["run_id", *(f"i{j}" for j in range(k))]
         key = pd.MultiIndex.from_arrays([prefix, *(rows[c] for c in key_cols)])
         outer, inner = depth == k, depth > k
@@ -170,13 +186,14 @@ def _broadcast(
 def _loop_columns(rows: pd.DataFrame, signatures: dict[int, tuple[str, ...]]) -> list[str]:
     """Add one nullable integer column per loop name, from the flattened path."""
     loops: list[str] = []
-    for sig in rows["sig_id"].dropna().unique():
-        mask = rows["sig_id"] == sig
-        for level, loop in enumerate(signatures[int(sig)]):
+    for sig in rows["sig_id"].unique():
+        mask = (rows["sig_id"] == sig).to_numpy()
+        for level, loop in enumerate(signatures.get(int(sig), ())):
             if loop not in loops:
                 loops.append(loop)
                 rows[loop] = pd.array([pd.NA] * len(rows), dtype="Int64")
-            rows.loc[mask, loop] = rows.loc[mask, f"i{level}"].astype("Int64")
+            path = rows.loc[mask, f"i{level}"]
+            rows.loc[mask, loop] = path.where(path >= 0).astype("Int64")
     return loops
 
 
@@ -194,7 +211,7 @@ def _loop_values(store: Store, rows: pd.DataFrame, loops: list[str]) -> list[str
         return []
     by_ctx = {(run, ctx): json.loads(vals) for run, ctx, vals in found}
     added: list[str] = []
-    for index, row in rows[rows["ctx_id"].notna()].iterrows():
+    for index, row in rows[rows["ctx_id"] != 0].iterrows():
         path_values = by_ctx.get((row["run_id"], int(row["ctx_id"])))
         if path_values is None:
             continue
