@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -205,7 +206,11 @@ def m_import(runner: Runner, sz: Sizes) -> Section:
             Row("`import` time", "s", median_of(res, "import_s"), 0.3, "0.46-0.8 s"),
             Row("RSS added by `import`", "MB", median_of(res, "rss_added_mb"), 100, ""),
         ],
-        ["Timed in-process around `importlib.import_module`; interpreter start-up excluded."],
+        [
+            "Timed in-process around `importlib.import_module`; interpreter start-up excluded. "
+            "What an implementation defers to first use is paid later (log/commit/dataframe "
+            "tables, and the training overhead below).",
+        ],
     )
 
 
@@ -215,6 +220,7 @@ def m_log(runner: Runner, sz: Sizes) -> Section:
         f"`flor.log` inside `flor.loop` (N = {sz.log_n:,}, median of {sz.log_reps} processes)",
         [
             Row("`flor.log` cost per call", "us", median_of(res, "log_us"), 10, "130-180 us"),
+            Row("`flor.log` CPU per call (all threads)", "us", median_of(res, "log_cpu_us")),
             Row(
                 "bare `flor.loop` per iteration",
                 "us",
@@ -224,7 +230,10 @@ def m_log(runner: Runner, sz: Sizes) -> Section:
             ),
         ],
         [
-            "Cost per call = (time of the loop with `flor.log` - the same loop without it) / N.",
+            "Cost per call = (time of the loop with `flor.log` - the same loop without it) / N, "
+            "after a warm-up loop and a 2 s pause. The CPU row uses process CPU time (every "
+            "thread), which counts work handed to a background writer during the loop; what is "
+            "still queued at the end is paid in `commit()` (next table).",
             "stdout goes to /dev/null and stderr to a file for both implementations, so FlorDB's "
             "per-value terminal echo (`tqdm.write`) is not paying for a terminal.",
         ],
@@ -393,6 +402,17 @@ def render_row(row: Row) -> str:
     return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
 
 
+def source_state() -> str:
+    """Git HEAD of the project plus a hash of flor_flows/**/*.py (the tree may be uncommitted)."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH.parent, capture_output=True, text=True
+    ).stdout.strip()
+    h = hashlib.sha256()
+    for f in sorted((BENCH.parent / "flor_flows").rglob("*.py")):
+        h.update(f"{f.relative_to(BENCH.parent)}\0".encode() + f.read_bytes())
+    return f"git HEAD {head or '(no commit yet)'}, sha256(flor_flows/**/*.py) {h.hexdigest()[:12]}"
+
+
 def versions(python: Path) -> dict:
     code = (
         "import importlib.metadata as m, json, platform\n"
@@ -414,9 +434,15 @@ def versions(python: Path) -> dict:
 
 
 def report(
-    sections: list[Section], argv: list[str], started: datetime.datetime, took: float, quick: bool
+    sections: list[Section],
+    argv: list[str],
+    started: datetime.datetime,
+    took: float,
+    quick: bool,
+    sources: tuple[str, str],
 ) -> str:
     load = os.getloadavg()
+    changed = " **(flor_flows changed during the run: figures may mix versions)**"
     lines = [
         "# FlorDB 4.0.1 vs flor_flows: side-by-side benchmark"
         + (" (QUICK smoke run)" if quick else ""),
@@ -432,6 +458,8 @@ def report(
         pk = ", ".join(f"{k} {val}" for k, val in v["packages"].items())
         lines.append(f"- {impl.key}: `{rel(impl.python)}`, Python {v['python']}; {pk}")
     lines += [
+        f"- flor_flows source at the start: {sources[0]}"
+        + (f"; at the end: {sources[1]}{changed}" if sources[1] != sources[0] else " (unchanged)"),
         "- Every figure comes from fresh subprocesses, each in its own scratch git repo under "
         "`bench/.work/` (git init + an initial commit). Scripts: `bench/workloads/`.",
         "- Columns: FlorDB / flor_flows figures; *FlorDB / ours* is the ratio (higher = ours "
@@ -469,7 +497,7 @@ def main() -> None:
         (root / sub).mkdir(parents=True)
     runner = Runner(root)
 
-    started, t0 = datetime.datetime.now(), time.perf_counter()
+    started, t0, source0 = datetime.datetime.now(), time.perf_counter(), source_state()
     sections = []
     for name in only:
         print(f"[bench] {name} ...", flush=True)
@@ -483,7 +511,8 @@ def main() -> None:
             )
         print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
 
-    text = report(sections, sys.argv[1:], started, time.perf_counter() - t0, args.quick)
+    took = time.perf_counter() - t0
+    text = report(sections, sys.argv[1:], started, took, args.quick, (source0, source_state()))
     dest = WORK / "RESULTS-quick.md" if args.quick else BENCH / "RESULTS.md"
     dest.write_text(text)
     print(f"[bench] wrote {rel(dest)}")

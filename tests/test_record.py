@@ -101,7 +101,8 @@ def test_loop_is_lazy_and_records_item_values(project: Project) -> None:
     store = project.store()
     ticks = store.dataframe(["item"])
     assert ticks["tick"].tolist() == [0, 1, 2]
-    assert ticks["tick_value"].tolist() == [None, "10", "20"]  # item 0 equals its index
+    assert pd.isna(ticks["tick_value"][0])  # item 0 equals its index: no value stored
+    assert ticks["tick_value"].tolist()[1:] == ["10", "20"]
     docs = store.dataframe(["chars"])
     assert docs["doc"].tolist() == [0, 1] and docs["doc_value"].tolist() == ["a.pdf", "b.pdf"]
     requests = store.dataframe(["latency"])

@@ -8,8 +8,11 @@ replayed ones for the same cell; a name that has both also gets a `<name>@replay
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from typing import TYPE_CHECKING
 
+import connectorx
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
@@ -23,17 +26,31 @@ if TYPE_CHECKING:
 WIDE_RUN_COLUMNS = ["run_id", "run_uid", "code_version", "started_at"]
 
 
-def _columns(store: Store, sql: str, params: tuple, dtypes: dict[str, str]) -> pd.DataFrame:
-    """Fetch with the DB-API cursor straight into typed numpy columns (no per-row objects)."""
+def _connectorx_url(store: Store) -> str | None:
+    """The store's URL in connectorx's form, when connectorx can read that database."""
+    url = store.engine.url
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return f"sqlite://{os.path.abspath(url.database)}"
+    if url.get_backend_name() == "postgresql":
+        return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return None
+
+
+def _fetch(store: Store, sql: str) -> pd.DataFrame:
+    """Run a SELECT into a DataFrame, columnar (connectorx) where the database allows it."""
+    source = _connectorx_url(store)
+    if source is not None:
+        with warnings.catch_warnings():  # connectorx builds frames with a pandas-internal API
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return connectorx.read_sql(source, sql)
     with store.engine.connect() as conn:
-        rows = conn.exec_driver_sql(sql, params).cursor.fetchall()
-    columns = zip(*rows, strict=True) if rows else [()] * len(dtypes)
-    return pd.DataFrame(
-        {
-            name: np.array(col, dtype=dtype)
-            for (name, dtype), col in zip(dtypes.items(), columns, strict=True)
-        }
-    )
+        result = conn.exec_driver_sql(sql)
+        return pd.DataFrame.from_records(result.cursor.fetchall(), columns=list(result.keys()))
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (connectorx takes no bound parameters)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _runs(store: Store, project: str | None) -> pd.DataFrame:
@@ -85,18 +102,22 @@ def run_table(store: Store, project: str | None = None) -> pd.DataFrame:
     return _expand_args(runs).drop(columns=["run_id"]).reset_index(drop=True)
 
 
-def _typed(frame: pd.DataFrame) -> pd.Series:
-    """One typed column from the stored (vtype, num, ival, txt) columns."""
-    kinds = set(frame["vtype"].unique())
-    if kinds <= {values.FLOAT, values.INT}:
-        if kinds == {values.INT}:
-            return frame["ival"].astype("Int64")
-        ints = frame["vtype"].to_numpy() == values.INT
-        return pd.Series(np.where(ints, frame["ival"], frame["num"]), index=frame.index)
+def _typed(frame: pd.DataFrame, kinds: set[int]) -> pd.Series:
+    """One typed column from the stored value columns that `_name_values` fetched."""
+    if kinds == {values.FLOAT}:
+        return frame["num"].astype("float64")
+    if kinds == {values.INT}:
+        return frame["ival"].astype("Int64")
     if kinds == {values.BOOL}:
         return frame["ival"].astype("boolean")
+    if kinds == {values.FLOAT, values.INT}:
+        ints = (frame["vtype"] == values.INT).to_numpy()
+        return pd.Series(
+            np.where(ints, frame["ival"].astype("float64"), frame["num"].astype("float64")),
+            index=frame.index,
+        )
     cells = frame[["vtype", "num", "ival", "txt"]].astype(object)
-    cells["num"] = cells["num"].where(frame["num"].notna(), None)
+    cells = cells.where(frame[["vtype", "num", "ival", "txt"]].notna(), None)
     return pd.Series(
         [values.decode(*row) for row in cells.itertuples(index=False)],
         index=frame.index,
@@ -104,28 +125,50 @@ def _typed(frame: pd.DataFrame) -> pd.Series:
     )
 
 
+def _value_columns(kinds: set[int]) -> list[str]:
+    if kinds == {values.FLOAT}:
+        return ["num"]
+    if kinds in ({values.INT}, {values.BOOL}):
+        return ["ival"]
+    if kinds == {values.FLOAT, values.INT}:
+        return ["vtype", "num", "ival"]
+    return ["vtype", "num", "ival", "txt"]
+
+
 def _name_values(store: Store, name: str, signatures: dict[int, tuple[str, ...]]) -> pd.DataFrame:
     """Every stored value of `name`, typed, with its run, context, source and loop path.
 
-    Missing context, signature and path entries come back as 0 / 0 / -1 so every key column
-    is a plain int64.
+    The `log_names` catalog says which signatures, types and sources exist, so only the
+    columns this name needs are fetched.
     """
     with store.engine.connect() as conn:
-        sigs = list(conn.scalars(select(s.LogName.sig_id).where(s.LogName.name == name)))
+        catalog = conn.execute(
+            select(s.LogName.sig_id, s.LogName.vtype, s.LogName.source).where(
+                s.LogName.name == name
+            )
+        ).all()
+    sigs = {row.sig_id for row in catalog}
+    kinds = {row.vtype for row in catalog}
+    sources = {row.source for row in catalog}
     depth = max((len(signatures.get(sig, ())) for sig in sigs), default=0)
-    dtypes = {
-        "id": "int64", "run_id": "int64", "ctx_id": "int64", "sig_id": "int64",
-        "forward": "bool", "vtype": "int64", "num": "float64", "ival": "int64", "txt": "object",
-    } | {f"i{k}": "int64" for k in range(depth)}  # fmt: skip
-    select_list = (
-        "id, run_id, COALESCE(ctx_id, 0), COALESCE(sig_id, 0), "
-        "CASE WHEN source = 'forward' THEN 1 ELSE 0 END, vtype, num, COALESCE(ival, 0), txt"
-        + "".join(f", COALESCE(i{k}, -1)" for k in range(depth))
-    )
-    mark = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
-    frame = _columns(store, f"SELECT {select_list} FROM logs WHERE name = {mark}", (name,), dtypes)
-    frame["value"] = _typed(frame)
-    return frame.drop(columns=["vtype", "num", "ival", "txt"])
+    columns = ["run_id", "ctx_id"]
+    columns += ["sig_id"] if len(sigs) > 1 else []
+    columns += ["source"] if len(sources) > 1 else []
+    columns += _value_columns(kinds) + [f"i{k}" for k in range(depth)]
+    # Rows come in (run, write) order, so "keep last" below means the latest value wins.
+    sql = f"SELECT {', '.join(columns)} FROM logs WHERE name = {_literal(name)} ORDER BY run_id, id"
+    frame = _fetch(store, sql)
+    frame["ctx_id"] = frame["ctx_id"].fillna(0).astype("int64")
+    if "sig_id" in frame:
+        frame["sig_id"] = frame["sig_id"].fillna(0).astype("int64")
+    else:
+        frame["sig_id"] = next(iter(sigs), 0)
+    if "source" in frame:
+        frame["forward"] = (frame.pop("source") == "forward").to_numpy()
+    else:
+        frame["forward"] = sources == {"forward"}
+    frame["value"] = _typed(frame, kinds)
+    return frame.drop(columns=[c for c in ("vtype", "num", "ival", "txt") if c in frame])
 
 
 def _signatures(store: Store) -> dict[int, tuple[str, ...]]:
@@ -137,23 +180,31 @@ def _signatures(store: Store) -> dict[int, tuple[str, ...]]:
 def _cells(store: Store, names: list[str], signatures: dict[int, tuple[str, ...]]) -> pd.DataFrame:
     """Rows keyed by (run_id, ctx_id) with their loop path and one column per name."""
     keys = ["run_id", "ctx_id"]
-    rows: pd.DataFrame | None = None
-    columns: list[pd.DataFrame] = []
+    frames = []
     for name in names:
         frame = _name_values(store, name, signatures)
         forward = frame["forward"]
-        best = frame.sort_values(["forward", "id"]).drop_duplicates(keys, keep="last")
-        column = best[[*keys, "value"]].rename(columns={"value": name})
+        if not forward.all():  # forward values win: put them last, keeping write order
+            frame = frame.sort_values("forward", kind="stable")
+        best = frame.drop_duplicates(keys, keep="last").rename(columns={"value": name})
         if forward.any() and not forward.all():
-            replayed = frame[~forward].sort_values("id").drop_duplicates(keys, keep="last")
+            replayed = frame[~forward].drop_duplicates(keys, keep="last")
             replayed = replayed[[*keys, "value"]].rename(columns={"value": f"{name}@replay"})
-            column = column.merge(replayed, on=keys, how="left")
-        columns.append(column)
-        path = best.drop(columns=["id", "value", "forward"])
-        rows = path if rows is None else pd.concat([rows, path]).drop_duplicates(keys)
-    rows = rows.reset_index(drop=True)
-    for column in columns:
-        rows = rows.merge(column, on=keys, how="left")
+            best = best.merge(replayed, on=keys, how="left")
+        frames.append(best.drop(columns=["forward"]))
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    paths = [
+        f.drop(columns=[c for c in f.columns if c == n or c == f"{n}@replay"])
+        for f, n in zip(frames, names, strict=True)
+    ]
+    rows = pd.concat(paths, ignore_index=True).drop_duplicates(keys, ignore_index=True)
+    for frame, name in zip(frames, names, strict=True):
+        rows = rows.merge(
+            frame[[*keys, *(c for c in frame.columns if c in (name, f"{name}@replay"))]],
+            on=keys,
+            how="left",
+        )
     return rows
 
 
@@ -163,16 +214,18 @@ def _broadcast(
     """Fold rows of enclosing contexts onto the rows of the contexts nested in them."""
     sig = rows["sig_id"]
     depth_of = {x: len(signatures.get(x, ())) for x in sig.unique()}  # sig 0: run level
+    if len(set(depth_of.values())) < 2:
+        return rows  # every row at one depth: nothing encloses anything
     depth = sig.map(depth_of).to_numpy()
     keep = np.ones(len(rows), dtype=bool)
     filled = rows.copy()
     for k in range(int(depth.max(initial=0))):
-        prefix = sig.map({x: "/".join(signatures.get(x, ())[:k]) for x in depth_of})
-        key_cols = ["run_id", *(f"i{j}" for j in range(k))]
-        key = pd.MultiIndex.from_arrays([prefix, *(rows[c] for c in key_cols)])
         outer, inner = depth == k, depth > k
         if not outer.any() or not inner.any():
             continue
+        prefix = sig.map({x: "/".join(signatures.get(x, ())[:k]) for x in depth_of})
+        key_cols = ["run_id", *(f"i{j}" for j in range(k))]
+        key = pd.MultiIndex.from_arrays([prefix, *(rows[c] for c in key_cols)])
         enclosing = rows.loc[outer, names].set_axis(key[outer])
         enclosing = enclosing[~enclosing.index.duplicated(keep="last")]
         keep[outer] &= ~key[outer].isin(key[inner])
@@ -183,63 +236,69 @@ def _broadcast(
     return filled[keep]
 
 
-def _loop_columns(rows: pd.DataFrame, signatures: dict[int, tuple[str, ...]]) -> list[str]:
-    """Add one nullable integer column per loop name, from the flattened path."""
-    loops: list[str] = []
-    for sig in rows["sig_id"].unique():
-        mask = (rows["sig_id"] == sig).to_numpy()
+def _loop_columns(
+    rows: pd.DataFrame, signatures: dict[int, tuple[str, ...]]
+) -> dict[str, pd.Series]:
+    """One nullable integer column per loop name, read from the flattened path."""
+    sigs = rows["sig_id"].unique()
+    loops: dict[str, pd.Series] = {}
+    for sig in sigs:
         for level, loop in enumerate(signatures.get(int(sig), ())):
-            if loop not in loops:
-                loops.append(loop)
-                rows[loop] = pd.array([pd.NA] * len(rows), dtype="Int64")
-            path = rows.loc[mask, f"i{level}"]
-            rows.loc[mask, loop] = path.where(path >= 0).astype("Int64")
+            column = rows[f"i{level}"].astype("Int64")
+            if len(sigs) > 1:
+                column = column.where(rows["sig_id"] == sig)
+            loops[loop] = column if loop not in loops else loops[loop].fillna(column)
     return loops
 
 
-def _loop_values(store: Store, rows: pd.DataFrame, loops: list[str]) -> list[str]:
+def _loop_values(
+    store: Store, rows: pd.DataFrame, signatures: dict[int, tuple[str, ...]]
+) -> dict[str, pd.Series]:
     """`<loop>_value` columns for loops whose items are not their index (FlorDB's convention)."""
-    run_ids = [int(r) for r in rows["run_id"].unique()]
-    if not run_ids:
-        return []
     query = select(s.Context.run_id, s.Context.ctx_id, s.Context.path_values).where(
-        s.Context.path_values.is_not(None), s.Context.run_id.in_(run_ids)
+        s.Context.path_values.is_not(None)
     )
     with store.engine.connect() as conn:
         found = conn.execute(query).all()
     if not found:
-        return []
+        return {}
     by_ctx = {(run, ctx): json.loads(vals) for run, ctx, vals in found}
-    added: list[str] = []
-    for index, row in rows[rows["ctx_id"] != 0].iterrows():
-        path_values = by_ctx.get((row["run_id"], int(row["ctx_id"])))
-        if path_values is None:
-            continue
-        names = [loop for loop in loops if pd.notna(row[loop])] or loops
-        for loop, value in zip(names, path_values, strict=False):
-            if value is None:
-                continue
-            column = f"{loop}_value"
-            if column not in rows:
-                rows[column] = pd.Series([None] * len(rows), index=rows.index, dtype=object)
-                added.append(column)
-            rows.at[index, column] = value
-    return added
+    columns: dict[str, list] = {}
+    keys = zip(rows["run_id"], rows["ctx_id"], rows["sig_id"], strict=True)
+    for position, (run, ctx, sig) in enumerate(keys):
+        path_values = by_ctx.get((int(run), int(ctx)), ())
+        for loop, value in zip(signatures.get(int(sig), ()), path_values, strict=False):
+            if value is not None:
+                columns.setdefault(f"{loop}_value", [None] * len(rows))[position] = value
+    return {
+        name: pd.Series(cells, index=rows.index, dtype=object) for name, cells in columns.items()
+    }
 
 
 def wide_table(store: Store, names: list[str], project: str | None = None) -> pd.DataFrame:
     """One row per (run, loop context) holding the requested names."""
     runs = _runs(store, project)
     data = [c for c in runs.columns if c.startswith("data.")]
-    runs = _expand_args(runs[[*WIDE_RUN_COLUMNS, *data, "args"]])
+    runs = _expand_args(runs[[*WIDE_RUN_COLUMNS, *data, "args"]]).reset_index(drop=True)
     signatures = _signatures(store)
     rows = _cells(store, names, signatures)
-    rows = rows[rows["run_id"].isin(runs["run_id"])]
+    position = pd.Index(runs["run_id"]).get_indexer(rows["run_id"])
+    rows, position = rows[position >= 0].reset_index(drop=True), position[position >= 0]
     value_columns = [c for c in rows.columns if c in names or c.endswith("@replay")]
-    rows = _broadcast(rows.reset_index(drop=True), value_columns, signatures)
-    loops = _loop_columns(rows, signatures)
-    loops += _loop_values(store, rows, loops)
-    runs = runs.drop(columns=[c for c in runs.columns if c in value_columns or c in loops])
-    table = runs.merge(rows[["run_id", *loops, *value_columns]], on="run_id", how="inner")
-    table = table.sort_values(["started_at", "run_id", *loops[: len(loops)]], kind="stable")
-    return table.drop(columns=["run_id"]).reset_index(drop=True)
+    rows = _broadcast(rows, value_columns, signatures)
+    position = pd.Index(runs["run_id"]).get_indexer(rows["run_id"])
+    loops = _loop_columns(rows, signatures) | _loop_values(store, rows, signatures)
+    # Order: runs by start time, then loop iterations; one lexsort over integer keys.
+    sort_keys = [
+        c.fillna(-1).to_numpy() for c in reversed(list(loops.values())) if c.dtype == "Int64"
+    ]
+    order = np.lexsort([*sort_keys, position])
+    table = runs.drop(
+        columns=["run_id", *(c for c in runs.columns if c in value_columns or c in loops)]
+    )
+    table = table.take(position[order]).reset_index(drop=True)
+    for name, column in loops.items():
+        table[name] = column.array.take(order)
+    for name in value_columns:
+        table[name] = rows[name].array.take(order)
+    return table

@@ -120,11 +120,16 @@ class Context(Base):
 
 
 class LogName(Base):
-    """Each (name, loop signature) pair ever logged, so queries know a name's loop columns."""
+    """Each kind of value ever logged under a name: its loop signature, type and source.
+
+    A query reads this catalog first, so it fetches only the columns a name needs.
+    """
 
     __tablename__ = "log_names"
     name: Mapped[str] = mapped_column(String(255), primary_key=True)
     sig_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # 0: run
+    vtype: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+    source: Mapped[str] = mapped_column(String(8), primary_key=True)
 
 
 class Replay(Base):
@@ -145,7 +150,7 @@ class Log(Base):
     """One logged value, typed (see `flor_flows.record.values`)."""
 
     __tablename__ = "logs"
-    __table_args__ = (Index("ix_logs_name_run", "name", "run_id"),)
+    __table_args__ = (Index("ix_logs_name_run", "name", "run_id", "id"),)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     name: Mapped[str] = mapped_column(String(255))

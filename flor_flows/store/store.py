@@ -63,7 +63,7 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._signatures: dict[tuple[str, ...], int] = {}
-        self._log_names: set[tuple[str, int]] = set()
+        self._log_names: set[tuple[str, int, int, str]] = set()
         self._insert_logs = _insert_sql(s.Log.__tablename__, s.LOG_COLUMNS, self.engine)
         self._insert_contexts = _insert_sql("contexts", s.CONTEXT_COLUMNS, self.engine)
         self._ensure_schema()
@@ -248,7 +248,7 @@ class Store:
                 conn.exec_driver_sql(self._insert_contexts, list(contexts))
             if logs:
                 conn.exec_driver_sql(self._insert_logs, list(logs))
-                self._register_names(conn, {(row[1], row[4] or 0) for row in logs})
+                self._register_names(conn, {(r[1], r[4] or 0, r[5], r[2]) for r in logs})
             if checkpoints:
                 conn.execute(insert(s.Checkpoint), list(checkpoints))
             values: dict[str, Any] = {}
@@ -259,18 +259,26 @@ class Store:
             if values:
                 conn.execute(update(s.Run).where(s.Run.id == run_id).values(**values))
 
-    def _register_names(self, conn: Any, pairs: set[tuple[str, int]]) -> None:
-        for name, sig_id in pairs - self._log_names:
+    def _register_names(self, conn: Any, kinds: set[tuple[str, int, int, str]]) -> None:
+        """Add new (name, signature, type, source) kinds to the `log_names` catalog."""
+        for name, sig_id, vtype, source in kinds - self._log_names:
             exists = select(s.LogName.name).where(
-                s.LogName.name == name, s.LogName.sig_id == sig_id
+                s.LogName.name == name,
+                s.LogName.sig_id == sig_id,
+                s.LogName.vtype == vtype,
+                s.LogName.source == source,
             )
             if conn.scalar(exists) is None:
                 try:
                     with conn.begin_nested():
-                        conn.execute(insert(s.LogName).values(name=name, sig_id=sig_id))
+                        conn.execute(
+                            insert(s.LogName).values(
+                                name=name, sig_id=sig_id, vtype=vtype, source=source
+                            )
+                        )
                 except IntegrityError:
                     pass  # registered by a concurrent writer
-            self._log_names.add((name, sig_id))
+            self._log_names.add((name, sig_id, vtype, source))
 
     def checkpoints_of(self, run_id: int) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
