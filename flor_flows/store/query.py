@@ -192,20 +192,26 @@ def _cells(store: Store, names: list[str], signatures: dict[int, tuple[str, ...]
             replayed = replayed[[*keys, "value"]].rename(columns={"value": f"{name}@replay"})
             best = best.merge(replayed, on=keys, how="left")
         frames.append(best.drop(columns=["forward"]))
-    if len(frames) == 1:
-        return frames[0].reset_index(drop=True)
-    paths = [
-        f.drop(columns=[c for c in f.columns if c == n or c == f"{n}@replay"])
-        for f, n in zip(frames, names, strict=True)
-    ]
-    rows = pd.concat(paths, ignore_index=True).drop_duplicates(keys, ignore_index=True)
+    groups: list[pd.DataFrame] = []  # names logged in exactly the same contexts share a frame
     for frame, name in zip(frames, names, strict=True):
-        rows = rows.merge(
-            frame[[*keys, *(c for c in frame.columns if c in (name, f"{name}@replay"))]],
-            on=keys,
-            how="left",
-        )
+        same = next((g for g in groups if _same_keys(g, frame, keys)), None)
+        if same is None:
+            groups.append(frame.reset_index(drop=True))
+        else:
+            for column in (name, f"{name}@replay"):
+                if column in frame:
+                    same[column] = frame[column].to_numpy()
+    rows = groups[0]
+    for group in groups[1:]:
+        path = [c for c in group.columns if c in rows.columns]
+        rows = rows.merge(group, on=path, how="outer")
     return rows
+
+
+def _same_keys(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> bool:
+    return len(left) == len(right) and all(
+        np.array_equal(left[k].to_numpy(), right[k].to_numpy()) for k in keys
+    )
 
 
 def _broadcast(

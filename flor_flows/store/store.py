@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import cache
@@ -70,20 +71,25 @@ class Store:
 
     # -- schema ---------------------------------------------------------------------------
     def _ensure_schema(self) -> None:
-        for attempt in range(3):
+        for attempt in range(5):
             try:
                 with self.engine.begin() as conn:
                     s.Base.metadata.create_all(conn)
-                    found = conn.scalar(select(s.Meta.value).where(s.Meta.key == "schema_version"))
-                    if found is None:
-                        conn.execute(
-                            insert(s.Meta).values(key="schema_version", value=str(s.SCHEMA_VERSION))
-                        )
                 break
-            except (IntegrityError, OperationalError, ProgrammingError) as exc:
+            except (OperationalError, ProgrammingError, IntegrityError) as exc:
                 # Another process may be creating the same tables right now: look again.
-                if attempt == 2:
+                if attempt == 4:
                     raise StoreError(f"cannot use store {self.url!r}: {exc.orig}") from exc
+                time.sleep(0.05 * (attempt + 1))
+        version = select(s.Meta.value).where(s.Meta.key == "schema_version")
+        try:
+            with self.engine.begin() as conn:
+                if conn.scalar(version) is None:
+                    conn.execute(
+                        insert(s.Meta).values(key="schema_version", value=str(s.SCHEMA_VERSION))
+                    )
+        except IntegrityError:
+            pass  # another process recorded it first
         with self.engine.connect() as conn:
             found = conn.scalar(select(s.Meta.value).where(s.Meta.key == "schema_version"))
         if found != str(s.SCHEMA_VERSION):
