@@ -248,15 +248,20 @@ def m_commit(runner: Runner, sz: Sizes) -> Section:
         [
             Row(f"`flor.commit()` of {n:,} values", "s", median_of(res, "commit_s"), 1, "6.4 s"),
             Row(
-                f"RSS growth while logging {n:,} values",
+                f"RSS growth while logging {n:,} values (peak)",
                 "MB",
-                median_of(res, "rss_growth_mb"),
+                median_of(res, "rss_peak_growth_mb"),
                 50,
                 "~+100 MB",
             ),
+            Row("RSS growth at the end of that loop", "MB", median_of(res, "rss_growth_mb")),
             Row("peak RSS of the process (VmHWM)", "MB", median_of(res, "peak_rss_mb")),
         ],
-        ["Memory read from /proc/self/status (VmRSS before and after the logging loop)."],
+        [
+            "Memory from /proc/self/status: growth = peak VmRSS during the logging loop (VmHWM, "
+            "reset through /proc/self/clear_refs just before it) - VmRSS before it. The end-of-loop "
+            "difference can be negative when memory taken before the loop is freed during it.",
+        ],
     )
 
 

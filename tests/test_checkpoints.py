@@ -17,6 +17,7 @@ from flor_flows.versioning.checkpoints import (
     policy,
     restore,
     serialize,
+    snapshot,
 )
 
 
@@ -37,7 +38,7 @@ def test_round_trip_restores_every_kind_in_place_and_the_rngs(tmp_path) -> None:
         "items": items,
     }
     store = CheckpointStore(str(tmp_path / "ckpts"))
-    written = store.write("run1", "epoch", 0, objects)
+    written = store.write("run1", "epoch", 0, snapshot(objects))
     expected_weight = net.weight.detach().clone()
     expected_rng = (torch.rand(1), np.random.rand(), random.random())
 
@@ -60,13 +61,24 @@ def test_round_trip_restores_every_kind_in_place_and_the_rngs(tmp_path) -> None:
 
 def test_corrupt_or_incomplete_checkpoints_are_refused(tmp_path) -> None:
     store = CheckpointStore(str(tmp_path))
-    written = store.write("r", "epoch", 1, {"state": {"a": 1}})
+    written = store.write("r", "epoch", 1, snapshot({"state": {"a": 1}}))
     with pytest.raises(CheckpointError, match="sha256"):
         CheckpointStore.read(written.uri, "0" * 64)
     with pytest.raises(CheckpointError, match=r"no state for \['other'\]"):
         restore(CheckpointStore.read(written.uri), {"other": {}})
     with pytest.raises(CheckpointError, match="immutable int"):
-        restore(serialize({"n": 3}), {"n": 4})
+        restore(serialize(snapshot({"n": 3})), {"n": 4})
+
+
+def test_a_snapshot_is_not_changed_by_later_training(tmp_path) -> None:
+    net, state = torch.nn.Linear(2, 1), {"step": 1}
+    taken = snapshot({"model": net, "state": state})
+    before = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    state["step"] = 99
+    restore(serialize(taken), {"model": net, "state": state})
+    assert torch.equal(net.weight, before) and state == {"step": 1}
 
 
 def test_adaptive_policy_bounds_overhead_by_epsilon() -> None:

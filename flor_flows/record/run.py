@@ -23,6 +23,7 @@ from flor_flows.config import Settings, load_settings
 from flor_flows.errors import ArgumentError, FlorError
 from flor_flows.record import frames, replay, values
 from flor_flows.record.buffer import Buffer
+from flor_flows.record.checkpointer import Checkpointer
 from flor_flows.record.context import RunContext
 from flor_flows.record.frames import ROOT, Frame
 
@@ -56,15 +57,6 @@ def cast(name: str, raw: str, default: Any) -> Any:
         ) from exc
 
 
-class _Checkpointing:
-    def __init__(self, objects: dict[str, Any], anchor: Frame, settings: Settings) -> None:
-        from flor_flows.versioning import checkpoints
-
-        self.objects, self.anchor = objects, anchor
-        self.store = checkpoints.CheckpointStore(settings.checkpoint_url)
-        self.policy = checkpoints.policy(settings.checkpoint_policy)
-
-
 class Run:
     """The state of the run in progress and the implementation of the record API."""
 
@@ -85,7 +77,7 @@ class Run:
         self.batches: dict[str, str] = {}
         self.failure: str | None = None
         self.finished = False
-        self.checkpointing: _Checkpointing | None = None
+        self.checkpointing: Checkpointer | None = None
         self.run_id: int | None = None
         self.replay_id: int | None = spec.replay_id if spec else None
         self.history: dict[str, Any] = {}
@@ -248,13 +240,16 @@ class Run:
     def checkpoint_objects(self, objects: dict[str, Any]) -> Iterator[None]:
         self.buffer.wait_ready()
         previous = self.checkpointing
-        self.checkpointing = _Checkpointing(objects, self.frame, self.settings)
+        self.checkpointing = ckpt = Checkpointer(
+            objects, self.frame, self.settings, self.buffer.checkpoints.append
+        )
         if not self.replaying:
-            self.checkpointing.store.probe()
+            ckpt.store.probe()
         try:
             yield
         finally:
             self.checkpointing = previous
+            ckpt.close()
 
     def loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         parent = self.frame
@@ -294,25 +289,13 @@ class Run:
         self.frame = parent
 
     def _maybe_checkpoint(self, name: str, iteration: int, seconds: float) -> None:
-        ckpt = self.checkpointing
-        if not ckpt.policy.should_write(seconds):
-            return
-        written = ckpt.store.write(self.uid, name, iteration, ckpt.objects)
-        ckpt.policy.wrote(written.seconds)
-        frame = frames.child(self.frame, name, iteration, None)
-        self.buffer.checkpoints.append(
-            {
-                "run_id": self.run_id,
-                "ctx_id": frame.ctx_id,
-                "loop_name": name,
-                "iteration": iteration,
-                "uri": written.uri,
-                "sha256": written.sha256,
-                "bytes": written.bytes,
-                "seconds": written.seconds,
-                "created_at": datetime.now(UTC),
-            }
-        )
+        row = {
+            "run_id": self.run_id,
+            "ctx_id": frames.child(self.frame, name, iteration, None).ctx_id,
+            "loop_name": name,
+            "iteration": iteration,
+        }
+        self.checkpointing.boundary(self.uid, row, seconds)
 
     def _replay_outer(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         """Run the outer loop of a replay following `replay.steps` (skip, restore, record)."""

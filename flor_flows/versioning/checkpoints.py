@@ -6,6 +6,7 @@ global RNG states, so that a replay started from it continues exactly as the run
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import math
@@ -28,11 +29,12 @@ def _is_torch_stateful(obj: Any) -> bool:
 
 
 def _state_of(obj: Any) -> tuple[str, Any]:
+    """A copy of `obj`'s state that later training steps cannot change."""
     if _is_torch_stateful(obj):
-        return "state_dict", obj.state_dict()
+        return "state_dict", copy.deepcopy(obj.state_dict())
     if "numpy" in sys.modules and isinstance(obj, sys.modules["numpy"].ndarray):
         return "ndarray", obj.copy()
-    return "object", obj
+    return "pickled", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _rng_states() -> dict[str, Any]:
@@ -52,12 +54,16 @@ def _set_rng_states(states: dict[str, Any]) -> None:
         sys.modules["torch"].set_rng_state(states["torch"])
 
 
-def serialize(objects: dict[str, Any]) -> bytes:
-    """The bytes of one checkpoint of `objects` (torch via state_dict, numpy, pandas, picklables)."""
-    payload = {
+def snapshot(objects: dict[str, Any]) -> dict[str, Any]:
+    """Copy the state of `objects` and the RNGs now; the slow part (`serialize`) can run later."""
+    return {
         "objects": {name: _state_of(obj) for name, obj in objects.items()},
         "rng": _rng_states(),
     }
+
+
+def serialize(payload: dict[str, Any]) -> bytes:
+    """The bytes of a snapshot (torch tensors via torch.save, everything else pickled)."""
     if "torch" in sys.modules:
         buffer = io.BytesIO()
         sys.modules["torch"].save(payload, buffer)
@@ -66,6 +72,8 @@ def serialize(objects: dict[str, Any]) -> bytes:
 
 
 def _restore_into(target: Any, kind: str, state: Any) -> None:
+    if kind == "pickled":
+        state = pickle.loads(state)
     if kind == "state_dict":
         target.load_state_dict(state)
     elif kind == "ndarray":
@@ -133,9 +141,10 @@ class CheckpointStore:
                 f"checkpoint location {self.root!r} is not writable: {exc}"
             ) from exc
 
-    def write(self, run_uid: str, loop: str, iteration: int, objects: dict[str, Any]) -> Written:
+    def write(self, run_uid: str, loop: str, iteration: int, payload: dict[str, Any]) -> Written:
+        """Serialise and store a `snapshot` (safe to call from a background thread)."""
         start = time.perf_counter()
-        data = serialize(objects)
+        data = serialize(payload)
         uri = f"{self.root}/{run_uid}/{loop}-{iteration}.ckpt"
         try:
             self.fs.makedirs(f"{self._path}/{run_uid}", exist_ok=True)
@@ -160,6 +169,8 @@ class CheckpointStore:
 class EveryIteration:
     """Checkpoint at the end of every outer iteration."""
 
+    every_iteration = True
+
     def should_write(self, loop_seconds: float) -> bool:
         return True
 
@@ -177,6 +188,7 @@ class Adaptive:
     """
 
     WARMUP = 2
+    every_iteration = False
 
     def __init__(self, epsilon: float = 1 / 15) -> None:
         if not 0 < epsilon <= 1:

@@ -1,0 +1,78 @@
+"""Checkpointing during a forward run: when to checkpoint, and writing off the critical path.
+
+The training thread only copies state (`snapshot`); serialising, hashing and writing happen
+on one background thread while training goes on, as Flor's background materialisation did.
+At most one write is in flight: a boundary that comes while the previous write is still
+running waits for the next one (or, in "every" mode, for that write), so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from flor_flows.config import Settings
+from flor_flows.record.frames import Frame
+from flor_flows.versioning import checkpoints
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        objects: dict[str, Any],
+        anchor: Frame,
+        settings: Settings,
+        record: Callable[[dict[str, Any]], None],
+    ) -> None:
+        self.objects, self.anchor, self._record = objects, anchor, record
+        self.store = checkpoints.CheckpointStore(settings.checkpoint_url)
+        self.policy = checkpoints.policy(settings.checkpoint_policy)
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: tuple[Future[checkpoints.Written], dict[str, Any]] | None = None
+
+    def boundary(self, run_uid: str, row: dict[str, Any], loop_seconds: float) -> None:
+        """The end of an outer iteration: maybe start a checkpoint of the state now."""
+        due = self.policy.should_write(loop_seconds)
+        if not due or not self.collect(wait=self.policy.every_iteration):
+            return
+        start = time.perf_counter()
+        payload = checkpoints.snapshot(self.objects)
+        self.policy.wrote(time.perf_counter() - start)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="flor-flows-checkpoint")
+        future = self._executor.submit(
+            self.store.write, run_uid, row["loop_name"], row["iteration"], payload
+        )
+        self._pending = (future, row)
+
+    def collect(self, wait: bool) -> bool:
+        """Record a finished write (raising its error); False while one is still running."""
+        if self._pending is None:
+            return True
+        future, row = self._pending
+        if not wait and not future.done():
+            return False
+        self._pending = None
+        written = future.result()
+        self._record(
+            row
+            | {
+                "uri": written.uri,
+                "sha256": written.sha256,
+                "bytes": written.bytes,
+                "seconds": written.seconds,
+                "created_at": datetime.now(UTC),
+            }
+        )
+        return True
+
+    def close(self) -> None:
+        """Wait for the last write and stop the writer thread."""
+        try:
+            self.collect(wait=True)
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown()
