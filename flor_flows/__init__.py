@@ -82,11 +82,10 @@ def query(sql: str) -> pd.DataFrame:
 
 def _store() -> Any:
     """The store to read: the current run's (flushed first, so its values show), else the project's."""
-    run = _session.active()
-    if run is not None:
-        run.buffer.wait_ready()
-        run.buffer.flush()
-        return run.store
-    from flor_flows.store import project_store
+    from flor_flows.store import open_store, project_store
 
-    return project_store()
+    run = _session.active()
+    if run is None:
+        return project_store()
+    run.buffer.sync()
+    return open_store(run.settings.store_url)

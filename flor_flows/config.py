@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import FlorError, NotAGitRepository
 
 STATE_DIR = ".flor-flows"
 ENV = {
@@ -53,11 +53,28 @@ def _pyproject_settings(root: Path) -> dict[str, str]:
     return {key: str(value) for key, value in table.items()}
 
 
-def load_settings(root: Path | None = None) -> Settings:
-    """Settings for the project at `root` (default: the git root around the working directory)."""
-    from flor_flows.versioning.code import project_root
+def find_root(start: Path | str | None = None) -> Path:
+    """The nearest directory at or above `start` holding `.git` (a file, for worktrees).
 
-    root = project_root(root or Path.cwd())
+    A plain walk, so the training process need not import git to find its project.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    raise NotAGitRepository(
+        f"{here} is not inside a git repository. flor-flows versions each run's code with git: "
+        "run `git init` in your project directory (and commit your code)."
+    )
+
+
+def load_settings(root: Path | str | None = None, **overrides: str | None) -> Settings:
+    """Settings for the project around `root` (default: the working directory).
+
+    `overrides` (store_url, checkpoint_url, data_url, checkpoint_policy) win when not None;
+    a launcher passes them through the run context.
+    """
+    root = find_root(root)
     state = root / STATE_DIR
     defaults = {
         "store_url": f"sqlite:///{state / 'store.db'}",
@@ -69,4 +86,5 @@ def load_settings(root: Path | None = None) -> Settings:
     for key, var in ENV.items():
         if os.environ.get(var):
             values[key] = os.environ[var]
+    values |= {key: value for key, value in overrides.items() if value is not None}
     return Settings(root=root, **values)

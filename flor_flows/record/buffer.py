@@ -1,87 +1,179 @@
-"""A background writer: records queue in memory and reach the store at least once a second."""
+"""The training side of a run's writes: in-memory queues, streamed to the writer process.
+
+Records wait in queues that the training thread appends to; a background thread pickles
+them down a pipe to `flor_flows.record.writer` at least once a second. The store, git and
+SQL live in that process, so training pays only for the append and the pickling.
+"""
 
 from __future__ import annotations
 
+import pickle
+import queue
+import subprocess
+import sys
 import threading
 from collections import deque
-from collections.abc import Callable
 from typing import Any
+
+from flor_flows import errors
+from flor_flows.config import Settings
+from flor_flows.record.context import RunContext
+
+
+def _error(kind: str, message: str) -> errors.FlorError:
+    cls = getattr(errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, errors.FlorError):
+        return cls(message)
+    return errors.StoreError(f"{kind}: {message}")
+
+
+# Wire formats (plain tuples pickle ~5x faster than Frame objects); `writer.py` reads them.
+def _logs(records: list) -> list:
+    return [(f.ctx_id, f.names, f.padded, name, value) for f, name, value in records]
+
+
+def _contexts(records: list) -> list:
+    return [
+        (
+            f.ctx_id,
+            parent,
+            f.names[-1],
+            f.path[-1],
+            f.values if f.has_values else None,
+            f.depth,
+            started,
+            seconds,
+        )
+        for f, parent, started, seconds in records
+    ]
 
 
 class Buffer:
-    """Thread-safe queues of pending records, drained by one background thread.
+    """Queues of pending records and the pipe to the run's writer process."""
 
-    `start` runs once in the thread before the first drain (it opens the store); an error
-    there or in `drain` is kept and re-raised in the caller's thread by `check`.
-    """
-
-    MAX_PENDING = 50_000  # log records held before the logging thread writes them itself
-    CHUNK = 20_000  # rows per INSERT, bounding the memory one write needs
+    MAX_PENDING = 50_000  # log records held before the logging thread sends them itself
+    CHUNK = 20_000  # records per message, bounding the memory one send needs
 
     def __init__(
-        self,
-        start: Callable[[], None],
-        drain: Callable[[Buffer], None],
-        interval: float = 1.0,
+        self, context: RunContext, settings: Settings, entry_script: str | None, pid: int
     ) -> None:
         self.logs: deque[tuple[Any, ...]] = deque()
         self.contexts: deque[tuple[Any, ...]] = deque()
         self.checkpoints: deque[dict[str, Any]] = deque()
-        self._start, self._drain, self._interval = start, drain, interval
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self.data: deque[dict[str, Any]] = deque()
+        self.args: dict[str, Any] | None = None  # the latest args, when they changed
+        self.info: dict[str, Any] = {}
+        self.error: errors.FlorError | None = None
+        self._send_lock = threading.Lock()
         self._ready = threading.Event()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="flor-flows-writer", daemon=True)
-        self._thread.start()
+        self._replies: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._stop = threading.Event()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "flor_flows.record.writer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self._send(("start", context, settings, entry_script, pid))
+        self._reader = threading.Thread(target=self._read, name="flor-flows-reader", daemon=True)
+        self._reader.start()
+        self._flusher = threading.Thread(
+            target=self._flush_loop, name="flor-flows-flush", daemon=True
+        )
+        self._flusher.start()
 
-    def _run(self) -> None:
-        try:
-            self._start()
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by check()
-            self.error = exc
-            return
-        finally:
-            self._ready.set()
-        while not self._stop.wait(self._interval):
-            if not self._flush_safely():
+    # -- background threads -------------------------------------------------------------
+    def _read(self) -> None:
+        while True:
+            try:
+                message = pickle.load(self._process.stdout)
+            except (EOFError, OSError):
+                if self.error is None and not self._stop.is_set():
+                    self.error = errors.StoreError("the flor-flows writer process exited")
+                self._ready.set()
+                self._replies.put(("closed",))
+                return
+            if message[0] == "ready":
+                self.info = message[1]
+                self._ready.set()
+            elif message[0] == "error":
+                self.error = _error(message[1], message[2])
+                self._ready.set()
+                self._replies.put(message)
+            else:
+                self._replies.put(message)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            if self.error is not None:
+                return
+            try:
+                self.flush()
+            except errors.FlorError as exc:
+                self.error = exc
                 return
 
-    def _flush_safely(self) -> bool:
+    # -- sending ---------------------------------------------------------------------------
+    def _send(self, message: tuple[Any, ...]) -> None:
         try:
-            self.flush()
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread by check()
-            self.error = exc
-            return False
-        return True
+            pickle.dump(message, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise self.error or errors.StoreError(f"the flor-flows writer is gone: {exc}") from exc
 
     @staticmethod
-    def take(queue: deque, limit: int | None = None) -> list:
+    def take(pending: deque, limit: int | None = None) -> list:
         """Pop up to `limit` records (default: all there now; later appends wait their turn)."""
-        count = len(queue) if limit is None else min(limit, len(queue))
-        return [queue.popleft() for _ in range(count)]
+        count = len(pending) if limit is None else min(limit, len(pending))
+        return [pending.popleft() for _ in range(count)]
 
     def flush(self) -> None:
-        with self._lock:
-            self._drain(self)
+        """Send everything queued now to the writer process."""
+        with self._send_lock:
+            count = len(self.logs)
+            while count > self.CHUNK:
+                self._send(("batch", _logs(self.take(self.logs, self.CHUNK)), [], [], [], None))
+                count -= self.CHUNK
+            args, self.args = self.args, None
+            batch = (
+                _logs(self.take(self.logs, count)),
+                _contexts(self.take(self.contexts)),
+                self.take(self.checkpoints),
+                self.take(self.data),
+            )
+            if any(batch) or args is not None:
+                self._send(("batch", *batch, args))
 
-    def flush_now(self) -> None:
-        """Write from the calling thread once the store is open (used for back-pressure)."""
-        self.wait_ready()
-        self.flush()
-
-    def wait_ready(self) -> None:
-        """Block until the store is open; raise its error if opening failed."""
-        self._ready.wait()
-        self.check()
-
+    # -- synchronisation -------------------------------------------------------------------
     def check(self) -> None:
         if self.error is not None:
             raise self.error
 
-    def close(self) -> None:
-        """Stop the thread and write everything still queued."""
-        self._stop.set()
-        self._thread.join()
+    def wait_ready(self) -> dict[str, Any]:
+        """What the writer reported once the store was open (raises if opening failed)."""
+        self._ready.wait()
         self.check()
+        return self.info
+
+    def _request(self, message: tuple[Any, ...], answer: str) -> None:
+        self.wait_ready()
         self.flush()
+        with self._send_lock:
+            self._send(message)
+        reply = self._replies.get()
+        if reply[0] != answer:
+            self.check()
+            raise errors.StoreError(f"unexpected reply from the flor-flows writer: {reply[0]}")
+
+    def sync(self) -> None:
+        """Block until everything sent so far is in the store."""
+        self._request(("sync",), "synced")
+
+    def close(self, status: str, error: str | None) -> None:
+        """Send what is left, record the outcome, and let the writer process exit."""
+        self._stop.set()
+        self._flusher.join()
+        try:
+            self._request(("finish", status, error), "finished")
+        finally:
+            # The writer exits by itself once its input closes; nothing waits on its teardown.
+            self._process.stdin.close()

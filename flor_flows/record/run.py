@@ -1,13 +1,13 @@
 """`Run`: one execution of a training script, in record or replay mode.
 
-The main thread only appends to in-memory queues; a background writer opens the store,
-versions the code and streams the queues to the store every second (see `buffer.py`).
+The training thread only appends to in-memory queues; `buffer.py` streams them to a writer
+process that owns the store and git (see `writer.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import os
 import secrets
 import sys
@@ -19,11 +19,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from flor_flows.config import Settings, load_settings
+from flor_flows.config import STATE_DIR, load_settings
 from flor_flows.errors import ArgumentError, FlorError
 from flor_flows.record import frames, replay, values
 from flor_flows.record.buffer import Buffer
-from flor_flows.record.checkpointer import Checkpointer
 from flor_flows.record.context import RunContext
 from flor_flows.record.frames import ROOT, Frame
 
@@ -77,94 +76,15 @@ class Run:
         self.batches: dict[str, str] = {}
         self.failure: str | None = None
         self.finished = False
-        self.checkpointing: Checkpointer | None = None
-        self.run_id: int | None = None
-        self.replay_id: int | None = spec.replay_id if spec else None
-        self.history: dict[str, Any] = {}
-        self._args_dirty = False
-        self.buffer = Buffer(self._open, self._drain)
-
-    # -- background writer ----------------------------------------------------------------
-    def _open(self) -> None:
-        from flor_flows.store import open_store
-
-        root = Path(self.entry_script).parent if self.entry_script else None
-        self.settings = load_settings(root)
-        ctx = self.context
-        self.settings = Settings(
-            root=self.settings.root,
-            store_url=ctx.store_url or self.settings.store_url,
-            checkpoint_url=ctx.checkpoint_url or self.settings.checkpoint_url,
-            data_url=ctx.data_url or self.settings.data_url,
-            checkpoint_policy=self.settings.checkpoint_policy,
+        self.checkpointing: Checkpointer | None = None  # noqa: F821 - imported on first use
+        self.settings = load_settings(
+            Path(entry_script).parent if entry_script else None,
+            store_url=context.store_url,
+            checkpoint_url=context.checkpoint_url,
+            data_url=context.data_url,
         )
-        self.store = open_store(self.settings.store_url)
-        if self.replaying:
-            self.history = self.store.run_record(self.uid)
-            self.run_id = self.history["id"]
-            if self.replay_id is None:
-                self.replay_id = self.store.start_replay(self.run_id)
-            return
-        from flor_flows.versioning import code
-
-        entry = self.entry_script
-        version = code.snapshot(self.settings.root, self.uid, Path(entry) if entry else None)
-        self.project_id = self.store.project_id(self.settings.project_name, self.settings.root)
-        self.run_id = self.store.start_run(
-            uid=self.uid,
-            project_id=self.project_id,
-            entry_script=os.path.relpath(entry, self.settings.root) if entry else None,
-            prefect_flow_run_id=ctx.flow_run_id,
-            resumed_from=ctx.resumed_from,
-        )
-        self.store.set_code_version(self.run_id, self.project_id, version)
-
-    def _drain(self, buffer: Buffer) -> None:
-        take, pending = buffer.take, len(buffer.logs)  # what is queued now, not what arrives later
-        while pending > Buffer.CHUNK:
-            self._write(take(buffer.logs, Buffer.CHUNK), [], [])
-            pending -= Buffer.CHUNK
-        self._write(take(buffer.logs, pending), take(buffer.contexts), take(buffer.checkpoints))
-
-    def _write(self, logs: list, contexts: list, checkpoints: list) -> None:
-        args, self._args_dirty = (dict(self.args) if self._args_dirty else None), False
-        if not (logs or contexts or checkpoints or args is not None) and self.replaying:
-            return
-        run_id, source, replay_id = self.run_id, self.source, self.replay_id
-        signature = self.store.signature_id
-        self.store.write(
-            run_id,
-            contexts=[
-                (
-                    run_id,
-                    f.ctx_id,
-                    parent,
-                    f.names[-1],
-                    f.path[-1],
-                    f.values[-1],
-                    _path_values(f),
-                    f.depth,
-                    started,
-                    seconds,
-                )  # fmt: skip
-                for f, parent, started, seconds in contexts
-            ],
-            logs=[
-                (
-                    run_id,
-                    name,
-                    source,
-                    f.ctx_id,
-                    signature(f.names) if f.names else None,
-                    *(v.encoded if type(v) is _Encoded else values.encode(v)),
-                    replay_id,
-                    *f.padded,
-                )  # fmt: skip
-                for f, name, v in logs
-            ],
-            checkpoints=checkpoints,
-            args=args,
-            heartbeat=not self.replaying,
+        self.buffer = Buffer(
+            dataclasses.replace(context, run_uid=self.uid), self.settings, entry_script, os.getpid()
         )
 
     # -- API --------------------------------------------------------------------------------
@@ -173,19 +93,18 @@ class Run:
             return value
         if self.buffer.error is not None:
             raise self.buffer.error
-        stored = value if type(value) in _IMMUTABLE else _Encoded(values.encode(value))
+        stored = value if type(value) in _IMMUTABLE else values.Frozen(values.encode(value))
         logs = self.buffer.logs
         logs.append((self.frame, name, stored))
         if len(logs) > Buffer.MAX_PENDING:
-            self.buffer.flush_now()  # back-pressure: memory stays bounded at any log rate
+            self.buffer.flush()  # back-pressure: memory stays bounded at any log rate
         return value
 
     def arg(self, name: str, default: Any) -> Any:
         if name in self.args:
             return self.args[name]
         if self.replaying:
-            self.buffer.wait_ready()
-            historical = self.history["args"]
+            historical = self.buffer.wait_ready()["history"]["args"]
             if name in historical:
                 value = historical[name]
             else:
@@ -204,7 +123,7 @@ class Run:
         else:
             value = default
         self.args[name] = values.plain(value)
-        self._args_dirty = True
+        self.buffer.args = dict(self.args)
         return value
 
     def data(self, name: str, uri: str) -> str:
@@ -212,10 +131,9 @@ class Run:
 
         if name in self.batches:
             return self.batches[name]
-        self.buffer.wait_ready()
-        cache = self.settings.root / ".flor-flows" / "cache"
+        cache = self.settings.root / STATE_DIR / "cache"
         if self.replaying:
-            recorded = self.history["data"].get(name)
+            recorded = self.buffer.wait_ready()["history"]["data"].get(name)
             if recorded is None:
                 raise FlorError(f"run {self.uid} recorded no data batch named {name!r}")
             location = recorded["stored_uri"] or recorded["uri"]
@@ -224,13 +142,14 @@ class Run:
             batch = data.version(
                 name, self.context.data.get(name, uri), self.settings.data_url, cache
             )
-            self.store.add_data_batch(
-                self.run_id,
-                name=name,
-                uri=batch.uri,
-                sha256=batch.sha256,
-                bytes=batch.bytes,
-                stored_uri=batch.stored_uri,
+            self.buffer.data.append(
+                {
+                    "name": name,
+                    "uri": batch.uri,
+                    "sha256": batch.sha256,
+                    "bytes": batch.bytes,
+                    "stored_uri": batch.stored_uri,
+                }
             )
             path = batch.local_path
         self.batches[name] = path
@@ -238,7 +157,8 @@ class Run:
 
     @contextlib.contextmanager
     def checkpoint_objects(self, objects: dict[str, Any]) -> Iterator[None]:
-        self.buffer.wait_ready()
+        from flor_flows.record.checkpointer import Checkpointer
+
         previous = self.checkpointing
         self.checkpointing = ckpt = Checkpointer(
             objects, self.frame, self.settings, self.buffer.checkpoints.append
@@ -290,7 +210,6 @@ class Run:
 
     def _maybe_checkpoint(self, name: str, iteration: int, seconds: float) -> None:
         row = {
-            "run_id": self.run_id,
             "ctx_id": frames.child(self.frame, name, iteration, None).ctx_id,
             "loop_name": name,
             "iteration": iteration,
@@ -301,15 +220,11 @@ class Run:
         """Run the outer loop of a replay following `replay.steps` (skip, restore, record)."""
         from flor_flows.versioning.checkpoints import CheckpointStore, restore
 
-        self.buffer.wait_ready()
+        written = self.buffer.wait_ready()["checkpoints"]
         ckpt = self.checkpointing
         recorded = {}
         if ckpt is not None:
-            recorded = {
-                c["iteration"]: c
-                for c in self.store.checkpoints_of(self.run_id)
-                if c["loop_name"] == name
-            }
+            recorded = {c["iteration"]: c for c in written if c["loop_name"] == name}
         items = iter(iterable)
         position = 0
         try:
@@ -354,25 +269,7 @@ class Run:
         if self.finished:
             return
         self.finished = True
-        self.buffer.close()
-        status = "failed" if self.failure else "completed"
-        if self.replaying:
-            self.store.finish_replay(self.replay_id, status)
-        else:
-            self.store.finish_run(self.run_id, status, self.failure)
-
-
-def _path_values(frame: Frame) -> str | None:
-    return json.dumps(frame.values) if frame.has_values else None
-
-
-class _Encoded:
-    """A value encoded at log time, because the object may change after it was logged."""
-
-    __slots__ = ("encoded",)
-
-    def __init__(self, encoded: values.Encoded) -> None:
-        self.encoded = encoded
+        self.buffer.close("failed" if self.failure else "completed", self.failure)
 
 
 def entry_script() -> str | None:

@@ -60,3 +60,15 @@ def decode(vtype: int, num: float | None, ival: int | None, txt: str | None) -> 
     if vtype == NONE:
         return None
     return txt
+
+
+class Frozen:
+    """A value encoded when it was logged, because the object may change afterwards."""
+
+    __slots__ = ("encoded",)
+
+    def __init__(self, encoded: Encoded) -> None:
+        self.encoded = encoded
+
+    def __reduce__(self) -> tuple:
+        return (Frozen, (self.encoded,))

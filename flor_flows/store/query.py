@@ -188,7 +188,7 @@ def _cells(store: Store, names: list[str], signatures: dict[int, tuple[str, ...]
             frame = frame.sort_values("forward", kind="stable")
         best = frame.drop_duplicates(keys, keep="last").rename(columns={"value": name})
         if forward.any() and not forward.all():
-            replayed = frame[~forward].drop_duplicates(keys, keep="last")
+            replayed = frame[~frame["forward"]].drop_duplicates(keys, keep="last")
             replayed = replayed[[*keys, "value"]].rename(columns={"value": f"{name}@replay"})
             best = best.merge(replayed, on=keys, how="left")
         frames.append(best.drop(columns=["forward"]))

@@ -123,6 +123,7 @@ class Store:
         entry_script: str | None,
         prefect_flow_run_id: str | None = None,
         resumed_from: str | None = None,
+        pid: int | None = None,
     ) -> int:
         """Insert a run in status `running` and return its id."""
         stamp = now()
@@ -138,7 +139,7 @@ class Store:
                     started_at=stamp,
                     heartbeat_at=stamp,
                     host=HOST,
-                    pid=os.getpid(),
+                    pid=pid or os.getpid(),
                     resumed_from_id=resumed_id,
                     prefect_flow_run_id=prefect_flow_run_id,
                 )

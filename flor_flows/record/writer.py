@@ -1,0 +1,163 @@
+"""The writer process: everything a run writes to the store happens here, off the training process.
+
+The training process only queues records and pickles them down a pipe; this process opens the
+store, versions the code and inserts rows. Training never waits on SQL, git or their imports
+(which would otherwise compete for its GIL), and if the training process dies, even by
+SIGKILL, this process sees the pipe close, writes what it received and marks the run failed.
+
+Protocol: pickled messages on stdin, replies on stdout.
+  ("start", context, settings, entry_script, pid) -> ("ready", info) | ("error", type, message)
+  ("batch", logs, contexts, checkpoints, data, args)
+  ("sync",)                               -> ("synced",)
+  ("finish", status, error)               -> ("finished",)
+A failed write answers ("error", type, message) and stops the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from flor_flows.config import Settings
+from flor_flows.record import values
+from flor_flows.record.context import RunContext
+
+DIED = "process ended without finishing the run"
+
+
+class Session:
+    """The store side of one run (record) or one replay of a historical run."""
+
+    def __init__(
+        self, context: RunContext, settings: Settings, entry_script: str | None, pid: int
+    ) -> None:
+        from flor_flows.store import open_store
+
+        self.context, self.settings = context, settings
+        self.replaying = context.mode == "replay"
+        self.store = open_store(settings.store_url)
+        self.history: dict[str, Any] = {}
+        self.checkpoints: list[dict[str, Any]] = []
+        if self.replaying:
+            self.source = "replay"
+            self.history = self.store.run_record(context.run_uid)
+            self.run_id = self.history["id"]
+            spec = context.replay
+            self.replay_id = spec.replay_id if spec and spec.replay_id else None
+            if self.replay_id is None:
+                self.replay_id = self.store.start_replay(self.run_id)
+            self.checkpoints = self.store.checkpoints_of(self.run_id)
+            return
+        from flor_flows.versioning import code
+
+        self.source, self.replay_id = "forward", None
+        root = self.settings.root
+        version = code.snapshot(root, context.run_uid, Path(entry_script) if entry_script else None)
+        project_id = self.store.project_id(self.settings.project_name, root)
+        self.run_id = self.store.start_run(
+            uid=context.run_uid,
+            project_id=project_id,
+            entry_script=os.path.relpath(entry_script, root) if entry_script else None,
+            prefect_flow_run_id=context.flow_run_id,
+            resumed_from=context.resumed_from,
+            pid=pid,
+        )
+        self.store.set_code_version(self.run_id, project_id, version)
+
+    def ready(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "history": self.history,
+            "checkpoints": self.checkpoints,
+        }
+
+    def write(self, logs: list, contexts: list, checkpoints: list, data: list, args: Any) -> None:
+        run_id, source, replay_id = self.run_id, self.source, self.replay_id
+        signature = self.store.signature_id
+        for batch in data:
+            self.store.add_data_batch(run_id, **batch)
+        self.store.write(
+            run_id,
+            contexts=[
+                (
+                    run_id,
+                    ctx,
+                    parent,
+                    loop,
+                    iteration,
+                    path_values[-1] if path_values else None,
+                    json.dumps(path_values) if path_values else None,
+                    depth,
+                    started,
+                    seconds,
+                )  # fmt: skip
+                for ctx, parent, loop, iteration, path_values, depth, started, seconds in contexts
+            ],
+            logs=[
+                (
+                    run_id,
+                    name,
+                    source,
+                    ctx,
+                    signature(names) if names else None,
+                    *(v.encoded if type(v) is values.Frozen else values.encode(v)),
+                    replay_id,
+                    *padded,
+                )  # fmt: skip
+                for ctx, names, padded, name, v in logs
+            ],
+            checkpoints=[row | {"run_id": run_id} for row in checkpoints],
+            args=args,
+            heartbeat=not self.replaying,
+        )
+
+    def finish(self, status: str, error: str | None) -> None:
+        if self.replaying:
+            self.store.finish_replay(self.replay_id, status)
+        else:
+            self.store.finish_run(self.run_id, status, error)
+
+
+def _reply(out: BinaryIO, *message: Any) -> None:
+    pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
+    out.flush()
+
+
+def _error(exc: BaseException) -> tuple[str, str, str]:
+    return ("error", type(exc).__name__, str(exc))
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> int:
+    """Handle one run's messages until it finishes or its process goes away."""
+    session: Session | None = None
+    try:
+        while True:
+            try:
+                message = pickle.load(inp)
+            except EOFError:
+                if session is not None:
+                    session.finish("failed", DIED)
+                return 1
+            kind = message[0]
+            if kind == "start":
+                session = Session(*message[1:])
+                _reply(out, "ready", session.ready())
+            elif kind == "batch":
+                session.write(*message[1:])
+            elif kind == "sync":
+                _reply(out, "synced")
+            elif kind == "finish":
+                session.finish(*message[1:])
+                _reply(out, "finished")
+                return 0
+    except Exception as exc:  # noqa: BLE001 - every failure goes back to the training process
+        _reply(out, *_error(exc))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer))
