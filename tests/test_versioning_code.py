@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from flor_flows.config import find_root
 from flor_flows.errors import DetachedHead, FlorError, NotAGitRepository
 from flor_flows.versioning.code import (
     CodeVersion,
-    project_root,
     read_file,
     run_ref,
     snapshot,
@@ -131,24 +131,24 @@ def test_run_ref_rejects_invalid_uid(bad: str) -> None:
         run_ref(bad)
 
 
-def test_project_root_from_subdir_and_file(repo: Path) -> None:
-    assert project_root(repo) == repo.resolve()
-    assert project_root(repo / "pkg") == repo.resolve()
-    assert project_root(str(repo / "pkg" / "model.py")) == repo.resolve()
+def test_find_root_from_subdir_and_file(repo: Path) -> None:
+    assert find_root(repo) == repo.resolve()
+    assert find_root(repo / "pkg") == repo.resolve()
+    assert find_root(str(repo / "pkg" / "model.py")) == repo.resolve()
 
 
-def test_project_root_not_a_repo(tmp_path: Path) -> None:
+def test_find_root_not_a_repo(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
     with pytest.raises(NotAGitRepository) as err:
-        project_root(plain)
+        find_root(plain)
     assert str(plain) in str(err.value)
     assert "git init" in str(err.value)
 
 
-def test_project_root_missing_path(tmp_path: Path) -> None:
+def test_snapshot_of_a_missing_path(tmp_path: Path) -> None:
     with pytest.raises(NotAGitRepository, match="does not exist"):
-        project_root(tmp_path / "nope")
+        snapshot(tmp_path / "nope", "run-1")
 
 
 # --- snapshots ---------------------------------------------------------------------------

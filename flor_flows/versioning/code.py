@@ -19,7 +19,7 @@ import git
 
 from flor_flows.errors import DetachedHead, FlorError, NotAGitRepository
 
-__all__ = ["CodeVersion", "project_root", "read_file", "run_ref", "snapshot"]
+__all__ = ["CodeVersion", "read_file", "run_ref", "snapshot"]
 
 RUN_REF_PREFIX = "refs/flor/runs/"
 SNAPSHOT_IDENTITY = ("flor-flows", "flor-flows@localhost")
@@ -67,15 +67,6 @@ def _open_repo(start: Path | str) -> git.Repo:
             f"{path} is in a bare repository or inside a .git directory, not a working tree."
         )
     return repo
-
-
-def project_root(start: Path | str) -> Path:
-    """The git working-tree root containing `start`; raises NotAGitRepository otherwise."""
-    repo = _open_repo(start)
-    try:
-        return Path(repo.working_tree_dir).resolve()
-    finally:
-        repo.close()
 
 
 def _repo_relative(top: Path, base: Path, path: Path | str, what: str) -> str:
