@@ -5,11 +5,16 @@ Parameters come in through the environment (not argv, which FlorDB parses for it
 FLOR_IMPL names the module to measure (flordb, flor_flows or noop_flor), BENCH_PARAMS is a JSON
 object, and results go as JSON to the file named by BENCH_OUT (never to stdout, which FlorDB
 captures as part of the run).
+
+CPU and memory figures cover this process and its live descendants, so work or data handed to a
+helper process is counted too.
 """
 
 import importlib
 import json
 import os
+import resource
+import time
 
 
 def load_flor():
@@ -20,19 +25,55 @@ def params() -> dict:
     return json.loads(os.environ.get("BENCH_PARAMS") or "{}")
 
 
+def _tree() -> dict[int, list[str]]:
+    """This process and its live descendants: pid -> the fields of /proc/<pid>/stat after comm."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stats[int(entry)] = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    tree, todo = {}, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        tree[pid] = stats.get(pid, [])
+        todo += [child for child, st in stats.items() if int(st[1]) == pid and child not in tree]
+    return tree
+
+
+def _status(pid: int, field: str) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def mem_mb(field: str = "VmRSS") -> float:
-    """Resident memory (VmRSS) or its peak (VmHWM) of this process, in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise KeyError(field)
+    """Sum over the process tree of VmRSS (or of VmHWM, the per-process peaks), in MB."""
+    return sum(_status(pid, field) for pid in _tree())
 
 
 def reset_peak() -> None:
-    """Reset VmHWM to the current RSS (Linux >= 4.0), so a later VmHWM is the peak since now."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    """Reset VmHWM to the current RSS in every process of the tree (Linux >= 4.0)."""
+    for pid in _tree():
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process (all threads), its reaped children and live descendants."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ticks = sum(int(st[11]) + int(st[12]) for pid, st in _tree().items() if pid != os.getpid())
+    return time.process_time() + kids.ru_utime + kids.ru_stime + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def emit(**results) -> None:

@@ -29,7 +29,7 @@ def _error(kind: str, message: str) -> errors.FlorError:
 
 # Wire formats (plain tuples pickle ~5x faster than Frame objects); `writer.py` reads them.
 def _logs(records: list) -> list:
-    return [(f.ctx_id, f.names, f.padded, name, value) for f, name, value in records]
+    return [(f.ctx_id, f.names, f.path, name, value) for f, name, value in records]
 
 
 def _contexts(records: list) -> list:

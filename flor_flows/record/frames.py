@@ -21,7 +21,6 @@ class Frame:
     ctx_id: int | None
     names: tuple[str, ...]  # loop names from the outermost in
     path: tuple[int | None, ...]  # iterations from the outermost in
-    padded: tuple[int | None, ...]  # `path` padded to MAX_DEPTH, as stored in `logs`
     values: tuple[str | None, ...]  # item values along the path (see `item_value`)
     has_values: bool  # any of `values` is not None
 
@@ -30,7 +29,7 @@ class Frame:
         return len(self.names)
 
 
-ROOT = Frame(None, (), (), (None,) * MAX_DEPTH, (), False)
+ROOT = Frame(None, (), (), (), False)
 
 
 def item_value(iteration: int | None, item: Any) -> str | None:
@@ -50,6 +49,5 @@ def child(parent: Frame, name: str, iteration: int | None, value: str | None) ->
     key = f"{parent.ctx_id}\x1f{name}\x1f{iteration}\x1f{value if iteration is None else ''}"
     ctx_id = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest()) >> 1
     path = (*parent.path, iteration)
-    padded = path + (None,) * (MAX_DEPTH - depth)
     has_values = parent.has_values or value is not None
-    return Frame(ctx_id, (*parent.names, name), path, padded, (*parent.values, value), has_values)
+    return Frame(ctx_id, (*parent.names, name), path, (*parent.values, value), has_values)

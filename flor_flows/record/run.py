@@ -205,7 +205,10 @@ class Run:
         """
         frame = self.frame
         if not self.replaying and (frame.depth == 1 or frame.has_values):
-            self.buffer.contexts.append((frame, parent.ctx_id, time.time() - seconds, seconds))
+            contexts = self.buffer.contexts
+            contexts.append((frame, parent.ctx_id, time.time() - seconds, seconds))
+            if len(contexts) > Buffer.MAX_PENDING:
+                self.buffer.flush()
         self.frame = parent
 
     def _maybe_checkpoint(self, name: str, iteration: int, seconds: float) -> None:

@@ -106,9 +106,9 @@ class Session:
                     signature(names) if names else None,
                     *(v.encoded if type(v) is values.Frozen else values.encode(v)),
                     replay_id,
-                    *padded,
+                    *path,
                 )  # fmt: skip
-                for ctx, names, padded, name, v in logs
+                for ctx, names, path, name, v in logs
             ],
             checkpoints=[row | {"run_id": run_id} for row in checkpoints],
             args=args,

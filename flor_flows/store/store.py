@@ -65,7 +65,9 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._signatures: dict[tuple[str, ...], int] = {}
         self._log_names: set[tuple[str, int, int, str]] = set()
-        self._insert_logs = _insert_sql(s.Log.__tablename__, s.LOG_COLUMNS, self.engine)
+        self._insert_logs = cache(
+            lambda width: _insert_sql(s.Log.__tablename__, s.LOG_COLUMNS[:width], self.engine)
+        )
         self._insert_contexts = _insert_sql("contexts", s.CONTEXT_COLUMNS, self.engine)
         self._ensure_schema()
 
@@ -248,13 +250,18 @@ class Store:
     ) -> None:
         """Write one flush of a run's buffered records in a single transaction.
 
-        Contexts and logs are positional tuples in `CONTEXT_COLUMNS` / `LOG_COLUMNS` order.
+        Contexts and logs are positional tuples in `CONTEXT_COLUMNS` / `LOG_COLUMNS` order; a
+        log row stops after its last loop level (`i0`.. as deep as its context).
         """
         with self.engine.begin() as conn:
             if contexts:
                 conn.exec_driver_sql(self._insert_contexts, list(contexts))
+            by_width: dict[int, list[tuple[Any, ...]]] = {}
+            for row in logs:  # rows carry only their own loop levels: no trailing NULLs to bind
+                by_width.setdefault(len(row), []).append(row)
+            for width, rows in by_width.items():
+                conn.exec_driver_sql(self._insert_logs(width), rows)
             if logs:
-                conn.exec_driver_sql(self._insert_logs, list(logs))
                 self._register_names(conn, {(r[1], r[4] or 0, r[5], r[2]) for r in logs})
             if checkpoints:
                 conn.execute(insert(s.Checkpoint), list(checkpoints))
