@@ -65,8 +65,6 @@ class Run:
         if self.replaying and not context.run_uid:
             raise FlorError("a replay context needs the uid of the run to replay")
         self.uid = context.run_uid or new_uid()
-        self.entry_script = entry_script
-        self.source = "replay" if self.replaying else "forward"
         spec = context.replay
         self.apply = frozenset(spec.apply) if spec and spec.apply is not None else None
         self.selected = spec.iterations if spec else None
