@@ -334,3 +334,23 @@ def test_run_table_and_version_columns(project: Project) -> None:
     assert v1["val"].isna().all() and v1["acc"].notna().all()
     reordered = store.dataframe(["val", "acc"])
     pd.testing.assert_frame_equal(df, reordered[df.columns])
+
+
+def test_a_dead_writer_process_is_a_clear_error(project: Project) -> None:
+    project.write(
+        "t.py",
+        """
+        import os, signal, time
+        import flor_flows as flor
+        from flor_flows.record import session
+        flor.log("x", 1)
+        writer = session.active().buffer
+        writer.wait_ready()
+        os.kill(writer._process.pid, signal.SIGKILL)
+        for step in flor.loop("step", range(50)):
+            flor.log("x", step)
+            time.sleep(0.1)
+        """,
+    )
+    proc = project.run("t.py", check=False)
+    assert proc.returncode != 0 and "writer process exited" in proc.stderr
