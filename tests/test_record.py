@@ -346,7 +346,7 @@ def test_a_dead_writer_process_is_a_clear_error(project: Project) -> None:
         flor.log("x", 1)
         writer = session.active().buffer
         writer.wait_ready()
-        os.kill(writer._process.pid, signal.SIGKILL)
+        os.kill(writer._writer.process.pid, signal.SIGKILL)
         for step in flor.loop("step", range(50)):
             flor.log("x", step)
             time.sleep(0.1)

@@ -7,12 +7,14 @@ SQL live in that process, so training pays only for the append and the pickling.
 
 from __future__ import annotations
 
+import os
 import pickle
 import queue
 import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from flor_flows import errors
@@ -48,8 +50,53 @@ def _contexts(records: list) -> list:
     ]
 
 
+class WriterProcess:
+    """The pipe to a `flor_flows.record.writer` process, shared by this process's runs in turn."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flor_flows.record.writer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.listener: Callable[[tuple[Any, ...]], None] = lambda message: None
+        self.lock = threading.Lock()
+        threading.Thread(target=self._read, name="flor-flows-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = pickle.load(self.process.stdout)
+            except (EOFError, OSError):
+                self.listener(("closed",))
+                return
+            self.listener(message)
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        pickle.dump(message, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.process.stdin.flush()
+
+    def usable(self) -> bool:
+        """Alive and ours (a forked child must not write into its parent's pipe)."""
+        return self.pid == os.getpid() and self.process.poll() is None
+
+
+_shared: dict[str, WriterProcess] = {}
+_shared_lock = threading.Lock()
+
+
+def writer_process() -> WriterProcess:
+    """This process's writer, started on first use and again if it died."""
+    with _shared_lock:
+        writer = _shared.get("writer")
+        if writer is None or not writer.usable():
+            writer = _shared["writer"] = WriterProcess()
+        return writer
+
+
 class Buffer:
-    """Queues of pending records and the pipe to the run's writer process."""
+    """Queues of pending records of one run, streamed to the writer process."""
 
     MAX_PENDING = 50_000  # log records held before the logging thread sends them itself
     CHUNK = 20_000  # records per message, bounding the memory one send needs
@@ -68,39 +115,28 @@ class Buffer:
         self._ready = threading.Event()
         self._replies: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._stop = threading.Event()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "flor_flows.record.writer"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
+        self._writer = writer_process()
+        self._writer.listener = self._on_message
         self._send(("start", context, settings, entry_script, pid))
-        self._reader = threading.Thread(target=self._read, name="flor-flows-reader", daemon=True)
-        self._reader.start()
         self._flusher = threading.Thread(
             target=self._flush_loop, name="flor-flows-flush", daemon=True
         )
         self._flusher.start()
 
     # -- background threads -------------------------------------------------------------
-    def _read(self) -> None:
-        while True:
-            try:
-                message = pickle.load(self._process.stdout)
-            except (EOFError, OSError):
-                if self.error is None and not self._stop.is_set():
-                    self.error = errors.StoreError("the flor-flows writer process exited")
-                self._ready.set()
-                self._replies.put(("closed",))
-                return
-            if message[0] == "ready":
-                self.info = message[1]
-                self._ready.set()
-            elif message[0] == "error":
-                self.error = _error(message[1], message[2])
-                self._ready.set()
-                self._replies.put(message)
-            else:
-                self._replies.put(message)
+    def _on_message(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            self.info = message[1]
+            self._ready.set()
+            return
+        if kind == "error":
+            self.error = _error(message[1], message[2])
+        elif kind == "closed" and self.error is None and not self._stop.is_set():
+            self.error = errors.StoreError("the flor-flows writer process exited")
+        if kind in ("error", "closed"):
+            self._ready.set()
+        self._replies.put(message)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(1.0):
@@ -115,8 +151,7 @@ class Buffer:
     # -- sending ---------------------------------------------------------------------------
     def _send(self, message: tuple[Any, ...]) -> None:
         try:
-            pickle.dump(message, self._process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            self._process.stdin.flush()
+            self._writer.send(message)
         except (BrokenPipeError, OSError) as exc:
             raise self.error or errors.StoreError(f"the flor-flows writer is gone: {exc}") from exc
 
@@ -169,11 +204,10 @@ class Buffer:
         self._request(("sync",), "synced")
 
     def close(self, status: str, error: str | None) -> None:
-        """Send what is left, record the outcome, and let the writer process exit."""
+        """Send what is left and record the outcome; the writer stays for the next run.
+
+        The writer process exits by itself when this process ends and the pipe closes.
+        """
         self._stop.set()
         self._flusher.join()
-        try:
-            self._request(("finish", status, error), "finished")
-        finally:
-            # The writer exits by itself once its input closes; nothing waits on its teardown.
-            self._process.stdin.close()
+        self._request(("finish", status, error), "finished")

@@ -9,7 +9,7 @@ Protocol: pickled messages on stdin, replies on stdout.
   ("start", context, settings, entry_script, pid) -> ("ready", info) | ("error", type, message)
   ("batch", logs, contexts, checkpoints, data, args)
   ("sync",)                               -> ("synced",)
-  ("finish", status, error)               -> ("finished",)
+  ("finish", status, error)               -> ("finished",)   then the next "start" may follow
 A failed write answers ("error", type, message) and stops the process.
 """
 
@@ -138,10 +138,11 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         while True:
             try:
                 message = pickle.load(inp)
-            except EOFError:
+            except EOFError:  # the training process ended or died
                 if session is not None:
                     session.finish("failed", DIED)
-                return 1
+                    return 1
+                return 0
             kind = message[0]
             if kind == "start":
                 session = Session(*message[1:])
@@ -150,10 +151,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                 session.write(*message[1:])
             elif kind == "sync":
                 _reply(out, "synced")
-            elif kind == "finish":
+            elif kind == "finish":  # the next run of the same process may follow
                 session.finish(*message[1:])
+                session = None
                 _reply(out, "finished")
-                return 0
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the training process
         _reply(out, *_error(exc))
         return 1
