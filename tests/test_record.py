@@ -354,3 +354,27 @@ def test_a_dead_writer_process_is_a_clear_error(project: Project) -> None:
     )
     proc = project.run("t.py", check=False)
     assert proc.returncode != 0 and "writer process exited" in proc.stderr
+
+
+def test_a_loop_name_reused_in_one_run_is_recorded(project: Project) -> None:
+    project.write(
+        "t.py",
+        """
+        import flor_flows as flor
+        state = {"w": 0}
+        with flor.checkpointing(state=state):
+            for epoch in flor.loop("epoch", range(2)):
+                for step in flor.loop("step", range(3)):
+                    flor.log("train_loss", float(step))
+                for step in flor.loop("step", range(3)):  # an eval loop with the same name
+                    flor.log("val_loss", float(step) / 2)
+            for epoch in flor.loop("epoch", range(2)):  # a second pass over the same loop
+                flor.log("again", epoch)
+        """,
+    )
+    project.run("t.py")
+    store = project.store()
+    assert store.runs()["status"].tolist() == ["completed"]
+    df = store.dataframe(["train_loss", "val_loss"])
+    assert len(df) == 6 and df["val_loss"].tolist() == [0.0, 0.5, 1.0] * 2
+    assert store.dataframe(["again"])["again"].tolist() == [0, 1]

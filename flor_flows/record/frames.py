@@ -7,8 +7,8 @@ any later replay of the same run give the same context the same id.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from flor_flows.errors import FlorError
 
@@ -16,8 +16,7 @@ MAX_DEPTH = 8  # loop levels flattened into the columns `logs.i0`..`logs.i7`
 _SCALARS = (int, float, str, bool)
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
     ctx_id: int | None
     names: tuple[str, ...]  # loop names from the outermost in
     path: tuple[int | None, ...]  # iterations from the outermost in
@@ -39,15 +38,34 @@ def item_value(iteration: int | None, item: Any) -> str | None:
     return None
 
 
+_MASK = (1 << 63) - 1
+_STRIDE = 0x9E3779B97F4A7C15  # odd: consecutive iterations spread over the id space
+
+
+def _digest(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest()) & _MASK
+
+
+@lru_cache(maxsize=4096)
+def _loop_base(parent_id: int | None, name: str) -> int:
+    return _digest(f"{parent_id}\x1f{name}")
+
+
 def child(parent: Frame, name: str, iteration: int | None, value: str | None) -> Frame:
     """The frame of iteration `iteration` of loop `name` inside `parent`."""
-    depth = parent.depth + 1
+    depth = len(parent.names) + 1
     if depth > MAX_DEPTH:
         raise FlorError(
             f"flor.loop {name!r} is nested {depth} deep; flor-flows records at most {MAX_DEPTH} levels"
         )
-    key = f"{parent.ctx_id}\x1f{name}\x1f{iteration}\x1f{value if iteration is None else ''}"
-    ctx_id = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest()) >> 1
-    path = (*parent.path, iteration)
-    has_values = parent.has_values or value is not None
-    return Frame(ctx_id, (*parent.names, name), path, (*parent.values, value), has_values)
+    if iteration is None:  # user-driven iteration: the item itself identifies the context
+        ctx_id = _digest(f"{parent.ctx_id}\x1f{name}\x1f\x1f{value}")
+    else:
+        ctx_id = (_loop_base(parent.ctx_id, name) + iteration * _STRIDE) & _MASK
+    return Frame(
+        ctx_id,
+        (*parent.names, name),
+        (*parent.path, iteration),
+        (*parent.values, value),
+        parent.has_values or value is not None,
+    )

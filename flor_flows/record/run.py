@@ -171,21 +171,28 @@ class Run:
 
     def loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         parent = self.frame
-        outer = self.checkpointing is not None and self.checkpointing.anchor is parent
         if self.replaying and parent is ROOT:
             yield from self._replay_outer(name, iterable)
             return
+        checkpointed = self.checkpointing is not None and self.checkpointing.anchor is parent
+        buffer, clock, child, item_value = (
+            self.buffer,
+            time.perf_counter,
+            frames.child,
+            frames.item_value,
+        )
         try:
-            for iteration, item in enumerate(iterable):
-                self.buffer.check()
-                started = time.perf_counter()
-                self._enter(name, iteration, item)
+            for iteration, item in enumerate(iterable):  # the hot path: kept flat on purpose
+                if buffer.error is not None:
+                    raise buffer.error
+                started = clock()
+                self.frame = child(parent, name, iteration, item_value(iteration, item))
                 try:
                     yield item
                 finally:  # a `break` or an exception still ends the iteration
-                    seconds = time.perf_counter() - started
-                    self._leave(parent, seconds)
-                if outer and not self.replaying:
+                    seconds = clock() - started
+                    self._leave(parent, seconds, checkpointed)
+                if checkpointed and not self.replaying:
                     self._maybe_checkpoint(name, iteration, seconds)
         finally:
             self.frame = parent
@@ -194,15 +201,15 @@ class Run:
         value = frames.item_value(iteration, item)
         self.frame = frames.child(self.frame, name, iteration, value)
 
-    def _leave(self, parent: Frame, seconds: float) -> None:
+    def _leave(self, parent: Frame, seconds: float, timed: bool) -> None:
         """Close the current iteration, recording its context row when it carries information.
 
-        Outer iterations (their durations drive replay planning) and iterations over items
-        that are not their index get a row; plain nested iterations are fully described by
-        the loop path stored with each log, so they cost no row.
+        Iterations of a checkpointed loop (their durations drive replay planning), user-driven
+        iterations (`timed`) and iterations over items that are not their index get a row;
+        the others are fully described by the loop path stored with each log, so cost none.
         """
         frame = self.frame
-        if not self.replaying and (frame.depth == 1 or frame.has_values):
+        if not self.replaying and (timed or frame.has_values):
             contexts = self.buffer.contexts
             contexts.append((frame, parent.ctx_id, time.time() - seconds, seconds))
             if len(contexts) > Buffer.MAX_PENDING:
@@ -262,7 +269,7 @@ class Run:
         try:
             yield value
         finally:
-            self._leave(parent, time.perf_counter() - started)
+            self._leave(parent, time.perf_counter() - started, timed=True)
             self.muted = muted
 
     def commit(self) -> None:

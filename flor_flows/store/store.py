@@ -68,7 +68,8 @@ class Store:
         self._insert_logs = cache(
             lambda width: _insert_sql(s.Log.__tablename__, s.LOG_COLUMNS[:width], self.engine)
         )
-        self._insert_contexts = _insert_sql("contexts", s.CONTEXT_COLUMNS, self.engine)
+        # A loop that runs twice under one parent (same name) revisits its contexts: keep the first.
+        self._insert_contexts = _insert_sql("contexts", s.CONTEXT_COLUMNS, self.engine, ignore=True)
         self._ensure_schema()
 
     # -- schema ---------------------------------------------------------------------------
@@ -339,8 +340,11 @@ class Store:
             return pd.read_sql_query(text(sql), conn)
 
 
-def _insert_sql(table: str, columns: Sequence[str], engine: Engine) -> str:
-    """A driver-level INSERT taking positional tuples: the fast path for streamed logs."""
+def _insert_sql(table: str, columns: Sequence[str], engine: Engine, ignore: bool = False) -> str:
+    """A driver-level INSERT taking positional tuples: the fast path for streamed rows.
+
+    With `ignore`, rows whose primary key exists already are skipped.
+    """
     style = engine.dialect.paramstyle
     if style == "qmark":
         marks = ["?"] * len(columns)
@@ -350,7 +354,14 @@ def _insert_sql(table: str, columns: Sequence[str], engine: Engine) -> str:
         marks = [f":{k + 1}" for k in range(len(columns))]
     else:
         raise StoreError(f"unsupported DB-API paramstyle {style!r} for {engine.url}")
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
+    if not ignore:
+        return sql
+    if engine.dialect.name in ("sqlite", "postgresql"):
+        return sql + " ON CONFLICT DO NOTHING"
+    if engine.dialect.name in ("mysql", "mariadb"):
+        return sql.replace("INSERT INTO", "INSERT IGNORE INTO", 1)
+    raise StoreError(f"flor-flows does not support the {engine.dialect.name} dialect yet")
 
 
 @cache
