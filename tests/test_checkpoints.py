@@ -67,7 +67,7 @@ def test_corrupt_or_incomplete_checkpoints_are_refused(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"no state for \['other'\]"):
         restore(CheckpointStore.read(written.uri), {"other": {}})
     with pytest.raises(CheckpointError, match="immutable int"):
-        restore(serialize(snapshot({"n": 3})), {"n": 4})
+        restore(b"".join(serialize(snapshot({"n": 3}))), {"n": 4})
 
 
 def test_a_snapshot_is_not_changed_by_later_training(tmp_path) -> None:
@@ -77,7 +77,7 @@ def test_a_snapshot_is_not_changed_by_later_training(tmp_path) -> None:
     with torch.no_grad():
         net.weight.add_(1.0)
     state["step"] = 99
-    restore(serialize(taken), {"model": net, "state": state})
+    restore(b"".join(serialize(taken)), {"model": net, "state": state})
     assert torch.equal(net.weight, before) and state == {"step": 1}
 
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import math
 import pickle
 import random
+import struct
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
 
@@ -28,10 +28,45 @@ def _is_torch_stateful(obj: Any) -> bool:
     return "torch" in sys.modules and all(callable(getattr(obj, a, None)) for a in _TORCH_STATEFUL)
 
 
+class _Tensor(NamedTuple):
+    """A torch tensor carried as a numpy copy, so it pickles out-of-band without the GIL."""
+
+    array: Any
+    device: str
+
+
+def _detach(state: Any) -> Any:
+    """A copy of a (nested) state dict with every tensor copied off the live model."""
+    torch = sys.modules["torch"]
+    if isinstance(state, torch.Tensor):
+        tensor = state.detach()
+        try:
+            return _Tensor(tensor.cpu().numpy().copy(), str(tensor.device))
+        except TypeError:  # a dtype numpy lacks (bfloat16, ...): keep it a tensor
+            return tensor.clone()
+    if isinstance(state, dict):
+        return type(state)((key, _detach(value)) for key, value in state.items())
+    if type(state) in (list, tuple):
+        return type(state)(_detach(value) for value in state)
+    return copy.deepcopy(state)
+
+
+def _attach(state: Any) -> Any:
+    """The inverse of `_detach`: numpy copies back to tensors on their devices."""
+    if isinstance(state, _Tensor):
+        torch = sys.modules["torch"]
+        return torch.from_numpy(state.array.copy()).to(state.device)
+    if isinstance(state, dict):
+        return type(state)((key, _attach(value)) for key, value in state.items())
+    if type(state) in (list, tuple):
+        return type(state)(_attach(value) for value in state)
+    return state
+
+
 def _state_of(obj: Any) -> tuple[str, Any]:
     """A copy of `obj`'s state that later training steps cannot change."""
     if _is_torch_stateful(obj):
-        return "state_dict", copy.deepcopy(obj.state_dict())
+        return "state_dict", _detach(obj.state_dict())
     if "numpy" in sys.modules and isinstance(obj, sys.modules["numpy"].ndarray):
         return "ndarray", obj.copy()
     return "pickled", pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -62,20 +97,49 @@ def snapshot(objects: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def serialize(payload: dict[str, Any]) -> bytes:
-    """The bytes of a snapshot (torch tensors via torch.save, everything else pickled)."""
-    if "torch" in sys.modules:
-        buffer = io.BytesIO()
-        sys.modules["torch"].save(payload, buffer)
-        return b"T" + buffer.getvalue()
-    return b"P" + pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+_MAGIC = b"FLORCKP1"
+_LENGTH = struct.Struct("<Q")
+
+
+def serialize(payload: dict[str, Any]) -> list[bytes | memoryview]:
+    """The pieces of a checkpoint file: a small pickle, then its arrays' raw bytes.
+
+    Arrays go out-of-band (pickle protocol 5), so writing them is a plain copy of memory.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    header = pickle.dumps(payload, protocol=5, buffer_callback=buffers.append)
+    pieces: list[bytes | memoryview] = [
+        _MAGIC,
+        _LENGTH.pack(len(buffers)),
+        _LENGTH.pack(len(header)),
+        header,
+    ]
+    for buffer in buffers:
+        raw = buffer.raw()
+        pieces += [_LENGTH.pack(raw.nbytes), raw]
+    return pieces
+
+
+def _deserialize(data: bytes) -> dict[str, Any]:
+    if not data.startswith(_MAGIC):
+        raise CheckpointError("not a flor-flows checkpoint file")
+    view, offset = memoryview(data), len(_MAGIC)
+    (count,) = _LENGTH.unpack_from(view, offset)
+    (size,) = _LENGTH.unpack_from(view, offset + 8)
+    header, offset = view[offset + 16 : offset + 16 + size], offset + 16 + size
+    buffers = []
+    for _ in range(count):
+        (length,) = _LENGTH.unpack_from(view, offset)
+        buffers.append(view[offset + 8 : offset + 8 + length])
+        offset += 8 + length
+    return pickle.loads(header, buffers=buffers)
 
 
 def _restore_into(target: Any, kind: str, state: Any) -> None:
     if kind == "pickled":
         state = pickle.loads(state)
     if kind == "state_dict":
-        target.load_state_dict(state)
+        target.load_state_dict(_attach(state))
     elif kind == "ndarray":
         target[...] = state
     elif hasattr(target, "iloc") and hasattr(state, "iloc"):
@@ -100,12 +164,7 @@ def _restore_into(target: Any, kind: str, state: Any) -> None:
 
 def restore(data: bytes, objects: dict[str, Any]) -> None:
     """Load a checkpoint's state back into the live `objects`, in place, and the RNG states."""
-    if data[:1] == b"T":
-        import torch
-
-        payload = torch.load(io.BytesIO(data[1:]), weights_only=False)
-    else:
-        payload = pickle.loads(data[1:])
+    payload = _deserialize(data)
     missing = set(objects) - set(payload["objects"])
     if missing:
         raise CheckpointError(f"checkpoint holds no state for {sorted(missing)}")
@@ -144,15 +203,18 @@ class CheckpointStore:
     def write(self, run_uid: str, loop: str, iteration: int, payload: dict[str, Any]) -> Written:
         """Serialise and store a `snapshot` (safe to call from a background thread)."""
         start = time.perf_counter()
-        data = serialize(payload)
         uri = f"{self.root}/{run_uid}/{loop}-{iteration}.ckpt"
+        digest, size = hashlib.sha256(), 0
         try:
             self.fs.makedirs(f"{self._path}/{run_uid}", exist_ok=True)
-            self.fs.pipe_file(f"{self._path}/{run_uid}/{loop}-{iteration}.ckpt", data)
+            with self.fs.open(f"{self._path}/{run_uid}/{loop}-{iteration}.ckpt", "wb") as out:
+                for piece in serialize(payload):
+                    out.write(piece)
+                    digest.update(piece)
+                    size += len(piece) if isinstance(piece, bytes) else piece.nbytes
         except OSError as exc:
             raise CheckpointError(f"cannot write checkpoint {uri}: {exc}") from exc
-        digest = hashlib.sha256(data).hexdigest()
-        return Written(uri, digest, len(data), time.perf_counter() - start)
+        return Written(uri, digest.hexdigest(), size, time.perf_counter() - start)
 
     @staticmethod
     def read(uri: str, sha256: str | None = None) -> bytes:
