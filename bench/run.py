@@ -159,7 +159,9 @@ class Runner:
             raise Failed(f"exit {returncode}: {last_error(log)} (log: {rel(log)})")
         result = json.loads(out.read_text()) if out.exists() else {}
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        return {**result, "wall_s": wall, "wall_all_s": wall_all, "cpu_s": cpu}
+        result |= {"wall_s": wall, "wall_all_s": wall_all, "cpu_s": cpu}
+        out.write_text(json.dumps(result))  # the raw figures of every run stay in .work/
+        return result
 
 
 def become_subreaper() -> None:
@@ -380,6 +382,14 @@ def m_train(runner: Runner, sz: Sizes) -> Section:
         diffs = [a[key] - b[key] for a, b in zip(mine, base, strict=False)]
         return statistics.median(diffs) / statistics.median(b[key] for b in base) * 100
 
+    def spread(impl: Impl) -> str:
+        mine, base = res[impl.key], res[NOOP[impl.key].key]
+        if isinstance(mine, Failed) or isinstance(base, Failed):
+            return "failed"
+        return " ".join(
+            f"{a['wall_s'] - b['wall_s']:+.2f}" for a, b in zip(mine, base, strict=False)
+        )
+
     def medians(key: str) -> str:
         return ", ".join(
             f"{c.key} {statistics.median(r[key] for r in res[c.key]):.2f} s"
@@ -424,6 +434,8 @@ def m_train(runner: Runner, sz: Sizes) -> Section:
             "Median wall to script exit: " + medians("wall_s"),
             "Median wall to the last process's exit: " + medians("wall_all_s"),
             "Median CPU (user+sys): " + medians("cpu_s"),
+            "Per-rep wall differences to the baseline, s (the spread is the noise): "
+            + "; ".join(f"{i.key} {spread(i)}" for i in IMPLS),
         ],
     )
 
