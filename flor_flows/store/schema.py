@@ -146,11 +146,26 @@ class Replay(Base):
     prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
 
 
+_COVERED = ("ctx_id", "sig_id", "vtype", "num", "ival", "i0", "i1", "i2")
+
+
 class Log(Base):
     """One logged value, typed (see `flor_flows.record.values`)."""
 
     __tablename__ = "logs"
-    __table_args__ = (Index("ix_logs_name_run", "name", "run_id", "id"),)
+    # Reads go by name in (run, write) order. The index also covers the columns a typical
+    # read needs, so reading a name walks one index instead of jumping around the table.
+    __table_args__ = (
+        Index("ix_logs_read", "name", "run_id", "id", *_COVERED).ddl_if(dialect="sqlite"),
+        Index("ix_logs_read", "name", "run_id", "id", postgresql_include=list(_COVERED)).ddl_if(
+            dialect="postgresql"
+        ),
+        Index("ix_logs_read", "name", "run_id", "id").ddl_if(
+            callable_=lambda ddl, target, bind, **kw: (
+                bind.dialect.name not in ("sqlite", "postgresql")
+            )
+        ),
+    )
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     name: Mapped[str] = mapped_column(String(255))
