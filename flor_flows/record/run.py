@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flor_flows.config import STATE_DIR, load_settings
 from flor_flows.errors import ArgumentError, FlorError
@@ -25,6 +25,9 @@ from flor_flows.record import frames, replay, values
 from flor_flows.record.buffer import Buffer
 from flor_flows.record.context import RunContext
 from flor_flows.record.frames import ROOT, Frame
+
+if TYPE_CHECKING:
+    from flor_flows.record.checkpointer import Checkpointer
 
 _IMMUTABLE = frozenset({float, int, str, bool, type(None)})
 _TRUE, _FALSE = ("yes", "y", "true", "t", "1"), ("no", "n", "false", "f", "0")
@@ -74,7 +77,7 @@ class Run:
         self.batches: dict[str, str] = {}
         self.failure: str | None = None
         self.finished = False
-        self.checkpointing: Checkpointer | None = None  # noqa: F821 - imported on first use
+        self.checkpointing: Checkpointer | None = None
         self.settings = load_settings(
             Path(entry_script).parent if entry_script else None,
             store_url=context.store_url,
