@@ -104,19 +104,12 @@ class Store:
     # -- runs -----------------------------------------------------------------------------
     def project_id(self, name: str, root: Path) -> int:
         """The id of project `name`, created on first use."""
-        query = select(s.Project.id).where(s.Project.name == name)
         with self.engine.begin() as conn:
-            found = conn.scalar(query)
-            if found is not None:
-                return found
-            try:
-                return conn.execute(
-                    insert(s.Project).values(name=name, root=str(root), created_at=now())
-                ).inserted_primary_key[0]
-            except IntegrityError:
-                pass
-        with self.engine.connect() as conn:
-            return conn.scalar(query)
+            return _get_or_create(
+                conn,
+                select(s.Project.id).where(s.Project.name == name),
+                insert(s.Project).values(name=name, root=str(root), created_at=now()),
+            )
 
     def start_run(
         self,
@@ -173,22 +166,21 @@ class Store:
 
     def set_code_version(self, run_id: int, project_id: int, version: CodeVersion) -> None:
         with self.engine.begin() as conn:
-            query = select(s.CodeVersion.id).where(
-                s.CodeVersion.project_id == project_id, s.CodeVersion.commit == version.commit
+            version_id = _get_or_create(
+                conn,
+                select(s.CodeVersion.id).where(
+                    s.CodeVersion.project_id == project_id, s.CodeVersion.commit == version.commit
+                ),
+                insert(s.CodeVersion).values(
+                    project_id=project_id,
+                    commit=version.commit,
+                    tree=version.tree,
+                    base=version.base,
+                    branch=version.branch,
+                    dirty=version.dirty,
+                    created_at=now(),
+                ),
             )
-            version_id = conn.scalar(query)
-            if version_id is None:
-                version_id = conn.execute(
-                    insert(s.CodeVersion).values(
-                        project_id=project_id,
-                        commit=version.commit,
-                        tree=version.tree,
-                        base=version.base,
-                        branch=version.branch,
-                        dirty=version.dirty,
-                        created_at=now(),
-                    )
-                ).inserted_primary_key[0]
             conn.execute(update(s.Run).where(s.Run.id == run_id).values(code_version_id=version_id))
 
     def add_data_batch(self, run_id: int, **batch: Any) -> None:
@@ -225,17 +217,12 @@ class Store:
         if found is not None:
             return found
         key = json.dumps(list(names))
-        query = select(s.LoopSignature.id).where(s.LoopSignature.names == key)
         with self.engine.begin() as conn:
-            found = conn.scalar(query)
-            if found is None:
-                try:
-                    with conn.begin_nested():
-                        found = conn.execute(
-                            insert(s.LoopSignature).values(names=key)
-                        ).inserted_primary_key[0]
-                except IntegrityError:
-                    found = conn.scalar(query)
+            found = _get_or_create(
+                conn,
+                select(s.LoopSignature.id).where(s.LoopSignature.names == key),
+                insert(s.LoopSignature).values(names=key),
+            )
         self._signatures[names] = found
         return found
 
@@ -277,22 +264,16 @@ class Store:
     def _register_names(self, conn: Any, kinds: set[tuple[str, int, int, str]]) -> None:
         """Add new (name, signature, type, source) kinds to the `log_names` catalog."""
         for name, sig_id, vtype, source in kinds - self._log_names:
-            exists = select(s.LogName.name).where(
-                s.LogName.name == name,
-                s.LogName.sig_id == sig_id,
-                s.LogName.vtype == vtype,
-                s.LogName.source == source,
+            _get_or_create(
+                conn,
+                select(s.LogName.name).where(
+                    s.LogName.name == name,
+                    s.LogName.sig_id == sig_id,
+                    s.LogName.vtype == vtype,
+                    s.LogName.source == source,
+                ),
+                insert(s.LogName).values(name=name, sig_id=sig_id, vtype=vtype, source=source),
             )
-            if conn.scalar(exists) is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            insert(s.LogName).values(
-                                name=name, sig_id=sig_id, vtype=vtype, source=source
-                            )
-                        )
-                except IntegrityError:
-                    pass  # registered by a concurrent writer
             self._log_names.add((name, sig_id, vtype, source))
 
     def checkpoints_of(self, run_id: int) -> list[dict[str, Any]]:
@@ -338,6 +319,23 @@ class Store:
 
         with self.engine.connect() as conn:
             return pd.read_sql_query(text(sql), conn)
+
+
+def _get_or_create(conn: Any, query: Any, statement: Any) -> Any:
+    """What `query` finds, after running `statement` if it found nothing.
+
+    Safe against a concurrent writer inserting the same row: the savepoint absorbs the
+    unique-key clash and the second read finds its row.
+    """
+    found = conn.scalar(query)
+    if found is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(statement)
+        except IntegrityError:
+            pass  # inserted by a concurrent writer
+        found = conn.scalar(query)
+    return found
 
 
 def _insert_sql(table: str, columns: Sequence[str], engine: Engine, ignore: bool = False) -> str:
