@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "arg", "checkpointing", "commit", "data", "dataframe", "iteration", "log", "loop", "query",
+    "warm_start",
 ]  # fmt: skip
 __version__ = "0.1.0"
 
@@ -63,6 +64,16 @@ def iteration(name: str, idx: int | None, value: Any) -> AbstractContextManager[
 def checkpointing(**objects: Any) -> AbstractContextManager[None]:
     """Checkpoint `objects` at the iteration boundaries of the outer `flor.loop` inside."""
     return _session.current().checkpoint_objects(objects)
+
+
+def warm_start(**objects: Any) -> str | None:
+    """Load `objects` (a model, an optimizer) from the final checkpoint of the previous run.
+
+    Only when the launcher asked for it (the training flow's `warm_start`); the RNG states
+    are left alone. Returns the uid of the run it continued from, or None. A replay
+    restores the same checkpoint its historical run started from.
+    """
+    return _session.current().warm_start(objects)
 
 
 def commit() -> None:

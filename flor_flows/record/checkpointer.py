@@ -34,12 +34,27 @@ class Checkpointer:
         self.policy = checkpoints.policy(settings.checkpoint_policy)
         self._executor: ThreadPoolExecutor | None = None
         self._pending: tuple[Future[checkpoints.Written], dict[str, Any]] | None = None
+        self._skipped: tuple[str, dict[str, Any]] | None = None  # the last boundary, unwritten
 
     def boundary(self, run_uid: str, row: dict[str, Any], loop_seconds: float) -> None:
         """The end of an outer iteration: maybe start a checkpoint of the state now."""
         due = self.policy.should_write(loop_seconds)
         if not due or not self.collect(wait=self.policy.every_iteration):
+            self._skipped = (run_uid, row)
             return
+        self._write(run_uid, row)
+
+    def loop_ended(self) -> None:
+        """The outer loop ran to its end: make sure its final state is checkpointed.
+
+        A warm start continues from a run's last checkpoint, so that must be the end state.
+        """
+        if self._skipped is not None:
+            self.collect(wait=True)
+            self._write(*self._skipped)
+
+    def _write(self, run_uid: str, row: dict[str, Any]) -> None:
+        self._skipped = None
         start = time.perf_counter()
         payload = checkpoints.snapshot(self.objects)
         row = row | {"copy_seconds": time.perf_counter() - start}

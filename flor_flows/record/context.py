@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from flor_flows.errors import FlorError
 
@@ -38,9 +38,14 @@ class RunContext:
     checkpoint_url: str | None = None
     data_url: str | None = None
     flow_run_id: str | None = None
-    resumed_from: str | None = None  # uid of the run whose checkpoint this run starts from
+    resumed_from: str | None = None  # uid of the run whose final checkpoint `warm_start` loads
     kwargs: dict[str, str] = field(default_factory=dict)
     data: dict[str, str] = field(default_factory=dict)
+    # Set by a launcher that did the versioning itself (the training flow), so the run reuses
+    # it: the code snapshot (`CodeVersion` fields) and batches already hashed and copied
+    # (name -> `Batch` fields).
+    code_version: dict[str, Any] | None = None
+    registered: dict[str, dict[str, Any]] = field(default_factory=dict)
     replay: ReplaySpec | None = None
 
     def to_env(self) -> dict[str, str]:

@@ -140,9 +140,12 @@ class Run:
             location = recorded["stored_uri"] or recorded["uri"]
             path = data.fetch(location, recorded["sha256"], cache)
         else:
-            batch = data.version(
-                name, self.context.data.get(name, uri), self.settings.data_url, cache
-            )
+            registered = self.context.registered.get(name)
+            if registered is not None:  # the launcher hashed and copied it already
+                batch = data.Batch(**registered)
+            else:
+                uri = self.context.data.get(name, uri)
+                batch = data.version(name, uri, self.settings.data_url, cache)
             self.buffer.data.append(
                 {
                     "name": name,
@@ -172,6 +175,18 @@ class Run:
             self.checkpointing = previous
             ckpt.close()
 
+    def warm_start(self, objects: dict[str, Any]) -> str | None:
+        """Load `objects` from the final checkpoint of the run this one resumes from."""
+        from flor_flows.versioning.checkpoints import CheckpointStore, restore
+
+        if not self.replaying and self.context.resumed_from is None:
+            return None
+        saved = self.buffer.wait_ready()["warm_start"]
+        if saved is None:
+            return None
+        restore(CheckpointStore.read(saved["uri"], saved["sha256"]), objects, rng=False)
+        return saved["run_uid"]
+
     def loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         parent = self.frame
         if self.replaying and parent is ROOT:
@@ -197,6 +212,8 @@ class Run:
                     self._leave(parent, seconds, checkpointed)
                 if checkpointed and not self.replaying:
                     self._maybe_checkpoint(name, iteration, seconds)
+            if checkpointed and not self.replaying:
+                self.checkpointing.loop_ended()
         finally:
             self.frame = parent
 

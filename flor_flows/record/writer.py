@@ -42,6 +42,7 @@ class Session:
         self.store = open_store(settings.store_url)
         self.history: dict[str, Any] = {}
         self.checkpoints: list[dict[str, Any]] = []
+        self.warm_start: dict[str, Any] | None = None
         if self.replaying:
             self.source = "replay"
             self.history = self.store.run_record(context.run_uid)
@@ -51,12 +52,18 @@ class Session:
             if self.replay_id is None:
                 self.replay_id = self.store.start_replay(self.run_id)
             self.checkpoints = self.store.checkpoints_of(self.run_id)
+            if self.history["resumed_from_id"] is not None:
+                self.warm_start = self.store.final_checkpoint(self.history["resumed_from_id"])
             return
         from flor_flows.versioning import code
 
         self.source, self.replay_id = "forward", None
         root = self.settings.root
-        version = code.snapshot(root, context.run_uid, Path(entry_script) if entry_script else None)
+        if context.code_version is not None:  # the launcher took the snapshot
+            version = code.CodeVersion(**context.code_version)
+        else:
+            entry = Path(entry_script) if entry_script else None
+            version = code.snapshot(root, context.run_uid, entry)
         project_id = self.store.project_id(self.settings.project_name, root)
         self.run_id = self.store.start_run(
             uid=context.run_uid,
@@ -67,12 +74,15 @@ class Session:
             pid=pid,
         )
         self.store.set_code_version(self.run_id, project_id, version)
+        if context.resumed_from is not None:
+            self.warm_start = self.store.final_checkpoint(self.store.run_id(context.resumed_from))
 
     def ready(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "history": self.history,
             "checkpoints": self.checkpoints,
+            "warm_start": self.warm_start,
         }
 
     def write(self, logs: list, contexts: list, checkpoints: list, data: list, args: Any) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import connectorx
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 
 from flor_flows.record import values
 from flor_flows.store import schema as s
@@ -53,7 +55,8 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _runs(store: Store, project: str | None) -> pd.DataFrame:
+def _runs(store: Store, project: str | None, uids: Sequence[str] | None = None) -> pd.DataFrame:
+    resumed = aliased(s.Run)
     query = (
         select(
             s.Run.id.label("run_id"),
@@ -66,15 +69,20 @@ def _runs(store: Store, project: str | None) -> pd.DataFrame:
             s.Run.entry_script,
             s.Run.args,
             s.Run.prefect_flow_run_id,
+            resumed.uid.label("resumed_from"),
             s.Run.error,
         )
         .join(s.Project, s.Project.id == s.Run.project_id)
         .outerjoin(s.CodeVersion, s.CodeVersion.id == s.Run.code_version_id)
+        .outerjoin(resumed, resumed.id == s.Run.resumed_from_id)
         .order_by(s.Run.started_at, s.Run.id)
     )
+    batches = select(s.DataBatch.run_id, s.DataBatch.name, s.DataBatch.uri, s.DataBatch.sha256)
     if project:
         query = query.where(s.Project.name == project)
-    batches = select(s.DataBatch.run_id, s.DataBatch.name, s.DataBatch.uri, s.DataBatch.sha256)
+    if uids is not None:
+        query = query.where(s.Run.uid.in_(uids))
+        batches = batches.join(s.Run, s.Run.id == s.DataBatch.run_id).where(s.Run.uid.in_(uids))
     with store.engine.connect() as conn:
         runs = pd.DataFrame(conn.execute(query).mappings().all())
         data = pd.DataFrame(conn.execute(batches).mappings().all())
@@ -96,9 +104,11 @@ def _expand_args(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([runs, args], axis=1)
 
 
-def run_table(store: Store, project: str | None = None) -> pd.DataFrame:
+def run_table(
+    store: Store, project: str | None = None, uids: Sequence[str] | None = None
+) -> pd.DataFrame:
     """One row per run: uid, code version, status, times, args and data batches."""
-    runs = _runs(store, project)
+    runs = _runs(store, project, uids)
     return _expand_args(runs).drop(columns=["run_id"]).reset_index(drop=True)
 
 
@@ -135,7 +145,12 @@ def _value_columns(kinds: set[int]) -> list[str]:
     return ["vtype", "num", "ival", "txt"]
 
 
-def _name_values(store: Store, name: str, signatures: dict[int, tuple[str, ...]]) -> pd.DataFrame:
+def _name_values(
+    store: Store,
+    name: str,
+    signatures: dict[int, tuple[str, ...]],
+    run_ids: Sequence[int] | None,
+) -> pd.DataFrame:
     """Every stored value of `name`, typed, with its run, context, source and loop path.
 
     The `log_names` catalog says which signatures, types and sources exist, so only the
@@ -156,7 +171,10 @@ def _name_values(store: Store, name: str, signatures: dict[int, tuple[str, ...]]
     columns += ["source"] if len(sources) > 1 else []
     columns += _value_columns(kinds) + [f"i{k}" for k in range(depth)]
     # Rows come in (run, write) order, so "keep last" below means the latest value wins.
-    sql = f"SELECT {', '.join(columns)} FROM logs WHERE name = {_literal(name)} ORDER BY run_id, id"
+    where = f"name = {_literal(name)}"
+    if run_ids is not None:
+        where += f" AND run_id IN ({', '.join(str(int(r)) for r in run_ids) or 'NULL'})"
+    sql = f"SELECT {', '.join(columns)} FROM logs WHERE {where} ORDER BY run_id, id"
     frame = _fetch(store, sql)
     frame["ctx_id"] = frame["ctx_id"].fillna(0).astype("int64")
     if "sig_id" in frame:
@@ -177,12 +195,17 @@ def _signatures(store: Store) -> dict[int, tuple[str, ...]]:
     return {sig: tuple(json.loads(names)) for sig, names in rows}
 
 
-def _cells(store: Store, names: list[str], signatures: dict[int, tuple[str, ...]]) -> pd.DataFrame:
+def _cells(
+    store: Store,
+    names: list[str],
+    signatures: dict[int, tuple[str, ...]],
+    run_ids: Sequence[int] | None,
+) -> pd.DataFrame:
     """Rows keyed by (run_id, ctx_id) with their loop path and one column per name."""
     keys = ["run_id", "ctx_id"]
     frames = []
     for name in names:
-        frame = _name_values(store, name, signatures)
+        frame = _name_values(store, name, signatures, run_ids)
         forward = frame["forward"]
         if not forward.all():  # forward values win: put them last, keeping write order
             frame = frame.sort_values("forward", kind="stable")
@@ -281,13 +304,16 @@ def _loop_values(
     }
 
 
-def wide_table(store: Store, names: list[str], project: str | None = None) -> pd.DataFrame:
-    """One row per (run, loop context) holding the requested names."""
-    runs = _runs(store, project)
+def wide_table(
+    store: Store, names: list[str], project: str | None = None, uids: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """One row per (run, loop context) holding the requested names (of runs `uids`, or all)."""
+    runs = _runs(store, project, uids)
     data = [c for c in runs.columns if c.startswith("data.")]
     runs = _expand_args(runs[[*WIDE_RUN_COLUMNS, *data, "args"]]).reset_index(drop=True)
     signatures = _signatures(store)
-    rows = _cells(store, names, signatures)
+    run_ids = None if uids is None else runs["run_id"].tolist()
+    rows = _cells(store, names, signatures, run_ids)
     position = pd.Index(runs["run_id"]).get_indexer(rows["run_id"])
     rows, position = rows[position >= 0].reset_index(drop=True), position[position >= 0]
     value_columns = [c for c in rows.columns if c in names or c.endswith("@replay")]

@@ -95,6 +95,24 @@ class DataBatch(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class Arrival(Base):
+    """A data batch seen at a watched location, claimed by exactly one retraining run.
+
+    The unique key makes a claim atomic: of two overlapping runs, one inserts the row and
+    the other finds it taken. A failed run deletes its unconsumed claims, so the next run
+    takes those batches again.
+    """
+
+    __tablename__ = "arrivals"
+    __table_args__ = (UniqueConstraint("project_id", "uri"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    uri: Mapped[str] = mapped_column(String(1024))
+    claim: Mapped[str] = mapped_column(String(64), index=True)  # the claiming flow run
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    run_uid: Mapped[str | None] = mapped_column(String(64))  # set once a run trained on it
+
+
 class LoopSignature(Base):
     """The loop names along a context path, e.g. ["epoch", "step"]."""
 

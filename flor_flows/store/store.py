@@ -12,9 +12,10 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, event, insert, select, text, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.pool import NullPool
 
 from flor_flows.errors import StoreError
 from flor_flows.store import schema as s
@@ -58,7 +59,18 @@ class Store:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.engine: Engine = create_engine(url, future=True)
+            # SQLite: no pooled connections. The wide table reads through connectorx, whose own
+            # SQLite library checkpoints and removes the WAL when its connection closes (POSIX
+            # locks are per process, so it cannot see ours); a pooled connection would go on
+            # reading, and writing, the removed WAL.
+            parsed = make_url(url)
+            on_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
+                None,
+                "",
+                ":memory:",
+            )
+            pool = {"poolclass": NullPool} if on_file else {}
+            self.engine: Engine = create_engine(url, future=True, **pool)
         except Exception as exc:  # noqa: BLE001 - any driver/URL error becomes one clear message
             raise StoreError(f"cannot open store {url!r}: {exc}") from exc
         if self.engine.dialect.name == "sqlite":
@@ -283,6 +295,80 @@ class Store:
             )
             return [dict(r) for r in rows.mappings()]
 
+    def final_checkpoint(self, run_id: int) -> dict[str, Any]:
+        """The last checkpoint run `run_id` wrote (the state a warm start continues from)."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(s.Checkpoint.uri, s.Checkpoint.sha256, s.Run.uid.label("run_uid"))
+                    .join(s.Run, s.Run.id == s.Checkpoint.run_id)
+                    .where(s.Checkpoint.run_id == run_id)
+                    .order_by(s.Checkpoint.id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise StoreError(f"run {run_id} wrote no checkpoint to warm-start from")
+        return dict(row)
+
+    def latest_checkpointed_run(self, project: str, entry_script: str) -> str | None:
+        """The uid of the newest completed run of `entry_script` that wrote a checkpoint."""
+        query = (
+            select(s.Run.uid)
+            .join(s.Project, s.Project.id == s.Run.project_id)
+            .where(
+                s.Project.name == project,
+                s.Run.entry_script == entry_script,
+                s.Run.status == "completed",
+                select(s.Checkpoint.id).where(s.Checkpoint.run_id == s.Run.id).exists(),
+            )
+            .order_by(s.Run.started_at.desc(), s.Run.id.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.scalar(query)
+
+    # -- arrivals -------------------------------------------------------------------------
+    def claim_arrivals(
+        self, project_id: int, uris: Sequence[str], claim: str, limit: int
+    ) -> list[str]:
+        """Claim up to `limit` of `uris` that no one claimed before; ours, in the given order."""
+        won: list[str] = []
+        with self.engine.begin() as conn:
+            for uri in uris:
+                if len(won) == limit:
+                    break
+                row = {"project_id": project_id, "uri": uri, "claim": claim, "claimed_at": now()}
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(s.Arrival).values(**row))
+                except IntegrityError:
+                    continue  # claimed by an earlier or concurrent run
+                won.append(uri)
+        return won
+
+    def consume_arrival(self, project_id: int, uri: str, claim: str, run_uid: str) -> None:
+        """Mark a claimed batch as trained on by run `run_uid`."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.Arrival)
+                .where(
+                    s.Arrival.project_id == project_id,
+                    s.Arrival.uri == uri,
+                    s.Arrival.claim == claim,
+                )
+                .values(run_uid=run_uid)
+            )
+
+    def release_arrivals(self, claim: str) -> int:
+        """Give back the batches `claim` took but did not train on; returns how many."""
+        with self.engine.begin() as conn:
+            return conn.execute(
+                delete(s.Arrival).where(s.Arrival.claim == claim, s.Arrival.run_uid.is_(None))
+            ).rowcount
+
     def start_replay(self, run_id: int, **provenance: Any) -> int:
         with self.engine.begin() as conn:
             return conn.execute(
@@ -300,19 +386,38 @@ class Store:
             )
 
     # -- reads ----------------------------------------------------------------------------
-    def runs(self, project: str | None = None) -> pd.DataFrame:
+    def runs(self, project: str | None = None, uids: Sequence[str] | None = None) -> pd.DataFrame:
         """One row per run: uid, status, code version, times, entry script, args, batches."""
         from flor_flows.store.query import run_table
 
         self.mark_dead_runs()
-        return run_table(self, project)
+        return run_table(self, project, uids)
 
-    def dataframe(self, names: Iterable[str], project: str | None = None) -> pd.DataFrame:
+    def dataframe(
+        self,
+        names: Iterable[str],
+        project: str | None = None,
+        uids: Sequence[str] | None = None,
+    ) -> pd.DataFrame:
+        """The wide table of `names`; `uids` narrows it to those runs."""
         from flor_flows.store.query import run_table, wide_table
 
         self.mark_dead_runs()
         names = list(dict.fromkeys(names))
-        return wide_table(self, names, project) if names else run_table(self, project)
+        if not names:
+            return run_table(self, project, uids)
+        return wide_table(self, names, project, uids)
+
+    def logged_names(self, uid: str) -> list[str]:
+        """The names run `uid` logged, forward or replayed, in first-logged order."""
+        query = (
+            select(s.Log.name)
+            .where(s.Log.run_id == self.run_id(uid))
+            .group_by(s.Log.name)
+            .order_by(func.min(s.Log.id))
+        )
+        with self.engine.connect() as conn:
+            return list(conn.scalars(query))
 
     def query(self, sql: str) -> pd.DataFrame:
         import pandas as pd

@@ -162,15 +162,22 @@ def _restore_into(target: Any, kind: str, state: Any) -> None:
         )
 
 
-def restore(data: bytes, objects: dict[str, Any]) -> None:
-    """Load a checkpoint's state back into the live `objects`, in place, and the RNG states."""
+def restore(data: bytes, objects: dict[str, Any], rng: bool = True) -> None:
+    """Load a checkpoint's state back into the live `objects`, in place, and the RNG states.
+
+    A warm start passes `rng=False`: the new run keeps the randomness its own seed gave it.
+    """
     payload = _deserialize(data)
     missing = set(objects) - set(payload["objects"])
     if missing:
         raise CheckpointError(f"checkpoint holds no state for {sorted(missing)}")
     for name, obj in objects.items():
-        _restore_into(obj, *payload["objects"][name])
-    _set_rng_states(payload["rng"])
+        try:
+            _restore_into(obj, *payload["objects"][name])
+        except (RuntimeError, ValueError, KeyError) as exc:  # e.g. a state_dict shape mismatch
+            raise CheckpointError(f"cannot restore {name!r} from the checkpoint: {exc}") from exc
+    if rng:
+        _set_rng_states(payload["rng"])
 
 
 @dataclass(frozen=True)

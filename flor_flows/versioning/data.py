@@ -38,6 +38,13 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return "file" in fs.protocol if isinstance(fs.protocol, tuple) else fs.protocol == "file"
 
 
+def resolve(base: Path, uri: str) -> str:
+    """`uri` with a relative local path taken from `base` (a project directory)."""
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    return str(base / uri)
+
+
 def version(name: str, uri: str, store_url: str, cache_dir: Path) -> Batch:
     """Hash the batch at `uri`, copy it into `store_url` (unless "none"), return its record.
 

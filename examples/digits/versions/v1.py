@@ -34,6 +34,7 @@ x_test, y_test = load(flor.data("test", "data/test.csv"))
 loader = DataLoader(TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True)
 
 net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+flor.warm_start(model=net)  # continue from the previous run's weights, if asked
 opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
 loss_fn = nn.CrossEntropyLoss()
 

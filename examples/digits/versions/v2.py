@@ -34,6 +34,7 @@ x_test, y_test = load(flor.data("test", "data/test.csv"))
 loader = DataLoader(TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True)
 
 net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+flor.warm_start(model=net)  # continue from the previous run's weights, if asked
 opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
 # New in v2: anneal the LR to zero over the run (stepped once per epoch).
 sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)

@@ -58,6 +58,7 @@ def main():
     loader = DataLoader(TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True)
 
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    flor.warm_start(model=model)  # continue from the previous run's weights, if asked
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     loss_fn = nn.CrossEntropyLoss()

@@ -1,0 +1,1 @@
+"""Prefect flows: recipes over `flor_flows`, where the work lives."""

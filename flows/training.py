@@ -1,0 +1,71 @@
+"""The training flow: one versioned training run of a project's script, published as tables."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.settings import PREFECT_UI_URL
+
+from flor_flows.store import open_store
+from flor_flows.training import artifacts, launch
+from flor_flows.training.request import TrainingRequest
+from flor_flows.versioning.code import CodeVersion
+from flor_flows.versioning.data import Batch
+
+
+def _run_name() -> str:
+    """`train-<script>-<batch file>`, e.g. train-train.py-2026-11-03.csv."""
+    request = TrainingRequest.model_validate(flow_run.parameters.get("request") or {})
+    batch = (request.batch or "no-batch").rstrip("/").rsplit("/", 1)[-1]
+    return f"train-{request.script}-{batch}"
+
+
+@task(cache_policy=NO_CACHE)
+def snapshot_code(run: launch.Launch) -> CodeVersion:
+    return launch.snapshot_code(run)
+
+
+@task(cache_policy=NO_CACHE)
+def register_batches(run: launch.Launch, request: TrainingRequest) -> dict[str, Batch]:
+    return launch.register_batches(run, request.batches())
+
+
+@task(cache_policy=NO_CACHE)
+def find_warm_start(run: launch.Launch) -> str | None:
+    return launch.warm_start_from(run)
+
+
+@task(cache_policy=NO_CACHE)
+def run_script(
+    run: launch.Launch,
+    request: TrainingRequest,
+    code: CodeVersion,
+    batches: dict[str, Batch],
+    resumed_from: str | None,
+) -> launch.Outcome:
+    logger = get_run_logger()
+    context = launch.context_of(run, request, code, batches, resumed_from, flow_run.id)
+    outcome = launch.run(run, context, on_output=logger.info)
+    launch.account(run, context, outcome)
+    return outcome
+
+
+@task(cache_policy=NO_CACHE)
+def publish(run: launch.Launch) -> None:
+    store = open_store(run.settings.store_url)
+    artifacts.publish(store, run.run_uid, run.settings.project_name, PREFECT_UI_URL.value())
+
+
+@flow(name="train", flow_run_name=_run_name)
+def train(request: TrainingRequest = TrainingRequest()) -> str:  # noqa: B008 - pydantic default
+    """Train the project's script on a new batch; returns the run's uid in the store."""
+    run = launch.new_launch(request)
+    code = snapshot_code(run)
+    batches = register_batches(run, request)
+    resumed_from = find_warm_start(run) if request.warm_start else None
+    try:
+        run_script(run, request, code, batches, resumed_from)
+    finally:
+        publish(run)  # a failed run's partial logs are published too
+    return run.run_uid
