@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from deployments import serve as serving
 from flor_flows.errors import FlorError
+
+SERVER_HELP = """\
+Run a Prefect server (API and UI) for flor-flows, in the foreground until Ctrl-C.
+
+Without --database the server keeps its state in SQLite at $PREFECT_HOME/prefect.db
+(PREFECT_HOME defaults to ~/.prefect): fine for one user and a few runs at a time.
+With --database postgresql://user[:password]@host[:port]/dbname it uses PostgreSQL
+(the database must exist; Prefect creates its tables): use it when several flows,
+workers or users share the server, as SQLite answers concurrent writers with
+"database is locked" errors. postgres://, postgresql+psycopg:// and sqlite:///path URLs
+are accepted too; they are converted to the async drivers Prefect needs.
+
+Then point flow processes at it: export PREFECT_API_URL=http://HOST:PORT/api
+"""
 
 
 def _print_frame(frame, as_csv: bool) -> None:  # noqa: ANN001 - pandas is imported lazily
@@ -31,6 +47,7 @@ def cmd_runs(args: argparse.Namespace) -> None:
     runs = _store(args).runs()
     if not args.all_columns and len(runs):
         wanted = ["run_uid", "status", "code_version", "started_at", "entry_script"]
+        wanted += ["prefect_flow_run_id", "resumed_from"]
         wanted += [c for c in runs.columns if c.startswith("data.")]
         runs = runs[wanted].assign(code_version=runs["code_version"].str[:10])
     _print_frame(runs, args.csv)
@@ -49,6 +66,54 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from flor_flows import demo
 
     demo.main(["--workdir", str(args.workdir)] if args.workdir else [])
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from flor_flows.server import run_server
+
+    return run_server(args.database, args.host, args.port)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One training flow run; prints the run's uid, or its failure (exit code 1)."""
+    if not os.environ.get("PREFECT_API_URL"):  # Prefect's ephemeral server: keep it offline
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flor_flows.training.request import TrainingRequest
+    from flows.training import train
+
+    request = TrainingRequest(
+        project=str((args.project_dir or Path.cwd()).resolve()),
+        script=args.script,
+        batch=args.batch,
+        data=dict(args.data),
+        args=dict(args.kwargs),
+        warm_start=not args.no_warm_start,
+    )
+    state = train(request, return_state=True)
+    if not state.is_completed():
+        print(f"flor-flows: training failed: {state.message}", file=sys.stderr)
+        return 1
+    print(state.result())
+    return 0
+
+
+def command_line() -> list[str]:
+    """The arguments as typed, `--kwargs` and `--data` included.
+
+    Importing `flor_flows` takes those two out of `sys.argv` (for training scripts), so
+    they are read back from `sys.orig_argv`, after the script path or `-m module`.
+    """
+    from flor_flows.record.context import split_argv
+
+    orig, argv = sys.orig_argv, sys.argv[1:]
+    if sys.argv[0] in orig[1:]:
+        start = orig.index(sys.argv[0], 1) + 1
+    elif "-m" in orig[1:]:
+        start = orig.index("-m", 1) + 2
+    else:
+        return argv
+    typed = orig[start:]
+    return typed if split_argv(typed)[0] == argv else argv
 
 
 def parser() -> argparse.ArgumentParser:
@@ -79,17 +144,72 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="Run the record demo over several code versions.")
     demo.add_argument("--workdir", type=Path, help="where to create the demo project")
     demo.set_defaults(func=cmd_demo)
+
+    server = sub.add_parser(
+        "server",
+        help="Run a Prefect server for flor-flows (SQLite by default, or PostgreSQL).",
+        description=SERVER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    server.add_argument(
+        "--database", metavar="URL", help="PostgreSQL or SQLite URL; default: Prefect's SQLite"
+    )
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=4200, help="port to listen on")
+    server.set_defaults(func=cmd_server)
+
+    serve = sub.add_parser(
+        "serve",
+        help="Serve a project's training flows: train/on-demand and retrain/scheduled.",
+        description=serving.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serving.add_arguments(serve)
+    serve.set_defaults(func=serving.run)
+
+    train = sub.add_parser(
+        "train",
+        help="Run one training flow run of SCRIPT on a batch; prints the run uid.",
+        description="Run one training flow run of SCRIPT on a batch and print the run's uid. "
+        "Uses the Prefect server at PREFECT_API_URL, or a temporary one when it is unset.",
+    )
+    train.add_argument("script", help="the training script, relative to the project")
+    train.add_argument("--batch", required=True, metavar="URI", help="the new data batch")
+    train.add_argument(
+        "--data",
+        nargs="*",
+        type=serving.name_value,
+        default=[],
+        metavar="NAME=URI",
+        help="other batches",
+    )
+    train.add_argument(
+        "--kwargs",
+        nargs="*",
+        type=serving.name_value,
+        default=[],
+        metavar="NAME=VALUE",
+        help="hyper-parameters (flor.arg)",
+    )
+    train.add_argument(
+        "--no-warm-start",
+        action="store_true",
+        help="train from scratch instead of from the latest checkpointed run",
+    )
+    train.add_argument(
+        "--project-dir", type=Path, metavar="DIR", help="the project (git repo); default: cwd"
+    )
+    train.set_defaults(func=cmd_train)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(command_line() if argv is None else argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except FlorError as exc:
         print(f"flor-flows: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

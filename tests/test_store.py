@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -13,8 +11,6 @@ from sqlalchemy import create_engine, text
 from flor_flows.errors import StoreError
 from flor_flows.store import Store
 from tests.conftest import Project
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 SCRIPT = """
 import sys
@@ -25,24 +21,6 @@ for epoch in flor.loop("epoch", range(3)):
         flor.log("loss", epoch + step / 1000)
     flor.log("acc", 0.5 + epoch / 10)
 """
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards."""
-    name = f"flor_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        from flor_flows.store.store import open_store
-
-        open_store.cache_clear()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_postgres_store_end_to_end(project: Project, postgres_url: str) -> None:
