@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/flor-flows demo
 
 test: $(STAMP)
-	$(BIN)/ruff check flor_flows tests bench examples
-	$(BIN)/ruff format --check flor_flows tests bench examples
+	$(BIN)/ruff check flor_flows flows deployments tests bench examples
+	$(BIN)/ruff format --check flor_flows flows deployments tests bench examples
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -1,15 +1,18 @@
-"""End-to-end demo: four versions of a digits training script, one per daily data batch.
+"""The main job: continuous training on Prefect, four days, four code versions, four batches.
 
-``python -m flor_flows.demo [--workdir DIR] [--keep]`` builds a fresh git repository, writes the
-arrival batches of ``examples/digits``, and then, like a team over four days, commits each new
-version of ``train.py`` and trains it on that day's batch. Finally it prints the logged history
-from ``flor.dataframe``.
+``flor-flows demo [--workdir DIR]`` builds a fresh git project and then, like a team over
+four days, commits that day's version of ``train.py``, lets that day's batch arrive in
+``data/incoming/``, and runs the retraining flow: it claims the new batch and trains on it,
+warm-started from the previous day's model, as a versioned training flow run that publishes
+its tables as artifacts. A last retraining finds no new data. Then it prints the wide table.
+
+Prefect: the API in ``PREFECT_API_URL`` if set, else an ephemeral one whose database is kept
+under the demo directory, so the runs and artifacts can be browsed afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
 import shutil
@@ -17,33 +20,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import pandas as pd
 
-import flor_flows as flor
-
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "digits"
 METRICS = ("loss", "acc", "lr", "val_loss")
-STDERR_TAIL_LINES = 30
-# Run-table columns left out of the printed summary (the returned table keeps everything).
-RUN_DETAILS = {
-    "project",
-    "status",
-    "started_at",
-    "ended_at",
-    "entry_script",
-    "prefect_flow_run_id",
-    "error",
-}
+WATCH = "data/incoming/*.csv"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One day of the demo: which script version trains on which batch, with which overrides."""
+    """One day of the demo: which script version trains on the day's batch, with which args."""
 
     version: str
     kwargs: dict[str, str] = field(default_factory=dict)
@@ -58,44 +48,49 @@ STEPS = (
 
 
 class DemoStepFailed(RuntimeError):
-    """A training run of the demo exited with a non-zero status."""
+    """A retraining flow run of the demo did not complete."""
 
 
 def run_demo(workdir: Path, out: TextIO = sys.stdout) -> pd.DataFrame:
-    """Run every demo step in a new git repo at ``workdir``; return the metrics table.
+    """Run every demo day in a new git repo at ``workdir``; return the metrics table.
 
-    The table is ``flor.dataframe("loss", "acc", "lr", "val_loss")`` with two extra columns,
-    ``version`` (v1, v2, ...) and ``batch`` (the CSV file name), joined on ``run_uid``.
+    The table is the store's wide table of ``METRICS`` with two extra columns, ``version``
+    (v1, v2, ...) and ``batch`` (the CSV file name), joined on ``run_uid``.
     """
+    from flor_flows.store import project_store
+
     workdir = Path(workdir).resolve()
     if workdir.exists() and any(workdir.iterdir()):
         raise FileExistsError(f"demo workdir must be empty or absent: {workdir}")
     workdir.mkdir(parents=True, exist_ok=True)
-    store_url = f"sqlite:///{workdir / '.flor-flows' / 'store.db'}"
-
     _init_repo(workdir)
-    batches = _write_batches(workdir / "data", n_batches=len(STEPS))
-    print(f"demo repo: {workdir}", file=out)
-    print(f"wrote {len(batches)} arrival batches and a test split under data/", file=out)
+    batches = _write_batches(workdir / "data" / "batches", n_batches=len(STEPS))
+    print(f"demo project: {workdir}", file=out)
+    print(f"{len(batches)} daily batches of scikit-learn's digits wait to arrive", file=out)
 
-    for i, (step, batch) in enumerate(zip(STEPS, batches, strict=True), start=1):
+    for day, (step, batch) in enumerate(zip(STEPS, batches, strict=True), start=1):
         shutil.copyfile(_version_file(step.version), workdir / "train.py")
         _git(workdir, "add", "train.py")
         _git(workdir, "commit", "-q", "-m", f"train.py: {step.version}")
+        _arrive(workdir, batch)
         overrides = " ".join(f"{k}={v}" for k, v in step.kwargs.items())
-        label = f"[{i}/{len(STEPS)}] {step.version} on {batch.name}"
-        print(label + (f" ({overrides})" if overrides else "") + " ...", end="", file=out)
+        label = f"[day {day}/{len(STEPS)}] {step.version}, {batch.name} arrived"
+        print(label + (f" ({overrides})" if overrides else "") + ": retraining ...", file=out)
         out.flush()
-        seconds = _train(workdir, batch, step.kwargs, store_url)
-        print(f" {seconds:.1f} s", file=out)
+        (uid,), seconds = _retrain(workdir, step.kwargs)
+        resumed = project_store(workdir).runs(uids=[uid])["resumed_from"].iloc[0]
+        start = f"warm-started from {resumed}" if isinstance(resumed, str) else "from scratch"
+        print(f"    run {uid} ({start}) in {seconds:.1f} s", file=out)
 
-    with _inside(workdir, store_url):
-        table = flor.dataframe(*METRICS)
-        runs = flor.dataframe()
+    print("[next check] nothing new arrived: retraining ...", file=out)
+    trained, seconds = _retrain(workdir, {})
+    print(f"    {trained or 'no new data'} in {seconds:.1f} s", file=out)
+
+    store = project_store(workdir)
+    runs = store.runs()
     labels = _label_runs(runs, batches)
-    table = table.merge(labels, on="run_uid", how="left")
-    runs = runs.merge(labels, on="run_uid", how="left")
-    _report(table, runs, out)
+    table = store.dataframe(METRICS).merge(labels, on="run_uid", how="left")
+    _report(table, runs.merge(labels, on="run_uid", how="left"), workdir, out)
     return table
 
 
@@ -116,14 +111,25 @@ def _git(workdir: Path, *args: str) -> None:
 
 
 def _write_batches(dest: Path, n_batches: int) -> list[Path]:
-    """Call ``examples/digits/batches.py:write_batches`` (the examples are not a package)."""
+    """Call ``examples/digits/batches.py:write_batches`` (the examples are not a package).
+
+    The test split lands in ``data/``, the batches in ``data/batches/`` until they arrive.
+    """
     source = EXAMPLE_DIR / "batches.py"
     spec = importlib.util.spec_from_file_location("flor_flows_demo_batches", source)
     if spec is None or spec.loader is None or not source.is_file():
         raise FileNotFoundError(f"demo example not found: {source}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.write_batches(dest, n_batches=n_batches)
+    batches = module.write_batches(dest.parent, n_batches=n_batches)
+    return [Path(b) for b in batches]
+
+
+def _arrive(workdir: Path, batch: Path) -> None:
+    """Deliver a batch to the watched folder, as an upstream job would."""
+    incoming = workdir / "data" / "incoming"
+    incoming.mkdir(exist_ok=True)
+    shutil.copyfile(batch, incoming / batch.name)
 
 
 def _version_file(version: str) -> Path:
@@ -133,39 +139,22 @@ def _version_file(version: str) -> Path:
     return path
 
 
-def _train(workdir: Path, batch: Path, kwargs: dict[str, str], store_url: str) -> float:
-    """Run ``train.py`` on ``batch`` in a child interpreter; return its wall time in seconds."""
-    cmd = [sys.executable, "train.py", "--data", f"batch={batch.relative_to(workdir)}"]
-    if kwargs:
-        cmd += ["--kwargs", *(f"{k}={v}" for k, v in kwargs.items())]
-    env = {**os.environ, "FLOR_FLOWS_STORE_URL": store_url}
+def _retrain(workdir: Path, kwargs: dict[str, str]) -> tuple[list[str], float]:
+    """One retraining flow run over whatever arrived; its trained run uids and wall time."""
+    from flor_flows.training.request import RetrainingRequest
+    from flows.retraining import retrain
+
+    request = RetrainingRequest(project=str(workdir), watch=WATCH, args=kwargs)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    state = retrain(request, return_state=True)
     seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.splitlines()[-STDERR_TAIL_LINES:])
-        raise DemoStepFailed(f"{' '.join(cmd)} exited with {proc.returncode}:\n{tail}")
-    return seconds
-
-
-@contextlib.contextmanager
-def _inside(workdir: Path, store_url: str) -> Iterator[None]:
-    """Temporarily make ``workdir`` and its store the current project of this process."""
-    old_cwd, old_url = Path.cwd(), os.environ.get("FLOR_FLOWS_STORE_URL")
-    os.chdir(workdir)
-    os.environ["FLOR_FLOWS_STORE_URL"] = store_url
-    try:
-        yield
-    finally:
-        os.chdir(old_cwd)
-        if old_url is None:
-            del os.environ["FLOR_FLOWS_STORE_URL"]
-        else:
-            os.environ["FLOR_FLOWS_STORE_URL"] = old_url
+    if not state.is_completed():
+        raise DemoStepFailed(f"retraining flow run ended {state.type.value}: {state.message}")
+    return state.result(), seconds
 
 
 def _label_runs(runs: pd.DataFrame, batches: list[Path]) -> pd.DataFrame:
-    """Map each run to its demo step. Steps ran one after another, so start order is step order."""
+    """Map each run to its demo day. Days ran one after another: start order is day order."""
     if len(runs) != len(STEPS):
         raise DemoStepFailed(f"expected {len(STEPS)} runs in the store, found {len(runs)}")
     ordered = runs.sort_values("started_at")["run_uid"].tolist()
@@ -178,36 +167,61 @@ def _label_runs(runs: pd.DataFrame, batches: list[Path]) -> pd.DataFrame:
     )
 
 
-def _report(table: pd.DataFrame, runs: pd.DataFrame, out: TextIO) -> None:
-    """Print the run table and a per-epoch summary (mean step loss next to epoch metrics)."""
-    with pd.option_context("display.width", 120, "display.max_columns", 20):
-        print("\nruns (flor.dataframe(), args only):", file=out)
-        hidden = [c for c in runs.columns if c in RUN_DETAILS or c.startswith("data.")]
-        shown = runs.drop(columns=hidden).assign(code_version=runs["code_version"].str[:10])
-        front = ["version", "batch", "run_uid", "code_version"]
-        shown = shown[front + [c for c in shown.columns if c not in front]]
-        print(shown.to_string(index=False), file=out)
+def _report(table: pd.DataFrame, runs: pd.DataFrame, workdir: Path, out: TextIO) -> None:
+    """Print the runs, a per-epoch summary and where the artifacts are."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    from flor_flows.training.artifacts import key_prefix
+
+    with pd.option_context("display.width", 140, "display.max_columns", 20):
+        print("\nruns (flor-flows runs):", file=out)
+        shown = runs[["version", "batch", "run_uid", "code_version", "resumed_from"]]
+        shown = shown.assign(code_version=shown["code_version"].str[:10])
+        print(shown.to_string(index=False, na_rep="-"), file=out)
 
         print(f"\nper epoch (flor.dataframe{METRICS}, loss averaged over steps):", file=out)
         summary = table.groupby(["version", "epoch"], sort=True)[list(METRICS)].mean()
         print(summary.round(4).to_string(na_rep="-"), file=out)
 
+    keys = ", ".join(f"{key_prefix(workdir.name)}-{k}" for k in ("metrics", "checkpoints", "data"))
+    print(
+        f"\nartifacts of every training flow run: {keys}, {key_prefix(workdir.name)}-summary",
+        file=out,
+    )
+    api = PREFECT_API_URL.value()
+    if api:
+        print(f"in the Prefect API at {api} (UI: its Artifacts page)", file=out)
+    else:
+        home = PREFECT_HOME.value()
+        print(f"in the Prefect database under {home}; to browse them in the UI:", file=out)
+        print(
+            f"    PREFECT_HOME={home} flor-flows server   # then open http://127.0.0.1:4200",
+            file=out,
+        )
+
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: ``python -m flor_flows.demo``."""
+    """Command-line entry point: ``flor-flows demo`` / ``python -m flor_flows.demo``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, help="empty directory for the demo repo")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary demo repo")
+    parser.add_argument("--workdir", type=Path, help="empty directory for the demo project")
     args = parser.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="flor-flows-demo-"))
+    base = Path(tempfile.mkdtemp(prefix="flor-flows-demo-"))
+    workdir = args.workdir or base / "digits"
+    if not os.environ.get("PREFECT_API_URL"):  # an ephemeral API, its database kept with the demo
+        os.environ.setdefault("PREFECT_HOME", str(base / "prefect"))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our progress lines say enough
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.workdir:
+        base.rmdir()
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     start = time.perf_counter()
-    try:
+    print("starting Prefect (an ephemeral API unless PREFECT_API_URL is set) ...", flush=True)
+    # Heartbeats detect crashed runs of a long-lived server; this in-process demo needs none.
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         run_demo(workdir)
-    finally:
-        if args.workdir is None and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\ndemo finished in {time.perf_counter() - start:.1f} s", end="")
-    print(f"; repo kept at {workdir}" if args.workdir or args.keep else "")
+    print(f"\ndemo finished in {time.perf_counter() - start:.1f} s; project kept at {workdir}")
 
 
 if __name__ == "__main__":

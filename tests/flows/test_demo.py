@@ -1,4 +1,4 @@
-"""The demo end to end: real git, real training runs in child processes, the real store."""
+"""The main job end to end: real git, real retraining flow runs, real training, the real store."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from flor_flows import demo as demo_module
 from flor_flows.demo import STEPS, DemoStepFailed, run_demo
+from flor_flows.store import project_store
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,17 @@ def test_each_run_has_its_own_code_version(demo: tuple[Path, pd.DataFrame, str])
     assert per_run.map(lambda v: v[0]).nunique() == len(STEPS)
 
 
-def test_each_run_trained_on_its_own_batch(demo: tuple[Path, pd.DataFrame, str]) -> None:
-    _, table, _ = demo
+def test_each_day_trains_on_its_arrived_batch_warm_started(
+    demo: tuple[Path, pd.DataFrame, str],
+) -> None:
+    workdir, table, _ = demo
     used = table.groupby("version")["data.batch"].unique()
-    expected = {s.version: f"data/batches/2026-11-0{i}.csv" for i, s in enumerate(STEPS, 1)}
-    assert {v: list(b) for v, b in used.items()} == {v: [b] for v, b in expected.items()}
+    expected = {s.version: f"data/incoming/2026-11-0{i}.csv" for i, s in enumerate(STEPS, 1)}
+    assert {v: len(b) for v, b in used.items()} == dict.fromkeys(expected, 1)
+    assert all(used[v][0].endswith(b) for v, b in expected.items())
+    runs = project_store(workdir).runs().sort_values("started_at")
+    uids = runs["run_uid"].tolist()
+    assert runs["resumed_from"].tolist()[1:] == uids[:-1]  # each day continues the previous
 
 
 def test_training_learns(demo: tuple[Path, pd.DataFrame, str]) -> None:
@@ -69,14 +76,19 @@ def test_training_learns(demo: tuple[Path, pd.DataFrame, str]) -> None:
     assert ((epoch_rows["acc"] >= 0.0) & (epoch_rows["acc"] <= 1.0)).all()
     final = epoch_rows.sort_values("epoch").groupby("version")["acc"].last()
     assert (final > 0.5).all(), final.to_dict()
-    steps = table.loc[table["loss"].notna()].sort_values(["epoch", "step"]).groupby("version")
-    assert (steps["loss"].last() < steps["loss"].first()).all()
+    per_epoch = table.groupby(["version", "epoch"])["loss"].mean().groupby("version")
+    assert (per_epoch.last() < per_epoch.first()).all(), per_epoch.apply(list).to_dict()
+    first_epoch = epoch_rows[epoch_rows["epoch"] == 0].groupby("version")["acc"].first()
+    assert first_epoch["v2"] > first_epoch["v1"] + 0.2  # day 2 starts from day 1's model
 
 
 def test_progress_and_repo(demo: tuple[Path, pd.DataFrame, str]) -> None:
     workdir, _, printed = demo
-    assert "[1/4] v1 on 2026-11-01.csv ..." in printed
-    assert "[3/4] v3 on 2026-11-03.csv (lr=0.05) ..." in printed
+    assert "[day 1/4] v1, 2026-11-01.csv arrived: retraining ..." in printed
+    assert "[day 3/4] v3, 2026-11-03.csv arrived (lr=0.05): retraining ..." in printed
+    assert printed.count("warm-started from") == 3 and "(from scratch)" in printed
+    assert "no new data" in printed and "digits-metrics" not in printed  # keys name the project
+    assert f"{workdir.name}-metrics" in printed
     log = subprocess.run(
         ["git", "log", "--format=%s", "main"], cwd=workdir, capture_output=True, text=True
     ).stdout.split("\n")
@@ -96,5 +108,7 @@ def test_a_failing_run_raises_with_its_stderr(
     broken = tmp_path / "broken.py"
     broken.write_text("import sys\nsys.exit('boom: no column named label')\n")
     monkeypatch.setattr(demo_module, "_version_file", lambda version: broken)
-    with pytest.raises(DemoStepFailed, match="boom: no column named label"):
+    with pytest.raises(
+        DemoStepFailed, match="(?s)retraining flow run ended FAILED.*boom: no column"
+    ):
         run_demo(tmp_path / "repo", out=io.StringIO())
