@@ -66,18 +66,25 @@ def run_server(database_url: str | None = None, host: str = "127.0.0.1", port: i
     """Run `prefect server start` in the foreground until it exits; returns its exit code.
 
     The server runs in its own session, so a terminal's Ctrl-C reaches it once, through
-    this process: SIGINT and SIGTERM are forwarded to it and it shuts down cleanly.
+    this process: SIGINT and SIGTERM are forwarded to it and it shuts down cleanly. After
+    a clean shutdown uvicorn re-raises the signal, so dying of a forwarded signal is exit 0;
+    any other death by signal N is 128 + N, as in a shell.
     """
     env = os.environ | server_env(database_url, host, port)
     command = [*prefect_command(), "server", "start", "--host", host, "--port", str(port)]
     server = subprocess.Popen(command, env=env, start_new_session=True)
+    forwarded: set[int] = set()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        forwarded.add(signum)
         server.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return server.wait()
+        returncode = server.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if returncode < 0:
+        return 0 if -returncode in forwarded else 128 - returncode
+    return returncode

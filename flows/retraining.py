@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Completed
+from prefect.states import Completed, State
 
 from flor_flows.config import load_settings
 from flor_flows.training import arrivals
@@ -22,8 +22,13 @@ def claim_batches(request: RetrainingRequest, claim_id: str) -> list[str]:
     return arrivals.claim(settings, project, request.watch, claim_id, request.max_batches)
 
 
+@task(cache_policy=NO_CACHE)
+def wait_turn(request: RetrainingRequest, claim_id: str) -> None:
+    arrivals.wait_turn(load_settings(request.project), claim_id, request.wait_seconds)
+
+
 @flow(name="retrain")
-def retrain(request: RetrainingRequest = RetrainingRequest()):  # noqa: ANN201, B008
+def retrain(request: RetrainingRequest = RetrainingRequest()) -> list[str] | State:  # noqa: B008
     """Claim the new batches, then train on each in arrival order, each run warm-starting."""
     settings = load_settings(request.project)
     claim_id = str(flow_run.id)
@@ -32,6 +37,7 @@ def retrain(request: RetrainingRequest = RetrainingRequest()):  # noqa: ANN201, 
         return Completed(message="no new data", data=[])
     trained = []
     try:
+        wait_turn(request, claim_id)
         for batch in batches:
             uid = train(request.training(batch))
             arrivals.consume(settings, batch, claim_id, uid)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from flor_flows.config import load_settings
+from flor_flows.errors import FlorError
 from flor_flows.training import arrivals
 from tests.conftest import Project
 
@@ -47,6 +48,20 @@ def test_claims_are_limited_consumed_and_released(project: Project) -> None:
     assert arrivals.release(settings, "run-a") == 1  # the unconsumed one goes back
     taken = arrivals.claim(settings, project.root, "incoming/*.csv", "run-b", limit=10)
     assert taken == paths[1:]
+
+
+def test_a_later_claim_waits_for_the_batches_claimed_before_it(project: Project) -> None:
+    paths = [str(p) for p in _files(project, 4)]
+    settings = load_settings(project.root)
+    early = arrivals.claim(settings, project.root, "incoming/*.csv", "early", limit=2)
+    late = arrivals.claim(settings, project.root, "incoming/*.csv", "late", limit=2)
+    assert (early, late) == (paths[:2], paths[2:])
+    with pytest.raises(FlorError, match="2 batch\\(es\\) claimed earlier"):
+        arrivals.wait_turn(settings, "late", timeout=0.2, poll=0.05)
+    arrivals.wait_turn(settings, "early", timeout=0)  # nothing ahead of the first claim
+    arrivals.consume(settings, early[0], "early", "uid-1")
+    arrivals.consume(settings, early[1], "early", "uid-2")
+    arrivals.wait_turn(settings, "late", timeout=0)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

@@ -362,6 +362,22 @@ class Store:
                 .values(run_uid=run_uid)
             )
 
+    def arrivals_ahead(self, project_id: int, claim: str) -> int:
+        """How many batches claimed before `claim` by other runs are not trained on yet."""
+        first = (
+            select(func.min(s.Arrival.id))
+            .where(s.Arrival.project_id == project_id, s.Arrival.claim == claim)
+            .scalar_subquery()
+        )
+        query = select(func.count()).where(
+            s.Arrival.project_id == project_id,
+            s.Arrival.claim != claim,
+            s.Arrival.run_uid.is_(None),
+            s.Arrival.id < first,
+        )
+        with self.engine.connect() as conn:
+            return conn.scalar(query)
+
     def release_arrivals(self, claim: str) -> int:
         """Give back the batches `claim` took but did not train on; returns how many."""
         with self.engine.begin() as conn:

@@ -6,6 +6,7 @@ overlap never take the same batch; a run that fails gives back what it did not c
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import fsspec
 
 from flor_flows.config import Settings
+from flor_flows.errors import FlorError
 from flor_flows.store import open_store
 from flor_flows.versioning.data import resolve
 
@@ -46,6 +48,24 @@ def claim(settings: Settings, project: Path, pattern: str, claim_id: str, limit:
     store = open_store(settings.store_url)
     project_id = store.project_id(settings.project_name, settings.root)
     return store.claim_arrivals(project_id, arrived(project, pattern), claim_id, limit)
+
+
+def wait_turn(settings: Settings, claim_id: str, timeout: float, poll: float = 1.0) -> None:
+    """Wait until batches claimed earlier by overlapping runs are trained on (or given back).
+
+    Claims hand each batch to one run; this keeps training in arrival order across runs, so
+    a run warm-starts from the model that saw every earlier batch.
+    """
+    store = open_store(settings.store_url)
+    project_id = store.project_id(settings.project_name, settings.root)
+    deadline = time.monotonic() + timeout
+    while (ahead := store.arrivals_ahead(project_id, claim_id)) > 0:
+        if time.monotonic() > deadline:
+            raise FlorError(
+                f"{ahead} batch(es) claimed earlier by another retraining run are still not "
+                f"trained on after {timeout:.0f} s"
+            )
+        time.sleep(poll)
 
 
 def consume(settings: Settings, uri: str, claim_id: str, run_uid: str) -> None:

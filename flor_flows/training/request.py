@@ -56,6 +56,12 @@ class RetrainingRequest(BaseModel):
     max_batches: int = Field(
         10, ge=1, description="At most this many new batches per retraining run."
     )
+    wait_seconds: float = Field(
+        3600,
+        ge=0,
+        description="How long to wait for an overlapping earlier retraining run to finish "
+        "the batches that arrived before ours (training stays in arrival order).",
+    )
 
     def training(self, batch: str) -> TrainingRequest:
         """The training request for one arrived batch."""
