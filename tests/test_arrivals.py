@@ -39,6 +39,23 @@ def test_arrival_order_is_modification_time_then_name(project: Project) -> None:
     assert arrivals.arrived(project.root, "nothing/*.csv") == []
 
 
+def test_an_object_store_location_is_watched_too(project: Project) -> None:
+    """Any fsspec filesystem: here the in-memory one, standing in for a bucket."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/inbox/b.csv", b"second")
+    fs.touch("/bucket/inbox/a.csv")  # created later: arrives after b.csv
+    try:
+        found = arrivals.arrived(project.root, "memory://bucket/inbox/*.csv")
+        assert found == ["memory:///bucket/inbox/b.csv", "memory:///bucket/inbox/a.csv"]
+        settings = load_settings(project.root)
+        taken = arrivals.claim(settings, project.root, "memory://bucket/inbox/*.csv", "r", 10)
+        assert taken == found
+    finally:
+        fs.rm("/bucket", recursive=True)
+
+
 def test_claims_are_limited_consumed_and_released(project: Project) -> None:
     paths = [str(p) for p in _files(project, 4)]
     settings = load_settings(project.root)
