@@ -27,3 +27,7 @@ class CheckpointError(FlorError):
 
 class StoreError(FlorError):
     """The relational store is unreachable or was written by an incompatible schema."""
+
+
+class TrainingFailed(FlorError):
+    """A training script exited with an error (the message ends with its stderr tail)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flor_flows.config import STATE_DIR, Settings, load_settings
-from flor_flows.errors import FlorError, StoreError
+from flor_flows.errors import FlorError, StoreError, TrainingFailed
 from flor_flows.record.context import RunContext
 from flor_flows.record.run import new_uid
 from flor_flows.store import open_store
@@ -32,10 +32,6 @@ from flor_flows.versioning.code import CodeVersion
 from flor_flows.versioning.data import Batch
 
 STDERR_TAIL_LINES = 40
-
-
-class TrainingFailed(FlorError):
-    """The training script exited with an error (the message ends with its stderr tail)."""
 
 
 @dataclass(frozen=True)
