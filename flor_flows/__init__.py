@@ -7,6 +7,7 @@ git and pandas load on first use. `--kwargs k=v` and `--data name=URI` are taken
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -26,7 +27,19 @@ __version__ = "0.1.0"
 
 T = TypeVar("T")
 
-_ctx, sys.argv[1:] = _context.current(sys.argv[1:])
+
+def _is_cli() -> bool:
+    """Whether this process is a flor-flows command, whose `--kwargs` flags are its own."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    orig = sys.orig_argv
+    module = orig[orig.index("-m") + 1] if "-m" in orig[:-1] else None
+    return program == "flor-flows" or module in ("flor_flows.cli", "deployments.serve")
+
+
+if _is_cli():
+    _ctx = _context.RunContext.from_env()
+else:
+    _ctx, sys.argv[1:] = _context.current(sys.argv[1:])
 _session.configure(_ctx)
 
 

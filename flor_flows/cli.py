@@ -69,6 +69,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    """Prefect's server in the foreground; its exit code is ours."""
     from flor_flows.server import run_server
 
     return run_server(args.database, args.host, args.port)
@@ -95,25 +96,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     print(state.result())
     return 0
-
-
-def command_line() -> list[str]:
-    """The arguments as typed, `--kwargs` and `--data` included.
-
-    Importing `flor_flows` takes those two out of `sys.argv` (for training scripts), so
-    they are read back from `sys.orig_argv`, after the script path or `-m module`.
-    """
-    from flor_flows.record.context import split_argv
-
-    orig, argv = sys.orig_argv, sys.argv[1:]
-    if sys.argv[0] in orig[1:]:
-        start = orig.index(sys.argv[0], 1) + 1
-    elif "-m" in orig[1:]:
-        start = orig.index("-m", 1) + 2
-    else:
-        return argv
-    typed = orig[start:]
-    return typed if split_argv(typed)[0] == argv else argv
 
 
 def parser() -> argparse.ArgumentParser:
@@ -204,7 +186,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(command_line() if argv is None else argv)
+    args = parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except FlorError as exc:

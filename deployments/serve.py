@@ -1,0 +1,186 @@
+"""Serve a project's training flows from this process: `python -m deployments.serve`.
+
+The flows are referenced by module path (`flows.training.train`), so their runs import the
+installed `flows` package and work from any working directory. Prefect is imported only
+when serving, so building the command line stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flor_flows.errors import FlorError
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+DESCRIPTION = """\
+Serve a project's training flows from this process, against the Prefect server at
+PREFECT_API_URL. Two deployments, run in child processes as their runs arrive:
+
+- `train/on-demand`: one training run; the UI's Run button opens the request as a form,
+  prefilled with the project and script, for the batch to train on.
+- `retrain/scheduled`: every 10 minutes (or on `--cron`/`--interval`), train on whatever
+  arrived at the watched location. One run at a time: an overlapping run waits its turn.
+
+Stop with Ctrl-C or SIGTERM: the deployments' schedules pause until the next serve.
+"""
+
+DEFAULT_INTERVAL = timedelta(minutes=10)
+START_SERVER = (
+    "start one with `flor-flows server` and point this process at it, e.g. "
+    "`export PREFECT_API_URL=http://127.0.0.1:4200/api`"
+)
+
+
+def deployments(
+    project: Path | str,
+    script: str,
+    watch: str,
+    cron: str | None = None,
+    interval: float | None = None,
+    args: dict[str, str] | None = None,
+) -> list[RunnerDeployment]:
+    """The on-demand training and the scheduled retraining deployments of one project.
+
+    `interval` is in seconds; with neither `cron` nor `interval` retraining runs every
+    10 minutes.
+    """
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.types.entrypoint import EntrypointType
+
+    from flor_flows.config import find_root
+    from flor_flows.training.request import RetrainingRequest, TrainingRequest
+    from flows.retraining import retrain
+    from flows.training import train
+
+    if cron is not None and interval is not None:
+        raise FlorError("give a cron expression or an interval for retraining, not both")
+    root = Path(project).expanduser().resolve()
+    find_root(root)  # a project must be a git repository: fail now, not at the first run
+    if not (root / script).is_file():
+        raise FlorError(f"training script {script!r} not found in {root}")
+    args = dict(args or {})
+    on_demand = train.to_deployment(
+        name="on-demand",
+        parameters={
+            "request": TrainingRequest(project=str(root), script=script, args=args).model_dump()
+        },
+        description=f"Train {script} of {root} on a batch: fill in `batch` and press Run.",
+        tags=["flor-flows"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    scheduled = retrain.to_deployment(
+        name="scheduled",
+        cron=cron,
+        interval=None if cron else (interval or DEFAULT_INTERVAL),
+        parameters={
+            "request": RetrainingRequest(
+                project=str(root), script=script, watch=watch, args=args
+            ).model_dump()
+        },
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+        ),
+        description=f"Retrain {script} of {root} on every new batch matching {watch}.",
+        tags=["flor-flows"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return [on_demand, scheduled]
+
+
+def serve(
+    project: Path | str,
+    script: str,
+    watch: str,
+    cron: str | None = None,
+    interval: float | None = None,
+    args: dict[str, str] | None = None,
+) -> None:
+    """Register both deployments with the Prefect server and run their flow runs until stopped.
+
+    Needs a Prefect server (PREFECT_API_URL): an ephemeral one would vanish with this process.
+    """
+    from prefect import serve as prefect_serve
+    from prefect.settings import get_current_settings
+
+    if not get_current_settings().api.url:
+        raise FlorError(
+            f"PREFECT_API_URL is not set: serving needs a Prefect server; {START_SERVER}"
+        )
+    prefect_serve(*deployments(project, script, watch, cron, interval, args))
+
+
+def name_value(item: str) -> tuple[str, str]:
+    """NAME=VALUE from the command line."""
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {item!r}")
+    return name, value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `flor-flows serve` (and of `python -m deployments.serve`)."""
+    parser.add_argument(
+        "--project-dir",
+        type=Path,
+        metavar="DIR",
+        help="the project (a git repository); default: cwd",
+    )
+    parser.add_argument(
+        "--script", default="train.py", help="training script, relative to the project"
+    )
+    parser.add_argument(
+        "--watch",
+        metavar="GLOB",
+        default="data/incoming/*.csv",
+        help="fsspec glob where new batches arrive, relative to the project "
+        "(default: data/incoming/*.csv)",
+    )
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument(
+        "--cron", metavar="EXPR", help="retrain on this cron schedule, e.g. '0 3 * * *'"
+    )
+    when.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help="retrain every SECONDS (default: every 10 minutes)",
+    )
+    parser.add_argument(
+        "--kwargs",
+        nargs="*",
+        type=name_value,
+        default=[],
+        metavar="NAME=VALUE",
+        help="hyper-parameters for every run (flor.arg)",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    """Serve with parsed command-line options."""
+    project = args.project_dir or Path.cwd()
+    serve(project, args.script, args.watch, args.cron, args.interval, dict(args.kwargs))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.serve",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    try:
+        run(parser.parse_args(argv))
+    except FlorError as exc:
+        print(f"serve: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
