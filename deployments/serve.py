@@ -93,26 +93,25 @@ def deployments(
     return [on_demand, scheduled]
 
 
-def serve(
-    project: Path | str,
-    script: str,
-    watch: str,
-    cron: str | None = None,
-    interval: float | None = None,
-    args: dict[str, str] | None = None,
-) -> None:
-    """Register both deployments with the Prefect server and run their flow runs until stopped.
+def serve(to_serve: list[RunnerDeployment]) -> None:
+    """Register the deployments with the Prefect server and run their flow runs until stopped.
 
     Needs a Prefect server (PREFECT_API_URL): an ephemeral one would vanish with this process.
     """
     from prefect import serve as prefect_serve
+
+    require_server()
+    prefect_serve(*to_serve)
+
+
+def require_server() -> None:
+    """Fail with the way out when no Prefect server is configured."""
     from prefect.settings import get_current_settings
 
     if not get_current_settings().api.url:
         raise FlorError(
             f"PREFECT_API_URL is not set: serving needs a Prefect server; {START_SERVER}"
         )
-    prefect_serve(*deployments(project, script, watch, cron, interval, args))
 
 
 def name_value(item: str) -> tuple[str, str]:
@@ -151,20 +150,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="retrain every SECONDS (default: every 10 minutes)",
     )
-    parser.add_argument(
-        "--kwargs",
-        nargs="*",
-        type=name_value,
-        default=[],
-        metavar="NAME=VALUE",
-        help="hyper-parameters for every run (flor.arg)",
-    )
+    add_pairs(parser, "--kwargs", "NAME=VALUE", "hyper-parameters for every run (flor.arg)")
+
+
+def add_pairs(parser: argparse.ArgumentParser, flag: str, metavar: str, help_: str) -> None:
+    """A `--flag NAME=VALUE ...` option, parsed into (name, value) pairs."""
+    parser.add_argument(flag, nargs="*", type=name_value, default=[], metavar=metavar, help=help_)
 
 
 def run(args: argparse.Namespace) -> None:
     """Serve with parsed command-line options."""
+    require_server()  # before building deployments: the first thing a user must fix
     project = args.project_dir or Path.cwd()
-    serve(project, args.script, args.watch, args.cron, args.interval, dict(args.kwargs))
+    serve(
+        deployments(project, args.script, args.watch, args.cron, args.interval, dict(args.kwargs))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

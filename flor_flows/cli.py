@@ -157,22 +157,8 @@ def parser() -> argparse.ArgumentParser:
     )
     train.add_argument("script", help="the training script, relative to the project")
     train.add_argument("--batch", required=True, metavar="URI", help="the new data batch")
-    train.add_argument(
-        "--data",
-        nargs="*",
-        type=serving.name_value,
-        default=[],
-        metavar="NAME=URI",
-        help="other batches",
-    )
-    train.add_argument(
-        "--kwargs",
-        nargs="*",
-        type=serving.name_value,
-        default=[],
-        metavar="NAME=VALUE",
-        help="hyper-parameters (flor.arg)",
-    )
+    serving.add_pairs(train, "--data", "NAME=URI", "other batches, for flor.data(NAME, ...)")
+    serving.add_pairs(train, "--kwargs", "NAME=VALUE", "hyper-parameters (flor.arg)")
     train.add_argument(
         "--no-warm-start",
         action="store_true",
