@@ -141,10 +141,24 @@ def run(
     ]
     for reader in readers:
         reader.start()
-    returncode = proc.wait()
+    try:
+        returncode = proc.wait()
+    except BaseException:  # cancelled or interrupted: stop the script too, then re-raise
+        _stop(proc)
+        raise
     for reader in readers:
         reader.join()
     return Outcome(launch.run_uid, returncode, time.perf_counter() - start, "\n".join(tail))
+
+
+def _stop(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
+    """SIGTERM (the run records itself failed and flushes), SIGKILL if it lingers."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def account(launch: Launch, context: RunContext, outcome: Outcome) -> None:
