@@ -1,11 +1,12 @@
 """Side-by-side benchmark of FlorDB 4.0.1 and flor_flows.
 
-    /work/main/.venv/bin/python bench/run.py [--quick] [--only import,log,commit,query,train]
+    /work/main/.venv/bin/python bench/run.py [--quick] [--only import,log,...,orchestration]
 
 Every measurement runs a script from bench/workloads/ in a fresh subprocess, inside a fresh scratch
 git repo under bench/.work/, with FLOR_IMPL naming the module under test. FlorDB runs on the
 interpreter of bench/.work/flordb-venv (made by bench/setup_flordb.sh), flor_flows on
-/work/main/.venv. Writes bench/RESULTS.md (or bench/.work/RESULTS-quick.md with --quick).
+/work/main/.venv. Writes bench/RESULTS.md (or bench/.work/RESULTS-quick.md with --quick); the
+sections of metrics left out by --only are kept from the file's previous contents.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -36,6 +38,8 @@ WORKLOADS = BENCH / "workloads"
 WORK = BENCH / ".work"
 OURS_PY = BENCH.parent / ".venv" / "bin" / "python"
 FLORDB_PY = WORK / "flordb-venv" / "bin" / "python"
+EXAMPLES = BENCH.parent / "examples" / "digits"
+SECTION_MARK = "<!-- bench metric: {} -->"
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,15 @@ class Sizes:
     query_reps: int = 5
     train_reps: int = 5
     train_argv: tuple[str, ...] = ()
+    orch_reps: int = 5
+    orch_epochs: int = 2
+    orch_ephemeral_reps: int = 3  # processes on an existing database, after the fresh one
 
 
 FULL = Sizes()
-QUICK = Sizes(3, 10_000, 1, 20_000, 1, 50, 3, 2, ("--kwargs", "epochs=3"))
+QUICK = Sizes(
+    3, 10_000, 1, 20_000, 1, 50, 3, 2, ("--kwargs", "epochs=3"), orch_reps=2, orch_ephemeral_reps=1
+)
 
 
 class Failed(Exception):
@@ -90,6 +99,7 @@ class Section:
     title: str
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    ours_only: bool = False  # a flor_flows-only table: no FlorDB columns
 
 
 class Runner:
@@ -440,7 +450,178 @@ def m_train(runner: Runner, sz: Sizes) -> Section:
     )
 
 
-METRICS = {"import": m_import, "log": m_log, "commit": m_commit, "query": m_query, "train": m_train}
+def m_orchestration(runner: Runner, sz: Sizes) -> Section:
+    """The training flow vs its script run directly (FlorDB has no orchestrator)."""
+    prefect = runner.root / "prefect"
+    server = orchestration_run(runner, sz, "server", prefect / "server")
+    ephemeral = [
+        orchestration_run(runner, sz, "ephemeral", prefect / "ephemeral")
+        for _ in range(1 + sz.orch_ephemeral_reps)
+    ]
+    fresh, again = ephemeral[:1], ephemeral[1:]
+
+    def med(key: str) -> Callable[[dict], float]:
+        return lambda r: statistics.median(r[key])
+
+    def overhead(key: str) -> Callable[[dict], float]:
+        return lambda r: statistics.median(r[key]) - statistics.median(r["direct_s"])
+
+    def row(measure: str, value: float | Failed, goal: float | None = None) -> Row:
+        return Row(measure, "s", {OURS.key: value}, goal)
+
+    n, k = sz.orch_reps, sz.orch_ephemeral_reps
+    heartbeat = "default" if isinstance(server, Failed) else f"{server['heartbeat_default']} s"
+    return Section(
+        f"Orchestration overhead of the training flow `flows/training.py` (median of {n} runs)",
+        [
+            row(
+                f"`train(...)` flow run, default heartbeat ({heartbeat})",
+                stat([server], med("flow_s")),
+            ),
+            row("`train(...)` flow run, heartbeats disabled", stat([server], med("flow_nohb_s"))),
+            row("the same `python train.py` run directly", stat([server], med("direct_s"))),
+            row("overhead per run, default heartbeat", stat([server], overhead("flow_s")), 1),
+            row(
+                "overhead per run, heartbeats disabled", stat([server], overhead("flow_nohb_s")), 1
+            ),
+            row(
+                "`prefect server start` until `/api/health` is true",
+                stat([server], lambda r: r["server_start_s"]),
+            ),
+            row(
+                "ephemeral: first `train(...)` of a process, fresh PREFECT_HOME",
+                stat(fresh, lambda r: r["first_s"]),
+            ),
+            row(
+                f"ephemeral: first `train(...)` of a process, existing database (median of {k})",
+                stat(again, lambda r: r["first_s"]),
+            ),
+            row(
+                f"ephemeral: second `train(...)` in the same process (median of {k + 1})",
+                stat(ephemeral, lambda r: r["second_s"]),
+            ),
+        ],
+        orchestration_notes(sz, server, ephemeral),
+        ours_only=True,
+    )
+
+
+def orchestration_run(runner: Runner, sz: Sizes, mode: str, home: Path) -> dict | Failed:
+    """One process of workloads/orchestration.py; PREFECT_HOME `home` (kept between calls)."""
+    params = {
+        "mode": mode,
+        "reps": sz.orch_reps,
+        "epochs": sz.orch_epochs,
+        "examples": str(EXAMPLES),
+        "prefect_home": str(home),
+    }
+    try:
+        return runner.run(OURS, "orchestration.py", params)
+    except Failed as e:
+        return e
+
+
+def stat(results: list[dict | Failed], value: Callable[[dict], float]) -> float | Failed:
+    """The median of value(result) over the results; the first failure if any failed."""
+    for r in results:
+        if isinstance(r, Failed):
+            return r
+    return statistics.median(value(r) for r in results)
+
+
+def orchestration_notes(
+    sz: Sizes, server: dict | Failed, ephemeral: list[dict | Failed]
+) -> list[str]:
+    notes = [
+        "FlorDB has no orchestrator: flor_flows only. The project is set up as a user has it: a "
+        "git repo with `examples/digits/versions/v1.py` committed as `train.py`, a `.gitignore` "
+        f"of `data/` and `.flor-flows/`, and {sz.orch_reps + 1} batches from "
+        "`examples/digits/batches.py`. Every run trains on a batch with "
+        f"epochs={sz.orch_epochs} and `warm_start=False`.",
+        "Server: one client process (`workloads/orchestration.py`) against "
+        "`prefect server start --host 127.0.0.1 --port <free>` (SQLite, PREFECT_HOME under "
+        "`bench/.work/`, `PREFECT_SERVER_ANALYTICS_ENABLED=false`) runs, after one uncounted "
+        f"warm-up flow run and direct run, {sz.orch_reps} rounds of three on one batch, in "
+        "alternating order: `train(TrainingRequest(...))` with Prefect's default settings; the "
+        "same inside `temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})`; "
+        f"and `python train.py --data batch=<batch> --kwargs epochs={sz.orch_epochs}` as a "
+        "child process (same interpreter, project and environment minus PREFECT_*). Each is "
+        "timed as wall clock around the call. Overhead = median(flow runs) - median(direct runs).",
+        "Ephemeral: fresh processes with PREFECT_API_URL unset, so the first flow run starts "
+        "Prefect's temporary server; the first process on an empty PREFECT_HOME (database "
+        f"migrations included), then {sz.orch_ephemeral_reps} on the same PREFECT_HOME. "
+        "Default heartbeat.",
+    ]
+    if isinstance(server, Failed):
+        return notes
+    walls = {
+        "default heartbeat": "flow_s",
+        "heartbeats disabled": "flow_nohb_s",
+        "direct": "direct_s",
+    }
+    notes.append(
+        "Per-round wall times, s: "
+        + "; ".join(
+            f"{label} " + " ".join(f"{t:.2f}" for t in server[k]) for label, k in walls.items()
+        )
+        + ". With the default heartbeat the engine joins a thread that sleeps in 1 s steps, so "
+        "a flow run ends on the next whole second after its heartbeat started: 0-1 s, "
+        "depending on the run's length."
+    )
+    for label, key in list(walls.items())[:2]:
+        diffs = " ".join(
+            f"{f - d:+.2f}" for f, d in zip(server[key], server["direct_s"], strict=True)
+        )
+        notes.append(f"Per-round flow - direct, s ({label}): {diffs}")
+    notes.append(task_breakdown(server))
+    imports = [server["import_s"], *(r["import_s"] for r in ephemeral if not isinstance(r, Failed))]
+    notes.append(
+        f"Not in the figures above: `import flows.training` (prefect) in the client, "
+        f"{statistics.median(imports):.2f} s (median of {len(imports)} processes); the uncounted "
+        f"warm-up flow run took {server['warm_up_flow_s']:.2f} s, the warm-up direct run "
+        f"{server['warm_up_direct_s']:.2f} s."
+    )
+    return notes
+
+
+def task_breakdown(server: dict) -> str:
+    """Medians of task-run and flow-run durations as the server recorded them."""
+    direct = statistics.median(server["direct_s"])
+    figures: dict[str, list[float]] = {}
+    for key in ("", "_nohb"):
+        tasks = {name: statistics.median(s) for name, s in server[f"tasks{key}"].items()}
+        flow_run = statistics.median(server[f"flow_run{key}_s"])
+        for label, seconds in (
+            *((f"`{name}`", s) for name, s in tasks.items()),
+            ("flow run start to end", flow_run),
+            (
+                "wall - flow run start to end (creating the run, final state, heartbeat join)",
+                statistics.median(
+                    w - f
+                    for w, f in zip(server[f"flow{key}_s"], server[f"flow_run{key}_s"], strict=True)
+                ),
+            ),
+            (
+                "`run_script` - direct run (the script as the flow's child)",
+                tasks["run_script"] - direct,
+            ),
+        ):
+            figures.setdefault(label, []).append(seconds)
+    return (
+        "Breakdown, median s (default heartbeat / heartbeats disabled), from the task and flow "
+        "run start and end times on the server: "
+        + "; ".join(f"{k} " + " / ".join(f"{v:.2f}" for v in vals) for k, vals in figures.items())
+    )
+
+
+METRICS = {
+    "import": m_import,
+    "log": m_log,
+    "commit": m_commit,
+    "query": m_query,
+    "train": m_train,
+    "orchestration": m_orchestration,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,7 +637,7 @@ def fmt(v: float | Failed | None, unit: str) -> str:
     return f"{v:,.{digits}f} {unit}"
 
 
-def render_row(row: Row) -> str:
+def render_row(row: Row, ours_only: bool) -> str:
     theirs, ours = row.values.get(FLORDB.key), row.values.get(OURS.key)
     ratio = ""
     if isinstance(theirs, float) and isinstance(ours, float) and ours > 0 and theirs > 0:
@@ -472,6 +653,8 @@ def render_row(row: Row) -> str:
             else "MISSED"
         )
     cells = [row.measure, fmt(theirs, row.unit), fmt(ours, row.unit), ratio, goal, met, row.before]
+    if ours_only:
+        cells = [row.measure, fmt(ours, row.unit), goal, met]
     return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
 
 
@@ -506,8 +689,37 @@ def versions(python: Path) -> dict:
         return {"python": f"unavailable ({e})", "packages": {}}
 
 
+def render_section(name: str, section: Section, measured: str) -> str:
+    """A section of RESULTS.md; SECTION_MARK names its metric for later partial runs."""
+    header = (
+        ["| measure | flor_flows | goal | met? |", "|---|---|---|---|"]
+        if section.ours_only
+        else [
+            "| measure | FlorDB 4.0.1 | flor_flows | FlorDB / ours | goal | met? | FlorDB before |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    )
+    lines = [f"## {section.title}", SECTION_MARK.format(name), "", *header]
+    lines += [render_row(r, section.ours_only) for r in section.rows]
+    lines += ["", *(f"- {n}" for n in section.notes), f"- Measured {measured}"]
+    return "\n".join(lines) + "\n"
+
+
+def kept_sections(dest: Path, measured: list[str]) -> dict[str, str]:
+    """The sections of the previous `dest` whose metrics this run does not measure."""
+    if not dest.exists():
+        return {}
+    kept = {}
+    for block in re.split(r"(?m)^(?=## )", dest.read_text())[1:]:
+        mark = re.search(SECTION_MARK.format(r"(\w+)"), block)
+        if mark and mark[1] in METRICS and mark[1] not in measured:
+            kept[mark[1]] = block.rstrip("\n") + "\n"
+    return kept
+
+
 def report(
-    sections: list[Section],
+    sections: dict[str, Section],
+    kept: dict[str, str],
     argv: list[str],
     started: datetime.datetime,
     took: float,
@@ -516,12 +728,12 @@ def report(
 ) -> str:
     load = os.getloadavg()
     changed = " **(flor_flows changed during the run: figures may mix versions)**"
+    command = f"`/work/main/.venv/bin/python bench/run.py{''.join(' ' + a for a in argv)}`"
     lines = [
         "# FlorDB 4.0.1 vs flor_flows: side-by-side benchmark"
         + (" (QUICK smoke run)" if quick else ""),
         "",
-        f"- Command: `/work/main/.venv/bin/python bench/run.py{''.join(' ' + a for a in argv)}`"
-        " (from /work/main; `bench/setup_flordb.sh` makes the FlorDB venv first)",
+        f"- Command: {command} (from /work/main; `bench/setup_flordb.sh` makes the FlorDB venv first)",
         f"- Date: {started:%Y-%m-%d %H:%M} (local), {took / 60:.1f} min in all",
         f"- Machine: {platform.machine()}, nproc {os.cpu_count()}, {platform.platform()}, "
         f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
@@ -538,17 +750,20 @@ def report(
         "- Columns: FlorDB / flor_flows figures; *FlorDB / ours* is the ratio (higher = ours "
         "cheaper); the goal applies to flor_flows; *FlorDB before* is the earlier research "
         "measurement (`shared/research/flordb.md`).",
-        "",
     ]
-    for s in sections:
-        lines += [f"## {s.title}", ""]
-        lines += [
-            "| measure | FlorDB 4.0.1 | flor_flows | FlorDB / ours | goal | met? | FlorDB before |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [render_row(r) for r in s.rows]
-        lines += [""] + [f"- {n}" for n in s.notes] + [""]
-    return "\n".join(lines)
+    if kept:
+        lines.append(
+            f"- Kept from earlier runs, not measured by this command: {', '.join(kept)}. "
+            "Each section's last line says when, by which command and on which source it was "
+            "measured."
+        )
+    measured = f"{started:%Y-%m-%d %H:%M} by {command}; flor_flows source: {sources[0]}"
+    blocks = [
+        render_section(name, sections[name], measured) if name in sections else kept[name]
+        for name in METRICS
+        if name in sections or name in kept
+    ]
+    return "\n".join(["\n".join(lines) + "\n", *blocks])
 
 
 def main() -> None:
@@ -579,12 +794,12 @@ def main() -> None:
     runner = Runner(root)
 
     started, t0, source0 = datetime.datetime.now(), time.perf_counter(), source_state()
-    sections = []
+    sections = {}
     for name in only:
         print(f"[bench] {name} ...", flush=True)
         t = time.perf_counter()
-        sections.append(METRICS[name](runner, sz))
-        for row in sections[-1].rows:
+        sections[name] = METRICS[name](runner, sz)
+        for row in sections[name].rows:
             print(
                 f"  {row.measure}: "
                 + "; ".join(f"{k}={fmt(v, row.unit)}" for k, v in row.values.items()),
@@ -593,9 +808,10 @@ def main() -> None:
         print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
 
     took = time.perf_counter() - t0
-    text = report(sections, sys.argv[1:], started, took, args.quick, (source0, source_state()))
     dest = WORK / "RESULTS-quick.md" if args.quick else BENCH / "RESULTS.md"
-    dest.write_text(text)
+    kept = kept_sections(dest, only)
+    sources = (source0, source_state())
+    dest.write_text(report(sections, kept, sys.argv[1:], started, took, args.quick, sources))
     print(f"[bench] wrote {rel(dest)}")
 
 
