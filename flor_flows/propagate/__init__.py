@@ -1,0 +1,174 @@
+"""Propagation: carry today's new `flor.log` statements into an old version of a file.
+
+`propagate(new_source, old_source)` returns the old source with each log statement it lacks
+inserted after the image of its anchor, its names renamed to the old version's, every
+other byte unchanged; or a refusal that names the statement and the reason. Nothing is
+placed on hope: see `placement` for the checks and the confidence each placement carries.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import libcst as cst
+import libcst.metadata
+
+from flor_flows.propagate.codemod import InsertStatements
+from flor_flows.propagate.matching import Matching
+from flor_flows.propagate.placement import Placer, Refused, code_of
+from flor_flows.propagate.scope import bound_at, bound_by
+from flor_flows.propagate.statements import Module, Statement, read
+
+__all__ = ["Placement", "Propagation", "Refusal", "propagate"]
+
+LOW_CONFIDENCE = 0.75  # placements below this are reported as uncertain
+MIN_CONFIDENCE = 0.5  # and below this refused
+
+
+@dataclass(frozen=True)
+class Placement:
+    name: str  # the logged name
+    code: str  # what was inserted (renamed to the old version's names)
+    line: int  # 1-based line of the inserted statement in the result
+    confidence: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def low_confidence(self) -> bool:
+        return self.confidence < LOW_CONFIDENCE
+
+
+@dataclass(frozen=True)
+class Refusal:
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.reason}"
+
+
+@dataclass
+class Propagation:
+    source: str  # the old version with the statements inserted (unchanged if none were)
+    placements: list[Placement] = field(default_factory=list)
+    present: list[str] = field(default_factory=list)  # names the old version logs already
+    refusals: list[Refusal] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusals
+
+
+def _targets(new: Module, old: Module, names: set[str] | None) -> tuple[list[Statement], list[str]]:
+    """The log statements to carry over, and the wanted names the old version has already."""
+    present = old.logs()
+    wanted = [s for s in new.statements if s.log_name and (names is None or s.log_name in names)]
+    return [s for s in wanted if s.log_name not in present], sorted(
+        {s.log_name for s in wanted if s.log_name in present}
+    )
+
+
+def propagate(
+    new_source: str, old_source: str, names: Iterable[str] | None = None, version: str = "old"
+) -> Propagation:
+    """Insert the `flor.log` statements of `new_source` that `old_source` lacks.
+
+    `names` limits which logged names to carry (default: all); `version` names the old
+    version in refusal messages (a commit, a tag). A name not found in the new version, an
+    old version that does not parse, or a statement that cannot be placed safely gives a
+    `Refusal`; the others are still placed.
+    """
+    wanted = set(names) if names is not None else None
+    new = read(new_source)
+    try:
+        old = read(old_source)
+    except cst.ParserSyntaxError as exc:
+        reason = (
+            f"version {version} does not parse as Python 3 (line {exc.raw_line}: {exc.message})"
+        )
+        found = sorted({s.log_name for s in new.statements if s.log_name})
+        return Propagation(old_source, refusals=[Refusal(n, reason) for n in wanted or found])
+    targets, present = _targets(new, old, wanted)
+    result = Propagation(old_source, present=present)
+    for name in sorted((wanted or set()) - {s.log_name for s in new.statements if s.log_name}):
+        result.refusals.append(Refusal(name, "no flor.log of this name in the new version"))
+    if not targets:
+        return result
+
+    target_ids = {id(t) for t in targets}
+    placer = Placer(new, old, Matching(new, old, ignore=target_ids), target_ids)
+    insertions: dict[int, dict[int, list[cst.BaseStatement]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    accepted: list[tuple[Statement, cst.BaseStatement, float, list[str]]] = []
+    done: set[int] = set()
+    alias_root = {alias.split(".")[0] for alias in new.log_aliases}
+    for target in targets:
+        unit = placer.unit(target)
+        if id(unit) in done:
+            continue
+        done.add(id(unit))
+        try:
+            spot = placer.spot(unit)
+            if not isinstance(spot.block.node, cst.IndentedBlock | cst.Module):
+                raise Refused(f"its place is a one-line block in version {version}")
+            placer.check_loops(target, spot)
+            node, renames = placer.renamed(unit)
+            placer.check_names(node, spot, allowed=alias_root)
+        except Refused as exc:
+            result.refusals.append(Refusal(target.log_name, f"{exc} (version {version})"))
+            continue
+        notes = list(spot.notes)
+        confidence = spot.confidence
+        for new_name, old_name in renames.items():
+            confidence *= placer.matching.rename_share(new_name)
+            notes.append(f"renamed {new_name} -> {old_name}")
+        if confidence < MIN_CONFIDENCE:
+            reason = f"placement confidence {confidence:.2f} is too low (version {version})"
+            result.refusals.append(Refusal(target.log_name, reason))
+            continue
+        inserted = _statement(node)
+        insertions[id(spot.block.node)][spot.index].append(inserted)
+        accepted.append((target, inserted, confidence, notes))
+
+    if not accepted:
+        return result
+    if not (alias_root & bound_at(old, None, len(old.statements))):
+        _add_import(new, old, alias_root, insertions)
+    tree = old.tree.visit(InsertStatements(insertions))
+    result.source = tree.code
+    wrapper = cst.metadata.MetadataWrapper(tree, unsafe_skip_copy=True)
+    lines = {id(n): p.start.line for n, p in wrapper.resolve(cst.metadata.PositionProvider).items()}
+    for target, inserted, confidence, notes in accepted:
+        result.placements.append(
+            Placement(
+                target.log_name,
+                code_of(inserted),
+                lines.get(id(inserted), 0),
+                round(confidence, 3),
+                tuple(notes),
+            )
+        )
+    return result
+
+
+def _statement(node: cst.CSTNode) -> cst.BaseStatement:
+    """The node as a statement to insert: without the comments and blank lines above it."""
+    return node.with_changes(leading_lines=())
+
+
+def _add_import(new: Module, old: Module, aliases: set[str], insertions: dict) -> None:
+    """Bring the new version's `import flor_flows as flor` (or alike) into the old version,
+    after the old version's imports at the top of the module."""
+    line = next((s.node for s in new.top.statements if bound_by(s) & aliases), None)
+    if line is None:
+        return
+    after = 0
+    for position, stmt in enumerate(old.top.statements):
+        if stmt.text.startswith(("import ", "from ")) or (position == 0 and stmt.text[:1] in "'\""):
+            after = position + 1
+        elif after:
+            break
+    insertions[id(old.tree)][after].append(_statement(line))

@@ -1,0 +1,61 @@
+"""The transformation: insert statements into blocks of a module, every other byte kept.
+
+Like a libcst codemod, it is a small transformer with one contract and no policy: given
+(block, index) -> statements, it returns the module with those statements inserted before
+the statement at `index` of each block (at its end when `index` is the block's length).
+Which statements go where is decided in `placement`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import libcst as cst
+
+
+class InsertStatements(cst.CSTTransformer):
+    def __init__(self, insertions: dict[int, dict[int, Sequence[cst.BaseStatement]]]) -> None:
+        super().__init__()
+        self.insertions = insertions  # id(block node) -> index -> statements
+
+    def _body(self, original: cst.CSTNode, body: Sequence[cst.BaseStatement]) -> list:
+        wanted = self.insertions.get(id(original), {})
+        new_body: list[cst.BaseStatement] = []
+        for index in range(len(body) + 1):
+            new_body.extend(wanted.get(index, ()))
+            if index < len(body):
+                new_body.append(body[index])
+        return new_body
+
+    def leave_IndentedBlock(
+        self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
+    ) -> cst.IndentedBlock:
+        if id(original_node) not in self.insertions:
+            return updated_node
+        return updated_node.with_changes(body=self._body(original_node, updated_node.body))
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        if id(original_node) not in self.insertions:
+            return updated_node
+        return updated_node.with_changes(body=self._body(original_node, updated_node.body))
+
+
+class RenameNames(cst.CSTTransformer):
+    """Rename variables (`Name` nodes), never attributes or keyword-argument names."""
+
+    def __init__(self, renames: dict[str, str]) -> None:
+        super().__init__()
+        self.renames = renames
+
+    def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.Name:
+        return updated_node.with_changes(
+            value=self.renames.get(updated_node.value, updated_node.value)
+        )
+
+    def leave_Attribute(
+        self, original_node: cst.Attribute, updated_node: cst.Attribute
+    ) -> cst.Attribute:
+        return updated_node.with_changes(attr=original_node.attr)
+
+    def leave_Arg(self, original_node: cst.Arg, updated_node: cst.Arg) -> cst.Arg:
+        return updated_node.with_changes(keyword=original_node.keyword)

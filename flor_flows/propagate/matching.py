@@ -1,0 +1,152 @@
+"""Matching the statements of two versions, and the renames between them.
+
+Three passes, each on what the previous left unmatched (after GumTree's phases, at the
+granularity of statements): identical statements aligned in order; then, inside each gap
+between aligned runs, statements of the same shape (equal but for renamed names), then
+similar ones; finally statements moved out of order, when their text is unique in both.
+Every match carries a similarity in (0, 1]: 1 for identical text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+
+from flor_flows.propagate.statements import Module, Statement
+
+SIMILAR = 0.6  # least similarity of two statements' shapes to pair them inside a gap
+SHAPE_MATCH = 0.9  # the similarity credited to a match by shape (a rename)
+MOVED = 0.85  # the similarity credited to a statement matched out of order
+
+
+@dataclass(frozen=True)
+class Match:
+    old: Statement
+    similarity: float
+
+
+class Matching:
+    """new statement -> its old counterpart, and new name -> old name."""
+
+    def __init__(self, new: Module, old: Module, ignore: set[int]) -> None:
+        self.new, self.old = new, old
+        self.pairs: dict[int, Match] = {}  # id(new statement) -> match
+        self._taken: set[int] = set()
+        left = [s for s in new.statements if id(s) not in ignore]
+        right = old.statements
+        anchors = self._align(left, right, key=lambda s: s.text, similarity=1.0)
+        gaps = _gaps(left, right, anchors)
+        for a_gap, b_gap in gaps:
+            found = self._align(a_gap, b_gap, key=lambda s: s.shape, similarity=SHAPE_MATCH)
+            for a_sub, b_sub in _gaps(a_gap, b_gap, found):
+                self._similar(a_sub, b_sub)
+        self._moved(left, right)
+        self.votes = self._votes()
+        self.renames = self._one_to_one()
+
+    def get(self, stmt: Statement) -> Match | None:
+        return self.pairs.get(id(stmt))
+
+    def _pair(self, a: Statement, b: Statement, similarity: float) -> None:
+        if a.kind != b.kind and not {a.kind, b.kind} <= {"for", "while"}:
+            return  # a loop may become another kind of loop; nothing else changes kind
+        self.pairs[id(a)] = Match(b, similarity)
+        self._taken.add(id(b))
+
+    def _align(self, left: list[Statement], right: list[Statement], key, similarity: float):  # noqa: ANN001
+        """Pair equal keys in order (longest common runs first); returns the pairs made."""
+        matcher = SequenceMatcher(
+            None, [key(s) for s in left], [key(s) for s in right], autojunk=False
+        )
+        made = []
+        for block in matcher.get_matching_blocks():
+            for k in range(block.size):
+                a, b = left[block.a + k], right[block.b + k]
+                self._pair(a, b, similarity)
+                if id(a) in self.pairs:
+                    made.append((block.a + k, block.b + k))
+        return made
+
+    def _similar(self, left: list[Statement], right: list[Statement]) -> None:
+        """Pair the remaining statements of a gap by shape similarity, in order."""
+        start = 0
+        for a in left:
+            best, best_ratio = None, SIMILAR
+            for position in range(start, len(right)):
+                b = right[position]
+                if id(b) in self._taken:
+                    continue
+                ratio = SequenceMatcher(
+                    None, a.shape.split(), b.shape.split(), autojunk=False
+                ).ratio()
+                if ratio > best_ratio:
+                    best, best_ratio = position, ratio
+            if best is not None:
+                self._pair(a, right[best], best_ratio * SHAPE_MATCH)
+                if id(a) in self.pairs:
+                    start = best + 1
+
+    def _moved(self, left: list[Statement], right: list[Statement]) -> None:
+        """Pair statements whose text is unique in both versions, wherever they moved."""
+        counts_a = Counter(s.text for s in left)
+        counts_b = Counter(s.text for s in right)
+        by_text = {s.text: s for s in right if counts_b[s.text] == 1}
+        for a in left:
+            if id(a) in self.pairs or counts_a[a.text] != 1:
+                continue
+            b = by_text.get(a.text)
+            if b is not None and id(b) not in self._taken:
+                self._pair(a, b, MOVED)
+
+    def _votes(self) -> dict[str, Counter[str]]:
+        """For each new name, how often each old name stands in its place in matched pairs."""
+        votes: dict[str, Counter[str]] = defaultdict(Counter)
+        for a in self.new.statements:
+            match = self.pairs.get(id(a))
+            if match is None or a.shape != match.old.shape:
+                continue
+            for new_name, old_name in zip(a.names, match.old.names, strict=True):
+                votes[new_name][old_name] += 1
+        return votes
+
+    def _one_to_one(self) -> dict[str, str]:
+        """new name -> old name, strongest evidence first, each old name used once.
+
+        A rename claims an old name only if no better-supported name took it already: in
+        `scheduler.step()` vs `opt.step()` the old `opt` belongs to `optimizer`, which stood
+        in its place many more times.
+        """
+        ranked = sorted(
+            (
+                (count, new, old)
+                for new, votes in self.votes.items()
+                for old, count in votes.items()
+            ),
+            key=lambda item: (-item[0], item[1] != item[2]),
+        )
+        renames: dict[str, str] = {}
+        taken: set[str] = set()
+        for _, new, old in ranked:
+            if new not in renames and old not in taken:
+                renames[new] = old
+                taken.add(old)
+        return renames
+
+    def rename_share(self, name: str) -> float:
+        """The share of votes the chosen old name of `name` won (1.0 when unanimous)."""
+        count = self.votes.get(name)
+        if not count or name not in self.renames:
+            return 1.0
+        return count[self.renames[name]] / sum(count.values())
+
+
+def _gaps(left: list, right: list, pairs: list[tuple[int, int]]) -> list[tuple[list, list]]:
+    """The stretches of `left` and `right` between consecutive aligned pairs."""
+    gaps = []
+    prev_a, prev_b = -1, -1
+    for a, b in [*pairs, (len(left), len(right))]:
+        if a - prev_a > 1 and b - prev_b > 1:
+            gaps.append((left[prev_a + 1 : a], right[prev_b + 1 : b]))
+        prev_a, prev_b = a, b
+    return gaps

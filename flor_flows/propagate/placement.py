@@ -1,0 +1,208 @@
+"""Where each new statement goes in an old version, checked before it is accepted.
+
+A statement goes right after the old image of its anchor: the statement it follows in the
+new version. When it opens its block, it goes first in the image of that block; when its
+anchor is new code, between the images of the matched statements around it, if those are
+adjacent in the old version. A block the old version lacks is carried over whole when it
+holds only log statements (a new `if step % 100 == 0:` around a log), and a `with` block
+the old version lacks is looked through. Before a placement is accepted, every loop around
+the statement in the new version must be around it in the old one too (when matched), no
+loop of the old version may wrap it that the new version does not, and every name it reads
+must be bound there. Each placement carries a confidence: the product of the similarities
+of the matches it relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import libcst as cst
+
+from flor_flows.propagate.codemod import RenameNames
+from flor_flows.propagate.matching import Matching
+from flor_flows.propagate.scope import bound_at, free_names
+from flor_flows.propagate.statements import Module, Statement
+
+FALLBACK_NEXT = 0.85  # placed before the image of the statement that follows it
+FALLBACK_BETWEEN = 0.8  # its anchor is new code; the matched statements around it are adjacent
+NEW_BLOCK = 0.9  # a new block of logs carried over whole
+LOOK_THROUGH = 0.9  # a new `with` looked through
+_EMPTY = cst.Module(body=[])
+
+
+class Refused(Exception):
+    """A statement cannot be placed; the message says why."""
+
+
+@dataclass
+class Spot:
+    """A place in the old version: before statement `index` of `block`."""
+
+    block: object  # statements.Block
+    index: int
+    confidence: float
+    anchor: Statement | None  # the old statement it follows (None: first in its block)
+    notes: list[str] = field(default_factory=list)
+
+
+def _is_log(stmt: Statement) -> bool:
+    return stmt.log_name is not None
+
+
+def _only_logs(stmt: Statement) -> bool:
+    """A compound statement whose bodies hold nothing but log statements."""
+    inner = [s for block in stmt.blocks for s in block.statements]
+    return bool(inner) and all(_is_log(s) or (s.blocks and _only_logs(s)) for s in inner)
+
+
+class Placer:
+    def __init__(self, new: Module, old: Module, matching: Matching, targets: set[int]) -> None:
+        self.new, self.old, self.matching, self.targets = new, old, matching, targets
+
+    # -- the unit to insert and its spot ---------------------------------------------------
+    def unit(self, target: Statement) -> Statement:
+        """What to insert for `target`: itself, or the new block of logs around it."""
+        unit = target
+        while (
+            unit.parent is not None
+            and unit.parent.kind in ("if", "elif")
+            and self.matching.get(unit.parent) is None
+            and _only_logs(unit.parent)
+        ):
+            unit = unit.parent
+        return unit
+
+    def spot(self, unit: Statement) -> Spot:
+        siblings = unit.block.statements
+        before = [s for s in siblings[: unit.index] if id(s) not in self.targets]
+        after = [s for s in siblings[unit.index + 1 :] if id(s) not in self.targets]
+        confidence = NEW_BLOCK if unit.blocks else 1.0
+        if before:
+            anchor = before[-1]
+            match = self.matching.get(anchor)
+            if match is not None:
+                return Spot(
+                    match.old.block, match.old.index + 1, confidence * match.similarity, match.old
+                )
+            return self._between(unit, before, after, confidence)
+        owner = unit.parent
+        if owner is None:  # first statement of the module: before the image of the next one
+            return self._before_next(unit, after, confidence)
+        match = self.matching.get(owner)
+        if match is not None:
+            position = owner.blocks.index(unit.block)
+            if position >= len(match.old.blocks):
+                raise Refused(f"the old `{match.old.text}` has no such clause")
+            return Spot(match.old.blocks[position], 0, confidence * match.similarity, None)
+        if owner.kind == "with":  # a `with` the old version lacks: look through it
+            spot = self.spot(owner)
+            spot.confidence *= LOOK_THROUGH
+            spot.notes.append(f"looked through `{owner.text}`, which the old version lacks")
+            return spot
+        if after:
+            return self._before_next(unit, after, confidence)
+        raise Refused(f"its block `{owner.text}` has no counterpart in the old version")
+
+    def _before_next(self, unit: Statement, after: list[Statement], confidence: float) -> Spot:
+        match = self.matching.get(after[0]) if after else None
+        if match is None:
+            raise Refused(f"`{unit.text}` has no matched neighbour: no counterpart to anchor it")
+        return Spot(
+            match.old.block, match.old.index, confidence * match.similarity * FALLBACK_NEXT, None
+        )
+
+    def _between(
+        self, unit: Statement, before: list[Statement], after: list[Statement], confidence: float
+    ) -> Spot:
+        """The anchor is new code: place between matched neighbours, if they are adjacent."""
+        anchor = before[-1]
+        earlier = next(
+            (self.matching.get(s) for s in reversed(before) if self.matching.get(s)), None
+        )
+        later = next((self.matching.get(s) for s in after if self.matching.get(s)), None)
+        if earlier is not None and (
+            later is None
+            and earlier.old.index == len(earlier.old.block.statements) - 1
+            or later is not None
+            and later.old.block is earlier.old.block
+            and later.old.index == earlier.old.index + 1
+        ):
+            spot = Spot(
+                earlier.old.block,
+                earlier.old.index + 1,
+                confidence * earlier.similarity * FALLBACK_BETWEEN,
+                earlier.old,
+            )
+            spot.notes.append(
+                f"its anchor `{anchor.text}` is new; placed after `{earlier.old.text}`"
+            )
+            return spot
+        raise Refused(f"its anchor `{anchor.text}` has no counterpart in the old version")
+
+    # -- checks ------------------------------------------------------------------------------
+    def check_loops(self, target: Statement, spot: Spot) -> None:
+        """Same loops around the statement in both versions, as far as they are matched."""
+        owner = spot.block.owner
+        old_around = [owner, *owner.ancestors()] if owner is not None else []
+        old_ids = {id(s) for s in old_around}
+        for loop in (a for a in target.ancestors() if a.is_loop):
+            match = self.matching.get(loop)
+            if match is not None and id(match.old) not in old_ids:
+                raise Refused(f"it would leave the loop `{match.old.text}`")
+        images = {id(m.old): a for a in self.new.statements if (m := self.matching.get(a))}
+        home = _function(target)
+        for loop in (s for s in old_around if s.is_loop):
+            counterpart = images.get(id(loop))
+            if (
+                counterpart is not None
+                and _function(counterpart) is home  # a loop elsewhere may call the function
+                and not counterpart.encloses(target)
+            ):
+                raise Refused(
+                    f"it would run inside the loop `{loop.text}`, unlike in the new version"
+                )
+
+    def renamed(self, unit: Statement) -> tuple[cst.CSTNode, dict[str, str]]:
+        """The unit with the new version's names replaced by the old version's."""
+        renames = {
+            new: old
+            for new, old in self.matching.renames.items()
+            if new != old and new in free_names(unit.node)
+        }
+        node = unit.node.visit(RenameNames(renames)) if renames else unit.node
+        return node, renames
+
+    def check_names(self, node: cst.CSTNode, spot: Spot, allowed: set[str]) -> None:
+        """Every name the statement reads must be bound at the spot in the old version."""
+        block = spot.block
+        order = (
+            block.statements[spot.index].order
+            if spot.index < len(block.statements)
+            else _end_order(block)
+        )
+        bound = bound_at(self.old, block.owner, order) | allowed
+        missing = sorted(free_names(node) - bound)
+        if missing:
+            where = self.old.line(spot.anchor) if spot.anchor is not None else 0
+            at = f" after line {where}" if where else ""
+            raise Refused(f"name {missing[0]!r} is not defined{at}")
+
+
+def _function(stmt: Statement) -> Statement | None:
+    """The `def` a statement belongs to (None at module level)."""
+    return next((a for a in stmt.ancestors() if a.kind == "def"), None)
+
+
+def _end_order(block: object) -> int:
+    """The source order just past the last statement of `block` (nested ones included)."""
+    last = block.statements[-1]
+    while last.blocks:
+        inner = [s for b in last.blocks for s in b.statements]
+        if not inner:
+            break
+        last = inner[-1]
+    return last.order + 1
+
+
+def code_of(node: cst.CSTNode) -> str:
+    return _EMPTY.code_for_node(node).strip()
