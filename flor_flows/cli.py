@@ -62,6 +62,40 @@ def cmd_query(args: argparse.Namespace) -> None:
     _print_frame(_store(args).query(args.sql), args.csv)
 
 
+def cmd_propagate(args: argparse.Namespace) -> int:
+    """Print (or write) OLD with NEW's log statements; exit 3 if any cannot be placed."""
+    import difflib
+
+    from flor_flows.propagate import propagate
+
+    old = args.old.read_text()
+    result = propagate(args.new.read_text(), old, args.name or None, version=str(args.old))
+    for placement in result.placements:
+        level = "warning: low confidence" if placement.low_confidence else "placed"
+        notes = "; ".join(placement.notes)
+        print(
+            f"flor-flows: {level} {placement.name} at line {placement.line} "
+            f"(confidence {placement.confidence:.2f}{'; ' + notes if notes else ''})",
+            file=sys.stderr,
+        )
+    for refusal in result.refusals:
+        print(f"flor-flows: cannot place {refusal}", file=sys.stderr)
+    if args.diff:
+        name = str(args.old)
+        diff = difflib.unified_diff(
+            old.splitlines(keepends=True),
+            result.source.splitlines(keepends=True),
+            fromfile=f"a/{name}",
+            tofile=f"b/{name}",
+        )
+        sys.stdout.writelines(diff)
+    elif args.output:
+        args.output.write_text(result.source)
+    else:
+        sys.stdout.write(result.source)
+    return 0 if result.ok else 3
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from flor_flows import demo
 
@@ -123,6 +157,23 @@ def parser() -> argparse.ArgumentParser:
     query = reader("query", "Run SQL on the store.")
     query.add_argument("sql")
     query.set_defaults(func=cmd_query)
+    prop = sub.add_parser(
+        "propagate",
+        help="Carry NEW's flor.log statements into OLD (an older version of the file).",
+        description="Insert each flor.log statement of NEW that OLD lacks after the image of "
+        "its anchor in OLD, renamed to OLD's names, every other byte of OLD unchanged. "
+        "Exit 0 when everything was placed (or nothing was missing), 3 when a statement "
+        "cannot be placed safely (the reason is on stderr).",
+    )
+    prop.add_argument("new", type=Path, help="the new version, holding the log statements")
+    prop.add_argument("old", type=Path, help="the old version to insert them into")
+    prop.add_argument(
+        "--name", action="append", help="only this logged name (repeatable); default: all"
+    )
+    out = prop.add_mutually_exclusive_group()
+    out.add_argument("-o", "--output", type=Path, help="write the result here instead of stdout")
+    out.add_argument("--diff", action="store_true", help="print a unified diff instead")
+    prop.set_defaults(func=cmd_propagate)
     demo = sub.add_parser("demo", help="Run the record demo over several code versions.")
     demo.add_argument("--workdir", type=Path, help="where to create the demo project")
     demo.set_defaults(func=cmd_demo)

@@ -21,8 +21,9 @@ from flor_flows.propagate.placement import Placer, Refused, code_of
 from flor_flows.propagate.scope import bound_at, bound_by
 from flor_flows.propagate.statements import Module, Statement, read
 
-__all__ = ["Placement", "Propagation", "Refusal", "propagate"]
+__all__ = ["Placement", "Propagation", "Refusal", "propagate", "propagate_files"]
 
+RENAMED_FILE = 0.5  # least line similarity for an old file to be a renamed new one
 LOW_CONFIDENCE = 0.75  # placements below this are reported as uncertain
 MIN_CONFIDENCE = 0.5  # and below this refused
 
@@ -113,12 +114,15 @@ def propagate(
         try:
             spot = placer.spot(unit)
             if not isinstance(spot.block.node, cst.IndentedBlock | cst.Module):
-                raise Refused(f"its place is a one-line block in version {version}")
+                raise Refused("its place is a one-line block", placer.line(spot))
             placer.check_loops(target, spot)
             node, renames = placer.renamed(unit)
             placer.check_names(node, spot, allowed=alias_root)
         except Refused as exc:
-            result.refusals.append(Refusal(target.log_name, f"{exc} (version {version})"))
+            where = f"at line {exc.line} of" if exc.line else "in"
+            result.refusals.append(
+                Refusal(target.log_name, f"{exc.reason} {where} version {version}")
+            )
             continue
         notes = list(spot.notes)
         confidence = spot.confidence
@@ -126,7 +130,7 @@ def propagate(
             confidence *= placer.matching.rename_share(new_name)
             notes.append(f"renamed {new_name} -> {old_name}")
         if confidence < MIN_CONFIDENCE:
-            reason = f"placement confidence {confidence:.2f} is too low (version {version})"
+            reason = f"placement confidence {confidence:.2f} is too low in version {version}"
             result.refusals.append(Refusal(target.log_name, reason))
             continue
         inserted = _statement(node)
@@ -172,3 +176,68 @@ def _add_import(new: Module, old: Module, aliases: set[str], insertions: dict) -
         elif after:
             break
     insertions[id(old.tree)][after].append(_statement(line))
+
+
+def _counterpart(path: str, new_text: str, old: dict[str, str], new: dict[str, str]) -> str | None:
+    """The old file `path` was: itself, else the most similar old file that no longer exists.
+
+    Similarity is over statement shapes, so a file whose variables were renamed too is found.
+    """
+    if path in old:
+        return path
+    from difflib import SequenceMatcher
+
+    shapes = _shapes(new_text)
+    best, best_ratio = None, RENAMED_FILE
+    for candidate, text in old.items():
+        if candidate in new:
+            continue
+        ratio = SequenceMatcher(None, shapes, _shapes(text), autojunk=False).ratio()
+        if ratio >= best_ratio:
+            best, best_ratio = candidate, ratio
+    return best
+
+
+def _shapes(source: str) -> list[str]:
+    try:
+        return [s.shape for s in read(source).statements]
+    except cst.ParserSyntaxError:
+        return source.splitlines()
+
+
+def propagate_files(
+    new: dict[str, str],
+    old: dict[str, str],
+    names: Iterable[str] | None = None,
+    version: str = "old",
+) -> dict[str, Propagation]:
+    """`propagate` over a project: {path: source} of the new and of an old version.
+
+    Log statements may live in any Python file; each file is followed across a rename
+    (the most similar old file that the new version no longer has). A name the old version
+    logs in any file is already there. Returns the propagation per old path that changes or
+    is refused; a new file with no counterpart gives refusals under its own path.
+    """
+    wanted = set(names) if names is not None else None
+    logged_old = {n for text in old.values() for n in _logged(text)}
+    results: dict[str, Propagation] = {}
+    for path, text in new.items():
+        missing = {n for n in _logged(text) if wanted is None or n in wanted} - logged_old
+        if not missing:
+            continue
+        target = _counterpart(path, text, old, new)
+        if target is None:
+            reason = f"{path} has no counterpart in version {version}"
+            results[path] = Propagation("", refusals=[Refusal(n, reason) for n in sorted(missing)])
+            continue
+        results[target] = propagate(text, old[target], missing, version=f"{version}:{target}")
+    return results
+
+
+def _logged(source: str) -> set[str]:
+    """The names a file's `flor.log` calls log (none if it does not parse)."""
+    try:
+        module = read(source)
+    except cst.ParserSyntaxError:
+        return set()
+    return set(module.logs())

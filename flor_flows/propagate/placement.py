@@ -31,7 +31,11 @@ _EMPTY = cst.Module(body=[])
 
 
 class Refused(Exception):
-    """A statement cannot be placed; the message says why."""
+    """A statement cannot be placed: why, and the line of the old version it concerns."""
+
+    def __init__(self, reason: str, line: int = 0) -> None:
+        super().__init__(reason)
+        self.reason, self.line = reason, line
 
 
 @dataclass
@@ -92,21 +96,23 @@ class Placer:
         if match is not None:
             position = owner.blocks.index(unit.block)
             if position >= len(match.old.blocks):
-                raise Refused(f"the old `{match.old.text}` has no such clause")
+                raise Refused(
+                    f"the old `{match.old.display}` has no such clause", self.old.line(match.old)
+                )
             return Spot(match.old.blocks[position], 0, confidence * match.similarity, None)
         if owner.kind == "with":  # a `with` the old version lacks: look through it
             spot = self.spot(owner)
             spot.confidence *= LOOK_THROUGH
-            spot.notes.append(f"looked through `{owner.text}`, which the old version lacks")
+            spot.notes.append(f"looked through `{owner.display}`, which the old version lacks")
             return spot
         if after:
             return self._before_next(unit, after, confidence)
-        raise Refused(f"its block `{owner.text}` has no counterpart in the old version")
+        raise Refused(f"its block `{owner.display}` has no counterpart")
 
     def _before_next(self, unit: Statement, after: list[Statement], confidence: float) -> Spot:
         match = self.matching.get(after[0]) if after else None
         if match is None:
-            raise Refused(f"`{unit.text}` has no matched neighbour: no counterpart to anchor it")
+            raise Refused(f"`{unit.display}` has no matched neighbour: no counterpart to anchor it")
         return Spot(
             match.old.block, match.old.index, confidence * match.similarity * FALLBACK_NEXT, None
         )
@@ -134,10 +140,10 @@ class Placer:
                 earlier.old,
             )
             spot.notes.append(
-                f"its anchor `{anchor.text}` is new; placed after `{earlier.old.text}`"
+                f"its anchor `{anchor.display}` is new; placed after `{earlier.old.display}`"
             )
             return spot
-        raise Refused(f"its anchor `{anchor.text}` has no counterpart in the old version")
+        raise Refused(f"its anchor `{anchor.display}` has no counterpart")
 
     # -- checks ------------------------------------------------------------------------------
     def check_loops(self, target: Statement, spot: Spot) -> None:
@@ -148,7 +154,9 @@ class Placer:
         for loop in (a for a in target.ancestors() if a.is_loop):
             match = self.matching.get(loop)
             if match is not None and id(match.old) not in old_ids:
-                raise Refused(f"it would leave the loop `{match.old.text}`")
+                raise Refused(
+                    f"it would leave the loop `{match.old.display}`", self.old.line(match.old)
+                )
         images = {id(m.old): a for a in self.new.statements if (m := self.matching.get(a))}
         home = _function(target)
         for loop in (s for s in old_around if s.is_loop):
@@ -159,7 +167,8 @@ class Placer:
                 and not counterpart.encloses(target)
             ):
                 raise Refused(
-                    f"it would run inside the loop `{loop.text}`, unlike in the new version"
+                    f"it would run inside the loop `{loop.display}`, unlike in the new version",
+                    self.old.line(loop),
                 )
 
     def renamed(self, unit: Statement) -> tuple[cst.CSTNode, dict[str, str]]:
@@ -183,9 +192,14 @@ class Placer:
         bound = bound_at(self.old, block.owner, order) | allowed
         missing = sorted(free_names(node) - bound)
         if missing:
-            where = self.old.line(spot.anchor) if spot.anchor is not None else 0
-            at = f" after line {where}" if where else ""
-            raise Refused(f"name {missing[0]!r} is not defined{at}")
+            raise Refused(f"name {missing[0]!r} is not defined", self.line(spot))
+
+    def line(self, spot: Spot) -> int:
+        """The old line a spot follows: its anchor, else its block's header."""
+        if spot.anchor is not None:
+            return self.old.line(spot.anchor)
+        owner = spot.block.owner
+        return self.old.line(owner) if owner is not None else 1
 
 
 def _function(stmt: Statement) -> Statement | None:

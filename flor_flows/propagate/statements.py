@@ -50,6 +50,12 @@ class Statement:
     log_name: str | None = None  # the name a `flor.log("name", ...)` statement logs
 
     @property
+    def display(self) -> str:
+        """Its first line as written (the header of a compound statement), for messages."""
+        code = _EMPTY.code_for_node(self.node.with_changes(leading_lines=()))
+        return code.strip().splitlines()[0] if code.strip() else self.text
+
+    @property
     def parent(self) -> Statement | None:
         return self.block.owner
 
