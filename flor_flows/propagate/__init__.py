@@ -116,7 +116,7 @@ def propagate(
             if not isinstance(spot.block.node, cst.IndentedBlock | cst.Module):
                 raise Refused("its place is a one-line block", placer.line(spot))
             placer.check_loops(target, spot)
-            node, renames = placer.renamed(unit)
+            node, shares, renamed = placer.renamed(unit)
             placer.check_names(node, spot, allowed=alias_root)
         except Refused as exc:
             where = f"at line {exc.line} of" if exc.line else "in"
@@ -124,11 +124,10 @@ def propagate(
                 Refusal(target.log_name, f"{exc.reason} {where} version {version}")
             )
             continue
-        notes = list(spot.notes)
+        notes = [*spot.notes, *renamed]
         confidence = spot.confidence
-        for new_name, old_name in renames.items():
-            confidence *= placer.matching.rename_share(new_name)
-            notes.append(f"renamed {new_name} -> {old_name}")
+        for share in shares.values():
+            confidence *= share
         if confidence < MIN_CONFIDENCE:
             reason = f"placement confidence {confidence:.2f} is too low in version {version}"
             result.refusals.append(Refusal(target.log_name, reason))

@@ -1,9 +1,12 @@
 """Matching the statements of two versions, and the renames between them.
 
-Three passes, each on what the previous left unmatched (after GumTree's phases, at the
+Passes, each on what the previous left unmatched (after GumTree's phases, at the
 granularity of statements): identical statements aligned in order; then, inside each gap
 between aligned runs, statements of the same shape (equal but for renamed names), then
-similar ones; finally statements moved out of order, when their text is unique in both.
+similar ones; then statements moved out of order, when their text is unique in both;
+last, what is left on both sides aligned by shape (code moved and renamed at once).
+Renames are voted per function, so a parameter renamed inside one function is not
+overruled by a module-level variable of the same name.
 Every match carries a similarity in (0, 1]: 1 for identical text.
 """
 
@@ -42,6 +45,9 @@ class Matching:
             for a_sub, b_sub in _gaps(a_gap, b_gap, found):
                 self._similar(a_sub, b_sub)
         self._moved(left, right)
+        rest_left = [s for s in left if id(s) not in self.pairs]
+        rest_right = [s for s in right if id(s) not in self._taken]
+        self._align(rest_left, rest_right, key=lambda s: s.shape, similarity=MOVED * SHAPE_MATCH)
         self.votes = self._votes()
         self.renames = self._one_to_one()
 
@@ -99,28 +105,27 @@ class Matching:
             if b is not None and id(b) not in self._taken:
                 self._pair(a, b, MOVED)
 
-    def _votes(self) -> dict[str, Counter[str]]:
-        """For each new name, how often each old name stands in its place in matched pairs."""
-        votes: dict[str, Counter[str]] = defaultdict(Counter)
+    def _votes(self) -> dict[object, dict[str, Counter[str]]]:
+        """Per new function (None: module), for each new name, the old names in its place."""
+        votes: dict[object, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
         for a in self.new.statements:
             match = self.pairs.get(id(a))
             if match is None or a.shape != match.old.shape:
                 continue
+            scope = id(scope_of(a))
             for new_name, old_name in zip(a.names, match.old.names, strict=True):
-                votes[new_name][old_name] += 1
+                votes[scope][new_name][old_name] += 1
+                votes[None][new_name][old_name] += 1
         return votes
 
     def _one_to_one(self) -> dict[str, str]:
-        """new name -> old name, strongest evidence first, each old name used once.
-
-        A rename claims an old name only if no better-supported name took it already: in
-        `scheduler.step()` vs `opt.step()` the old `opt` belongs to `optimizer`, which stood
-        in its place many more times.
-        """
+        """new name -> old name over the whole file, strongest evidence first, each old name
+        used once: in `scheduler.step()` vs `opt.step()` the old `opt` belongs to
+        `optimizer`, which stood in its place many more times."""
         ranked = sorted(
             (
                 (count, new, old)
-                for new, votes in self.votes.items()
+                for new, votes in self.votes[None].items()
                 for old, count in votes.items()
             ),
             key=lambda item: (-item[0], item[1] != item[2]),
@@ -133,12 +138,27 @@ class Matching:
                 taken.add(old)
         return renames
 
-    def rename_share(self, name: str) -> float:
-        """The share of votes the chosen old name of `name` won (1.0 when unanimous)."""
-        count = self.votes.get(name)
-        if not count or name not in self.renames:
-            return 1.0
-        return count[self.renames[name]] / sum(count.values())
+    def rename(self, name: str, where: Statement) -> tuple[str, float]:
+        """The old name of `name` as read at `where`, and the share of votes it won.
+
+        Evidence from the enclosing function comes first, then the whole file's.
+        """
+        local = self.votes.get(id(scope_of(where)), {}).get(name)
+        if local:
+            old, count = local.most_common(1)[0]
+            return old, count / sum(local.values())
+        overall = self.votes[None].get(name)
+        old = self.renames.get(name, name)
+        if not overall or old not in overall:
+            return old, 1.0
+        return old, overall[old] / sum(overall.values())
+
+
+def scope_of(stmt: Statement) -> Statement | None:
+    """The function whose names a statement uses: its own for a `def` (its parameters)."""
+    if stmt.kind == "def":
+        return stmt
+    return next((a for a in stmt.ancestors() if a.kind == "def"), None)
 
 
 def _gaps(left: list, right: list, pairs: list[tuple[int, int]]) -> list[tuple[list, list]]:

@@ -171,15 +171,18 @@ class Placer:
                     self.old.line(loop),
                 )
 
-    def renamed(self, unit: Statement) -> tuple[cst.CSTNode, dict[str, str]]:
-        """The unit with the new version's names replaced by the old version's."""
-        renames = {
-            new: old
-            for new, old in self.matching.renames.items()
-            if new != old and new in free_names(unit.node)
-        }
+    def renamed(self, unit: Statement) -> tuple[cst.CSTNode, dict[str, float], list[str]]:
+        """The unit with the new version's names replaced by the old version's.
+
+        Returns the node, the vote share behind each rename, and notes saying what changed.
+        """
+        renames, shares = {}, {}
+        for name in sorted(free_names(unit.node)):
+            old_name, share = self.matching.rename(name, unit)
+            if old_name != name:
+                renames[name], shares[name] = old_name, share
         node = unit.node.visit(RenameNames(renames)) if renames else unit.node
-        return node, renames
+        return node, shares, [f"renamed {new} -> {old}" for new, old in renames.items()]
 
     def check_names(self, node: cst.CSTNode, spot: Spot, allowed: set[str]) -> None:
         """Every name the statement reads must be bound at the spot in the old version."""
