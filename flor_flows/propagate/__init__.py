@@ -104,37 +104,38 @@ def propagate(
         lambda: defaultdict(list)
     )
     accepted: list[tuple[Statement, cst.BaseStatement, float, list[str]]] = []
-    done: set[int] = set()
     alias_root = {alias.split(".")[0] for alias in new.log_aliases}
+    units: dict[int, list[Statement]] = defaultdict(list)  # a new block may carry several logs
+    for target in targets:
+        units[id(placer.unit(target))].append(target)
     for target in targets:
         unit = placer.unit(target)
-        if id(unit) in done:
-            continue
-        done.add(id(unit))
+        members = units.pop(id(unit), None)
+        if members is None:
+            continue  # placed (or refused) with the block it shares with an earlier target
         try:
             spot = placer.spot(unit)
             if not isinstance(spot.block.node, cst.IndentedBlock | cst.Module):
                 raise Refused("its place is a one-line block", placer.line(spot))
-            placer.check_loops(target, spot)
+            for member in members:
+                placer.check_loops(member, spot)
             node, shares, renamed = placer.renamed(unit)
             placer.check_names(node, spot, allowed=alias_root)
         except Refused as exc:
             where = f"at line {exc.line} of" if exc.line else "in"
-            result.refusals.append(
-                Refusal(target.log_name, f"{exc.reason} {where} version {version}")
-            )
+            reason = f"{exc.reason} {where} version {version}"
+            result.refusals.extend(Refusal(m.log_name, reason) for m in members)
             continue
-        notes = [*spot.notes, *renamed]
         confidence = spot.confidence
         for share in shares.values():
             confidence *= share
         if confidence < MIN_CONFIDENCE:
             reason = f"placement confidence {confidence:.2f} is too low in version {version}"
-            result.refusals.append(Refusal(target.log_name, reason))
+            result.refusals.extend(Refusal(m.log_name, reason) for m in members)
             continue
         inserted = _statement(node)
         insertions[id(spot.block.node)][spot.index].append(inserted)
-        accepted.append((target, inserted, confidence, notes))
+        accepted.extend((m, inserted, confidence, [*spot.notes, *renamed]) for m in members)
 
     if not accepted:
         return result
