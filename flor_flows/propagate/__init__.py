@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 
 import libcst as cst
-import libcst.metadata
 
 from flor_flows.propagate.codemod import InsertStatements
 from flor_flows.propagate.matching import Matching
-from flor_flows.propagate.placement import Placer, Refused, code_of
+from flor_flows.propagate.placement import Placer, Refused, code_of, end_order
 from flor_flows.propagate.scope import bound_at, bound_by
 from flor_flows.propagate.statements import Module, Statement, read
 
@@ -141,10 +141,8 @@ def propagate(
         return result
     if not (alias_root & bound_at(old, None, len(old.statements))):
         _add_import(new, old, alias_root, insertions)
-    tree = old.tree.visit(InsertStatements(insertions))
-    result.source = tree.code
-    wrapper = cst.metadata.MetadataWrapper(tree, unsafe_skip_copy=True)
-    lines = {id(n): p.start.line for n, p in wrapper.resolve(cst.metadata.PositionProvider).items()}
+    result.source = old.tree.visit(InsertStatements(insertions)).code
+    lines = _first_lines(old, insertions, old_source, result.source)
     for target, inserted, confidence, notes in accepted:
         result.placements.append(
             Placement(
@@ -156,6 +154,42 @@ def propagate(
             )
         )
     return result
+
+
+def _first_lines(old: Module, insertions: dict, before: str, after: str) -> dict[int, int]:
+    """id(inserted statement) -> its first line in `after`, read off a line diff.
+
+    The inserted lines, in file order, are dealt out to the inserted statements in file
+    order (cheaper than resolving libcst positions over the whole module).
+    """
+    blocks = {id(b.node): b for s in old.statements for b in s.blocks} | {id(old.tree): old.top}
+    ordered = sorted(
+        ((_position(blocks[block_id], index), k, node)
+         for block_id, at in insertions.items()
+         for index, nodes in at.items()
+         for k, node in enumerate(nodes)),
+        key=lambda item: (item[0], item[1]),
+    )  # fmt: skip
+    added = [
+        line
+        for tag, _, _, j1, j2 in SequenceMatcher(
+            None, before.splitlines(), after.splitlines(), autojunk=False
+        ).get_opcodes()
+        if tag in ("insert", "replace")
+        for line in range(j1 + 1, j2 + 1)
+    ]
+    found, used = {}, 0
+    for _, _, node in ordered:
+        found[id(node)] = added[used] if used < len(added) else 0
+        used += code_of(node).count("\n") + 1
+    return found
+
+
+def _position(block: object, index: int) -> int:
+    """Source order of the point before statement `index` of `block`."""
+    if index < len(block.statements):
+        return block.statements[index].order
+    return end_order(block)
 
 
 def _statement(node: cst.CSTNode) -> cst.BaseStatement:
@@ -185,8 +219,6 @@ def _counterpart(path: str, new_text: str, old: dict[str, str], new: dict[str, s
     """
     if path in old:
         return path
-    from difflib import SequenceMatcher
-
     shapes = _shapes(new_text)
     best, best_ratio = None, RENAMED_FILE
     for candidate, text in old.items():

@@ -190,7 +190,7 @@ class Placer:
         order = (
             block.statements[spot.index].order
             if spot.index < len(block.statements)
-            else _end_order(block)
+            else end_order(block)
         )
         bound = bound_at(self.old, block.owner, order) | allowed
         missing = sorted(free_names(node) - bound)
@@ -210,7 +210,7 @@ def _function(stmt: Statement) -> Statement | None:
     return next((a for a in stmt.ancestors() if a.kind == "def"), None)
 
 
-def _end_order(block: object) -> int:
+def end_order(block: object) -> int:
     """The source order just past the last statement of `block` (nested ones included)."""
     last = block.statements[-1]
     while last.blocks:

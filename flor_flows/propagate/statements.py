@@ -208,6 +208,27 @@ def _clauses(node: cst.CSTNode) -> list[cst.CSTNode]:
     return []
 
 
+_NO_BODY = cst.IndentedBlock(body=[])
+
+
+def _code(node: cst.CSTNode) -> str:
+    return _EMPTY.code_for_node(node)
+
+
+def _header_code(node: cst.CSTNode) -> str:
+    """A compound statement's code without its bodies (rendering those would cost O(depth))."""
+    changes: dict[str, object] = {"body": _NO_BODY}
+    if isinstance(node, cst.If | cst.For | cst.While):
+        changes["orelse"] = None
+    if isinstance(node, cst.Try | cst.TryStar | cst.Else | cst.Finally):
+        return {cst.Else: "else:", cst.Finally: "finally:"}.get(type(node), "try:")
+    if hasattr(node, "leading_lines"):
+        changes["leading_lines"] = ()
+    if isinstance(node, cst.Match):
+        return "match " + _code(node.subject) + ":"
+    return _code(node.with_changes(**changes))
+
+
 class _Reader:
     def __init__(self, tree: cst.Module, aliases: frozenset[str]) -> None:
         self.aliases = aliases
@@ -226,13 +247,11 @@ class _Reader:
         kind = _KINDS.get(type(node), "simple")
         if kind == "if" and block.owner is not None and block.owner.node is not None:
             kind = "elif" if getattr(block.owner.node, "orelse", None) is node else kind
-        code = _EMPTY.code_for_node(node)
-        toks = tokens(code.lstrip("\n"))
-        if kind != "simple":
-            toks = _header(toks)
+        toks = _header(tokens(_header_code(node))) if kind != "simple" else tokens(_code(node))
         text, shape, names = normalise(toks)
         stmt = Statement(node, kind, block, index, len(self.statements), text, shape, names)
-        stmt.log_name = _log_name(node, self.aliases) if kind == "simple" else None
+        if kind == "simple" and "log" in names + tuple(text.split()):
+            stmt.log_name = _log_name(node, self.aliases)
         self.statements.append(stmt)
         body = getattr(node, "body", None)
         if kind not in ("simple", "match") and body is not None:
