@@ -21,6 +21,7 @@ from flor_flows.propagate.statements import Module, Statement
 SIMILAR = 0.6  # least similarity of two statements' shapes to pair them inside a gap
 SHAPE_MATCH = 0.9  # the similarity credited to a match by shape (a rename)
 MOVED = 0.85  # the similarity credited to a statement matched out of order
+CONTAINER_DICE = 0.5  # least share of matched children to pair two compound statements
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Matching:
         rest_left = [s for s in left if id(s) not in self.pairs]
         rest_right = [s for s in right if id(s) not in self._taken]
         self._align(rest_left, rest_right, key=lambda s: s.shape, similarity=MOVED * SHAPE_MATCH)
+        self._containers()
         self.votes = self._votes()
         self.renames = self._one_to_one()
 
@@ -104,6 +106,31 @@ class Matching:
             b = by_text.get(a.text)
             if b is not None and id(b) not in self._taken:
                 self._pair(a, b, MOVED)
+
+    def _containers(self) -> None:
+        """Bottom-up: an unmatched compound statement whose children mostly match the children
+        of one unmatched old compound statement is its counterpart (a rewritten loop header)."""
+        for a in reversed(self.new.statements):  # inner blocks first
+            if not a.blocks or id(a) in self.pairs:
+                continue
+            children = [s for block in a.blocks for s in block.statements]
+            parents: Counter[int] = Counter()
+            owners = {}
+            for child in children:
+                match = self.pairs.get(id(child))
+                if match is not None and match.old.parent is not None:
+                    parents[id(match.old.parent)] += 1
+                    owners[id(match.old.parent)] = match.old.parent
+            if not parents:
+                continue
+            key, shared = parents.most_common(1)[0]
+            b = owners[key]
+            if id(b) in self._taken:
+                continue
+            old_children = [s for block in b.blocks for s in block.statements]
+            dice = 2 * shared / (len(children) + len(old_children))
+            if dice >= CONTAINER_DICE:
+                self._pair(a, b, SHAPE_MATCH * dice)
 
     def _votes(self) -> dict[object, dict[str, Counter[str]]]:
         """Per new function (None: module), for each new name, the old names in its place."""

@@ -151,9 +151,17 @@ class Placer:
         owner = spot.block.owner
         old_around = [owner, *owner.ancestors()] if owner is not None else []
         old_ids = {id(s) for s in old_around}
+        old_home = next((s for s in old_around if s.kind == "def"), None)
         for loop in (a for a in target.ancestors() if a.is_loop):
             match = self.matching.get(loop)
-            if match is not None and id(match.old) not in old_ids:
+            if match is None:
+                if any(self.matching.get(a) for a in loop.ancestors() if a.is_loop):
+                    # between matched loops: it would run at another loop level in old
+                    raise Refused(f"its loop `{loop.display}` has no counterpart")
+                continue  # an outer loop, e.g. around code inlined from an old function
+            if id(match.old) not in old_ids:
+                if _function(match.old) is not old_home:
+                    continue  # the old code sits in a function, which that loop may call
                 raise Refused(
                     f"it would leave the loop `{match.old.display}`", self.old.line(match.old)
                 )

@@ -215,11 +215,19 @@ def _code(node: cst.CSTNode) -> str:
     return _EMPTY.code_for_node(node)
 
 
+def _is_flor_loop(node: cst.BaseExpression) -> bool:
+    if not isinstance(node, cst.Call) or len(node.args) != 2:
+        return False
+    return _code(node.func).split(".")[-1] == "loop"
+
+
 def _header_code(node: cst.CSTNode) -> str:
     """A compound statement's code without its bodies (rendering those would cost O(depth))."""
     changes: dict[str, object] = {"body": _NO_BODY}
     if isinstance(node, cst.If | cst.For | cst.While):
         changes["orelse"] = None
+    if isinstance(node, cst.For) and _is_flor_loop(node.iter):
+        changes["iter"] = node.iter.args[1].value  # `flor.loop("epoch", it)` iterates `it`
     if isinstance(node, cst.Try | cst.TryStar | cst.Else | cst.Finally):
         return {cst.Else: "else:", cst.Finally: "finally:"}.get(type(node), "try:")
     if hasattr(node, "leading_lines"):
