@@ -19,7 +19,7 @@ from flor_flows.propagate.codemod import InsertStatements
 from flor_flows.propagate.matching import Matching
 from flor_flows.propagate.placement import Placer, Refused, code_of, end_order
 from flor_flows.propagate.scope import bound_at, bound_by
-from flor_flows.propagate.statements import Module, Statement, read
+from flor_flows.propagate.statements import Module, Statement, Unparsable, read
 
 __all__ = ["Placement", "Propagation", "Refusal", "propagate", "propagate_files"]
 
@@ -85,10 +85,8 @@ def propagate(
     new = read(new_source)
     try:
         old = read(old_source)
-    except cst.ParserSyntaxError as exc:
-        reason = (
-            f"version {version} does not parse as Python 3 (line {exc.raw_line}: {exc.message})"
-        )
+    except Unparsable as exc:
+        reason = f"version {version} does not parse as Python 3 ({exc})"
         found = sorted({s.log_name for s in new.statements if s.log_name})
         return Propagation(old_source, refusals=[Refusal(n, reason) for n in wanted or found])
     targets, present = _targets(new, old, wanted)
@@ -233,7 +231,7 @@ def _counterpart(path: str, new_text: str, old: dict[str, str], new: dict[str, s
 def _shapes(source: str) -> list[str]:
     try:
         return [s.shape for s in read(source).statements]
-    except cst.ParserSyntaxError:
+    except Unparsable:
         return source.splitlines()
 
 
@@ -270,6 +268,6 @@ def _logged(source: str) -> set[str]:
     """The names a file's `flor.log` calls log (none if it does not parse)."""
     try:
         module = read(source)
-    except cst.ParserSyntaxError:
+    except Unparsable:
         return set()
     return set(module.logs())

@@ -272,12 +272,28 @@ class _Reader:
         return stmt
 
 
+class Unparsable(ValueError):
+    """The source is not valid Python 3."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line, self.message = line, message
+
+
 def read(source: str) -> Module:
     """Parse `source` (libcst, so it can be written back byte for byte) into statements.
 
-    Raises `libcst.ParserSyntaxError` when it is not valid Python 3.
+    Raises `Unparsable` when it is not valid Python 3. CPython's own parser decides that:
+    libcst accepts some Python 2 (`except IOError, e:`) that Python 3 cannot run.
     """
-    tree = cst.parse_module(source)
+    try:
+        ast.parse(source)
+    except SyntaxError as exc:
+        raise Unparsable(exc.lineno or 0, exc.msg) from exc
+    try:
+        tree = cst.parse_module(source)
+    except cst.ParserSyntaxError as exc:
+        raise Unparsable(exc.raw_line, exc.message) from exc
     aliases = log_aliases(tree)
     reader = _Reader(tree, aliases)
     return Module(source, tree, reader.statements, reader.top, aliases)

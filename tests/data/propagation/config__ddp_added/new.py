@@ -1,0 +1,68 @@
+import argparse
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision import datasets, transforms, models
+
+import flor_flows as flor
+
+
+def evaluate(model, loader):
+    model.eval()
+    correct = n = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += (model(x.cuda()).argmax(1).cpu() == y).sum().item()
+            n += len(y)
+    return correct / n
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--epochs', type=int, default=90)
+    parser.add_argument('--lr', type=float, default=0.1)
+    args = parser.parse_args()
+
+    ddp = 'LOCAL_RANK' in os.environ
+    if ddp:
+        dist.init_process_group('nccl')
+        local_rank = int(os.environ['LOCAL_RANK'])
+        torch.cuda.set_device(local_rank)
+    rank = dist.get_rank() if ddp else 0
+
+    tfm = transforms.Compose([transforms.RandomResizedCrop(64), transforms.ToTensor()])
+    train_set = datasets.ImageFolder('data/tiny/train', tfm)
+    val_set = datasets.ImageFolder('data/tiny/val', transforms.ToTensor())
+    sampler = DistributedSampler(train_set) if ddp else None
+    train_loader = DataLoader(train_set, batch_size=256, shuffle=(sampler is None), sampler=sampler,
+                              num_workers=8)
+    val_loader = DataLoader(val_set, batch_size=512)
+
+    model = models.resnet34(num_classes=200).cuda()
+    if ddp:
+        model = DDP(model, device_ids=[local_rank])
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    for epoch in range(args.epochs):
+        if ddp:
+            sampler.set_epoch(epoch)
+        model.train()
+        for x, y in train_loader:
+            loss = F.cross_entropy(model(x.cuda()), y.cuda())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        val_acc = evaluate(model, val_loader)
+        flor.log("val_acc", val_acc)
+        if rank == 0:
+            print(f'epoch {epoch} val_acc {val_acc:.4f}')
+            torch.save(model.state_dict(), 'resnet34_tiny.pt')
+    if ddp:
+        dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    main()
