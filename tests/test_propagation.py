@@ -117,3 +117,12 @@ def test_cli_prints_writes_diffs_and_exits_3_on_refusal(tmp_path: Path) -> None:
     (tmp_path / "py2.py").write_text("print 'epoch', epoch\n")
     refused = _cli("new.py", "py2.py", cwd=tmp_path)
     assert refused.returncode == 3 and "does not parse as Python 3" in refused.stderr
+
+
+def test_the_flor_import_comes_along_when_the_old_version_lacks_it() -> None:
+    old = '"""Train."""\nimport torch\n\nfor x in loader:\n    loss = f(x)\n    loss.backward()\n'
+    new = old.replace("import torch\n", "import torch\nimport flor_flows as flor\n")
+    new += '    flor.log("loss", loss.item())\n'
+    result = propagate(new, old)
+    assert result.ok and [p.line for p in result.placements] == [8]
+    assert result.source == new
