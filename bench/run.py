@@ -1,12 +1,13 @@
 """Side-by-side benchmark of FlorDB 4.0.1 and flor_flows.
 
-    /work/main/.venv/bin/python bench/run.py [--quick] [--only import,log,...,orchestration]
+    /work/main/.venv/bin/python bench/run.py [--quick] [--only import,log,...,propagation]
 
 Every measurement runs a script from bench/workloads/ in a fresh subprocess, inside a fresh scratch
 git repo under bench/.work/, with FLOR_IMPL naming the module under test. FlorDB runs on the
 interpreter of bench/.work/flordb-venv (made by bench/setup_flordb.sh), flor_flows on
 /work/main/.venv. Writes bench/RESULTS.md (or bench/.work/RESULTS-quick.md with --quick); the
-sections of metrics left out by --only are kept from the file's previous contents.
+sections of metrics left out by --only are kept from the file's previous contents. Without the
+FlorDB venv, only orchestration and propagation run (propagation then measures flor_flows alone).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ WORK = BENCH / ".work"
 OURS_PY = BENCH.parent / ".venv" / "bin" / "python"
 FLORDB_PY = WORK / "flordb-venv" / "bin" / "python"
 EXAMPLES = BENCH.parent / "examples" / "digits"
+PROPAGATION_CASES = BENCH.parent / "tests" / "data" / "propagation"
 SECTION_MARK = "<!-- bench metric: {} -->"
 
 
@@ -73,11 +75,23 @@ class Sizes:
     orch_reps: int = 5
     orch_epochs: int = 2
     orch_ephemeral_reps: int = 3  # processes on an existing database, after the fresh one
+    prop_reps: int = 5  # repetitions of the ~500-line propagation timing case
 
 
 FULL = Sizes()
 QUICK = Sizes(
-    3, 10_000, 1, 20_000, 1, 50, 3, 2, ("--kwargs", "epochs=3"), orch_reps=2, orch_ephemeral_reps=1
+    3,
+    10_000,
+    1,
+    20_000,
+    1,
+    50,
+    3,
+    2,
+    ("--kwargs", "epochs=3"),
+    orch_reps=2,
+    orch_ephemeral_reps=1,
+    prop_reps=1,
 )
 
 
@@ -100,6 +114,7 @@ class Section:
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
     ours_only: bool = False  # a flor_flows-only table: no FlorDB columns
+    extra: str = ""  # markdown after the notes (subsections start with "### ")
 
 
 class Runner:
@@ -614,6 +629,101 @@ def task_breakdown(server: dict) -> str:
     )
 
 
+def m_propagation(runner: Runner, sz: Sizes) -> Section:
+    """Propagation of flor.log statements into old versions: accuracy and time per version."""
+    have_flordb = FLORDB_PY.exists()
+    params = {
+        "cases": str(PROPAGATION_CASES),
+        "reps": sz.prop_reps,
+        "flordb_python": str(FLORDB_PY) if have_flordb else None,
+    }
+    title = f"Propagating `flor.log` statements into old versions (`{rel(PROPAGATION_CASES)}`)"
+    try:
+        res = runner.run(OURS, "propagation.py", params)
+    except Failed as e:
+        return Section(title, [Row("the propagation workload", "", {OURS.key: e})])
+    theirs: dict | Failed | None = res["totals"].get(FLORDB.key)
+    if "flordb_failed" in res:
+        theirs = Failed(res["flordb_failed"])
+    return Section(
+        title,
+        propagation_rows(res, theirs),
+        propagation_notes(res, have_flordb),
+        extra=res["markdown"],
+    )
+
+
+def propagation_rows(res: dict, theirs: dict | Failed | None) -> list[Row]:
+    """The headline rows; FlorDB's cells stay empty when it was skipped."""
+    ours = res["totals"][OURS.key]
+
+    def row(measure: str, key: str, unit: str = "", goal: float | None = None) -> Row:
+        values: dict[str, float | Failed] = {OURS.key: ours[key]}
+        if theirs is not None:
+            values[FLORDB.key] = theirs if isinstance(theirs, Failed) else theirs[key]
+        return Row(measure, unit, values, goal)
+
+    timed: dict[str, float | Failed] = {OURS.key: res["timing_flor_flows"]["seconds"]}
+    if isinstance(theirs, Failed):
+        timed[FLORDB.key] = theirs
+    elif "timing_flordb" in res:
+        timed[FLORDB.key] = res["timing_flordb"]["seconds"]
+    lines_new, lines_old = res["timing_lines"]
+    return [
+        row(f"correct (of {ours['cases']} cases)", "correct"),
+        row("silent misplacements", "misplaced", goal=0),
+        row("refusals where an insertion was expected", "refused"),
+        row("refuse cases with neither a change nor a refusal", "missed"),
+        row(
+            f"correct insertions byte for byte (flor_flows: of {ours['correct_insertions']})",
+            "formatting",
+        ),
+        row("time per version, median over the cases", "median_s", "s"),
+        row("time per version, max over the cases", "max_s", "s"),
+        Row(
+            f"time per version, ~500-line script ({lines_new} lines new, {lines_old} old)",
+            "s",
+            timed,
+            0.2,
+            "2-5 s/version (research harness, real files of 139-530 lines)",
+        ),
+    ]
+
+
+def propagation_notes(res: dict, have_flordb: bool) -> list[str]:
+    notes = [
+        "Cases: one folder each, new.py, old.py, case.toml and expected.py (old.py with the "
+        "statements inserted) or refuse.txt (a substring the refusal must contain). Targets: the "
+        '`flor.log("name", ...)` statements of new.py whose name old.py does not log, or exactly '
+        "the `names` of case.toml (the `present` cases name statements old.py has: no-ops).",
+        "flor_flows: `propagate(new, old, names)` once per case. FlorDB: `flordb.hlast.backprop("
+        "lineno, new, target, out)` once per target statement in line order, each output the "
+        "next call's target; for a target old.py has already, its `FileExistsError` (caught "
+        "inside backprop, which then writes nothing) is the correct no-op.",
+        "correct: the AST of expected.py and no refusal, or in a refuse case a refusal (flor_flows: "
+        "reason containing refuse.txt; FlorDB: any exception). Silent misplacement: no refusal and "
+        "a different AST, or a changed file in a refuse case. Byte for byte: of the correct "
+        "insertions (no-op cases excluded). Time: per version, all its statements; flor_flows "
+        "in-process after one uncounted warm-up call, FlorDB in one process on its venv after one "
+        "uncounted warm-up case; interpreter start-up and imports excluded for both.",
+        f"Timing case: `{res['timing_case']}`, the longest insertion case (outside `newblock`, "
+        "where FlorDB's time would be that of a failure) with distinct "
+        "module-level functions of the other cases' old versions (those without `flor`, renamed) "
+        f"inserted after the imports of new, old and expected; median of its repetitions. "
+        f"flor_flows: {res['timing_flor_flows']['verdict']}"
+        + (f"; FlorDB: {res['timing_flordb']['verdict']}" if "timing_flordb" in res else "")
+        + ".",
+    ]
+    if not have_flordb:
+        notes.append(
+            f"**FlorDB side skipped**: `{rel(FLORDB_PY)}` is missing (`bench/setup_flordb.sh` "
+            "makes it); its cells are empty."
+        )
+    if res["skipped"]:
+        notes.append("Incomplete case folders skipped: " + ", ".join(res["skipped"]))
+    return notes
+
+
 METRICS = {
     "import": m_import,
     "log": m_log,
@@ -621,7 +731,9 @@ METRICS = {
     "query": m_query,
     "train": m_train,
     "orchestration": m_orchestration,
+    "propagation": m_propagation,
 }
+FLORDB_OPTIONAL = {"orchestration", "propagation"}  # metrics that run without the FlorDB venv
 
 
 # --------------------------------------------------------------------------------------------
@@ -633,6 +745,8 @@ def fmt(v: float | Failed | None, unit: str) -> str:
         return ""
     if isinstance(v, Failed):
         return f"failed: {v}"
+    if isinstance(v, int):
+        return f"{v:,} {unit}".rstrip()
     digits = 2 if abs(v) < 10 else 1 if abs(v) < 100 else 0
     return f"{v:,.{digits}f} {unit}"
 
@@ -702,6 +816,8 @@ def render_section(name: str, section: Section, measured: str) -> str:
     lines = [f"## {section.title}", SECTION_MARK.format(name), "", *header]
     lines += [render_row(r, section.ours_only) for r in section.rows]
     lines += ["", *(f"- {n}" for n in section.notes), f"- Measured {measured}"]
+    if section.extra:
+        lines += ["", section.extra.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -784,7 +900,11 @@ def main() -> None:
     except BlockingIOError:
         print("[bench] another bench/run.py is running; waiting for it to finish", flush=True)
         fcntl.flock(lock, fcntl.LOCK_EX)
-    subprocess.run(["bash", str(BENCH / "setup_flordb.sh")], check=True)
+    setup = subprocess.run(["bash", str(BENCH / "setup_flordb.sh")])
+    if setup.returncode != 0:
+        if set(only) - FLORDB_OPTIONAL:
+            sys.exit(f"bench/setup_flordb.sh failed (exit {setup.returncode})")
+        print("[bench] no FlorDB venv: its side of the comparison is skipped", flush=True)
     sz = QUICK if args.quick else FULL
     root = WORK / ("run-quick" if args.quick else "run-full")
     shutil.rmtree(root, ignore_errors=True)
@@ -805,6 +925,8 @@ def main() -> None:
                 + "; ".join(f"{k}={fmt(v, row.unit)}" for k, v in row.values.items()),
                 flush=True,
             )
+        if sections[name].extra:
+            print(sections[name].extra, flush=True)
         print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
 
     took = time.perf_counter() - t0

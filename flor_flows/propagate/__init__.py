@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
+from functools import lru_cache
 
 import libcst as cst
 
@@ -62,6 +63,12 @@ class Propagation:
         return not self.refusals
 
 
+@lru_cache(maxsize=4)
+def _read_new(source: str) -> Module:
+    """The new version, read once for all the old versions it is propagated into."""
+    return read(source)
+
+
 def _targets(new: Module, old: Module, names: set[str] | None) -> tuple[list[Statement], list[str]]:
     """The log statements to carry over, and the wanted names the old version has already."""
     present = old.logs()
@@ -82,7 +89,7 @@ def propagate(
     `Refusal`; the others are still placed.
     """
     wanted = set(names) if names is not None else None
-    new = read(new_source)
+    new = _read_new(new_source)
     try:
         old = read(old_source)
     except Unparsable as exc:
@@ -139,7 +146,8 @@ def propagate(
         return result
     if not (alias_root & bound_at(old, None, len(old.statements))):
         _add_import(new, old, alias_root, insertions)
-    result.source = old.tree.visit(InsertStatements(insertions)).code
+    path = _path_to(old, set(insertions))
+    result.source = old.tree.visit(InsertStatements(insertions, path)).code
     lines = _first_lines(old, insertions, old_source, result.source)
     for target, inserted, confidence, notes in accepted:
         result.placements.append(
@@ -152,6 +160,22 @@ def propagate(
             )
         )
     return result
+
+
+def _path_to(module: Module, block_ids: set[int]) -> set[int]:
+    """Ids of every node on the way from the module to the blocks `block_ids`."""
+    blocks = {id(b.node): b for s in module.statements for b in s.blocks}
+    path = {id(module.tree)}
+    for block_id in block_ids:
+        block = blocks.get(block_id)
+        while block is not None:
+            path.add(id(block.node))
+            owner = block.owner
+            if owner is None:
+                break
+            path.add(id(owner.node))
+            block = owner.block
+    return path
 
 
 def _first_lines(old: Module, insertions: dict, before: str, after: str) -> dict[int, int]:

@@ -2,7 +2,8 @@
 
 Like a libcst codemod, it is a small transformer with one contract and no policy: given
 (block, index) -> statements, it returns the module with those statements inserted before
-the statement at `index` of each block (at its end when `index` is the block's length).
+the statement at `index` of each block (at its end when `index` is the block's length). It
+walks only the path from the module to those blocks.
 Which statements go where is decided in `placement`.
 """
 
@@ -14,9 +15,18 @@ import libcst as cst
 
 
 class InsertStatements(cst.CSTTransformer):
-    def __init__(self, insertions: dict[int, dict[int, Sequence[cst.BaseStatement]]]) -> None:
+    def __init__(
+        self,
+        insertions: dict[int, dict[int, Sequence[cst.BaseStatement]]],
+        path: set[int],
+    ) -> None:
         super().__init__()
         self.insertions = insertions  # id(block node) -> index -> statements
+        self.path = path  # ids of the nodes from the module down to those blocks
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        """Descend only towards the blocks that change: the rest is kept as it is."""
+        return id(node) in self.path
 
     def _body(self, original: cst.CSTNode, body: Sequence[cst.BaseStatement]) -> list:
         wanted = self.insertions.get(id(original), {})

@@ -123,9 +123,12 @@ def _names_in(target: cst.CSTNode) -> list[str]:
 
 
 def bound_by(stmt: Statement) -> set[str]:
-    visitor = _Bindings()
-    stmt.node.visit(visitor)
-    return visitor.names
+    """The names a statement binds (cached: a module is checked once per statement placed)."""
+    if stmt.bound is None:
+        visitor = _Bindings()
+        stmt.node.visit(visitor)
+        stmt.bound = frozenset(visitor.names)
+    return set(stmt.bound)
 
 
 def _parameters(node: cst.FunctionDef | cst.Lambda) -> set[str]:

@@ -48,6 +48,7 @@ class Statement:
     names: tuple[str, ...]  # the local names `shape` abstracts, in order
     blocks: list[Block] = field(default_factory=list)  # its bodies, when compound
     log_name: str | None = None  # the name a `flor.log("name", ...)` statement logs
+    bound: frozenset[str] | None = None  # the names it binds, once `scope.bound_by` asked
 
     @property
     def display(self) -> str:
