@@ -50,6 +50,9 @@ class Matching:
         rest_right = [s for s in right if id(s) not in self._taken]
         self._align(rest_left, rest_right, key=lambda s: s.shape, similarity=MOVED * SHAPE_MATCH)
         self._containers()
+        rest_left = [s for s in left if s.blocks and id(s) not in self.pairs]
+        rest_right = [s for s in right if s.blocks and id(s) not in self._taken]
+        self._similar(rest_left, rest_right)  # compound headers left over: by similarity
         self.votes = self._votes()
         self.renames = self._one_to_one()
 

@@ -27,6 +27,7 @@ FALLBACK_NEXT = 0.85  # placed before the image of the statement that follows it
 FALLBACK_BETWEEN = 0.8  # its anchor is new code; the matched statements around it are adjacent
 NEW_BLOCK = 0.9  # a new block of logs carried over whole
 LOOK_THROUGH = 0.9  # a new `with` looked through
+BLOCK_END = 0.7  # last in its block's image, as nothing before it has a counterpart
 _EMPTY = cst.Module(body=[])
 
 
@@ -88,7 +89,12 @@ class Placer:
                 return Spot(
                     match.old.block, match.old.index + 1, confidence * match.similarity, match.old
                 )
-            return self._between(unit, before, after, confidence)
+            try:
+                return self._between(unit, before, after, confidence)
+            except Refused:
+                if any(self.matching.get(s) for s in before + after):
+                    raise
+                return self._block_end(unit, confidence)  # nothing around it has a counterpart
         owner = unit.parent
         if owner is None:  # first statement of the module: before the image of the next one
             return self._before_next(unit, after, confidence)
@@ -108,6 +114,19 @@ class Placer:
         if after:
             return self._before_next(unit, after, confidence)
         raise Refused(f"its block `{owner.display}` has no counterpart")
+
+    def _block_end(self, unit: Statement, confidence: float) -> Spot:
+        """Last in the image of its block, when it is last in its block and no statement
+        around it has a counterpart (the code before it was, say, moved into a function)."""
+        owner = unit.parent
+        match = self.matching.get(owner) if owner is not None else None
+        if match is None or unit.index != len(unit.block.statements) - 1:
+            anchor = unit.block.statements[unit.index - 1]
+            raise Refused(f"its anchor `{anchor.display}` has no counterpart")
+        block = match.old.blocks[owner.blocks.index(unit.block)]
+        spot = Spot(block, len(block.statements), confidence * match.similarity * BLOCK_END, None)
+        spot.notes.append(f"nothing before it has a counterpart: last in `{match.old.display}`")
+        return spot
 
     def _before_next(self, unit: Statement, after: list[Statement], confidence: float) -> Spot:
         match = self.matching.get(after[0]) if after else None

@@ -44,6 +44,7 @@ class RunContext:
     # Set by a launcher that did the versioning itself (the training flow), so the run reuses
     # it: the code snapshot (`CodeVersion` fields) and batches already hashed and copied
     # (name -> `Batch` fields).
+    project_root: str | None = None  # the repository, when the script runs from a copy (replay)
     code_version: dict[str, Any] | None = None
     registered: dict[str, dict[str, Any]] = field(default_factory=dict)
     replay: ReplaySpec | None = None

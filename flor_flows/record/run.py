@@ -78,8 +78,9 @@ class Run:
         self.failure: str | None = None
         self.finished = False
         self.checkpointing: Checkpointer | None = None
+        start = context.project_root or (Path(entry_script).parent if entry_script else None)
         self.settings = load_settings(
-            Path(entry_script).parent if entry_script else None,
+            start,
             store_url=context.store_url,
             checkpoint_url=context.checkpoint_url,
             data_url=context.data_url,

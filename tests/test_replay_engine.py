@@ -1,0 +1,174 @@
+"""The replay engine: new statements propagated into six code versions, replayed from
+checkpoints in private copies, equal to running the new code from scratch."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flor_flows.config import load_settings
+from flor_flows.replay.engine import ReplayFailed, prepare_version, replay
+from tests.conftest import Project, git
+
+BODY = """
+import numpy as np
+import flor_flows as flor
+np.random.seed(flor.arg("seed", 0))
+w = np.zeros(3)
+with flor.checkpointing(w=w):
+    for epoch in flor.loop("epoch", range(5)):
+        for step in flor.loop("step", range(4)):
+            w += np.random.rand(3)
+            flor.log("loss", float(w.sum()))
+"""
+VERSIONS = [
+    BODY,
+    re.sub(r"\bw\b", "weights", BODY),  # renamed
+    # the epoch body moved into a function
+    BODY.replace(
+        "w = np.zeros(3)\n",
+        "w = np.zeros(3)\n\n\ndef run_epoch(w):\n"
+        "    for step in flor.loop('step', range(4)):\n"
+        "        w += np.random.rand(3)\n"
+        "        flor.log('loss', float(w.sum()))\n\n\n",
+    ).replace(
+        '        for step in flor.loop("step", range(4)):\n'
+        "            w += np.random.rand(3)\n"
+        '            flor.log("loss", float(w.sum()))\n',
+        "        run_epoch(w)\n",
+    ),
+]
+VERSIONS.append(  # a main() wrapper around the version with the function
+    VERSIONS[2]
+    .replace('np.random.seed(flor.arg("seed", 0))\n', "")
+    .replace(
+        "with flor.checkpointing",
+        "def main():\n    np.random.seed(flor.arg('seed', 0))\n    with flor.checkpointing",
+    )
+    .replace("\n    for epoch", "\n        for epoch")
+    .replace("\n        run_epoch(w)", "\n            run_epoch(w)")
+    + "\n\nif __name__ == '__main__':\n    main()\n"
+)
+VERSIONS.append(VERSIONS[3].replace("range(5)", "list(range(5))"))  # the epoch loop rewritten
+VERSIONS.append(  # an unrelated statement and comments
+    VERSIONS[4]
+    .replace("def run_epoch(w):\n", "def run_epoch(w):\n    # one pass\n")
+    .replace(
+        "            run_epoch(w)",
+        "            run_epoch(w)  # train\n            flor.log('norm', float(np.linalg.norm(w)))",
+    )
+)
+NEW = (
+    VERSIONS[5]
+    .replace(
+        "            run_epoch(w)  # train\n",
+        "            flor.log('w_start', float(w.sum()))\n            run_epoch(w)  # train\n",
+    )
+    .replace(
+        "            flor.log('norm', float(np.linalg.norm(w)))\n",
+        "            flor.log('norm', float(np.linalg.norm(w)))\n            flor.log('w_end', float(w[0]))\n",
+    )
+)
+NAMES = ("w_start", "w_end")
+
+
+def test_the_version_texts_are_what_the_test_means() -> None:
+    assert len(set(VERSIONS)) == 6
+    for source in [*VERSIONS, NEW]:
+        compile(source, "version", "exec")
+    assert "w_start" in NEW and "w_end" in NEW and "def main" in NEW
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, pd.DataFrame, pd.DataFrame]:
+    """Six versions, one run each (seed k), and the ground truth of the new code per seed."""
+    root = tmp_path_factory.mktemp("replay") / "proj"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / ".gitignore").write_text(".flor-flows/\n")
+    project = Project(root)
+    every = {"FLOR_FLOWS_CHECKPOINT_POLICY": "every"}
+    for seed, source in enumerate(VERSIONS, start=1):
+        project.write("train.py", source)
+        project.commit(f"v{seed}")
+        project.run("train.py", "--kwargs", f"seed={seed}", env=every)
+    runs = project.store().runs()
+    truth_root = tmp_path_factory.mktemp("truth") / "proj"
+    truth_root.mkdir()
+    git(truth_root, "init", "-q", "-b", "main")
+    truth = Project(truth_root)
+    truth.write("train.py", NEW)
+    for seed in range(1, 7):
+        truth.run("train.py", "--kwargs", f"seed={seed}")
+    expected = truth.store().dataframe(list(NAMES))
+    return project, runs, expected
+
+
+def _replay_all(project: Project, runs: pd.DataFrame, workdir: Path, **kw) -> None:  # noqa: ANN003
+    settings = load_settings(project.root)
+    for run in runs.itertuples():
+        version = prepare_version(project.root, run.code_version, {"train.py": NEW}, NAMES, workdir)
+        assert version.ok, version.refusals
+        replay(
+            version, run.run_uid, run.entry_script, settings, NAMES, on_output=lambda _: None, **kw
+        )
+
+
+def test_six_versions_replay_to_the_ground_truth(history, tmp_path: Path) -> None:
+    project, runs, expected = history
+    before = git(project.root, "status", "--porcelain")
+    _replay_all(project, runs, tmp_path)
+    assert git(project.root, "status", "--porcelain") == before  # the user's tree untouched
+    got = project.store().dataframe(list(NAMES))
+    got = got[got["w_start"].notna()].sort_values(["seed", "epoch"]).reset_index(drop=True)
+    want = expected.sort_values(["seed", "epoch"]).reset_index(drop=True)
+    assert got["seed"].tolist() == want["seed"].tolist() and len(got) == 6 * 5
+    assert got["w_start"].tolist() == pytest.approx(want["w_start"].tolist())
+    assert got["w_end"].tolist() == pytest.approx(want["w_end"].tolist())
+    losses = project.store().dataframe(["loss"])
+    assert losses["loss"].notna().all() and "loss@replay" not in losses  # forward rows untouched
+
+
+def test_selected_iterations_start_from_their_checkpoint(history, tmp_path: Path) -> None:
+    project, runs, expected = history
+    run = runs.iloc[2]
+    settings = load_settings(project.root)
+    version = prepare_version(project.root, run["code_version"], {"train.py": NEW}, NAMES, tmp_path)
+    replay(
+        version,
+        run["run_uid"],
+        run["entry_script"],
+        settings,
+        ("w_end",),
+        iterations=(3,),
+        on_output=lambda _: None,
+    )
+    got = project.store().query(
+        "select l.num, l.i0 from logs l join runs r on r.id = l.run_id "
+        f"where l.name = 'w_end' and l.source = 'replay' and r.uid = '{run['run_uid']}'"
+    )
+    assert 3 in got["i0"].tolist()
+    truth = expected[(expected["seed"] == 3) & (expected["epoch"] == 3)]["w_end"].iloc[0]
+    assert got.loc[got["i0"] == 3, "num"].iloc[-1] == pytest.approx(truth)
+
+
+def test_a_failing_replay_is_reported_with_its_stderr(history, tmp_path: Path) -> None:
+    project, runs, _ = history
+    run = runs.iloc[0]
+    broken = NEW.replace("flor.log('w_end', float(w[0]))", "flor.log('w_end', 1 / 0)")
+    settings = load_settings(project.root)
+    version = prepare_version(
+        project.root, run["code_version"], {"train.py": broken}, ("w_end",), tmp_path
+    )
+    with pytest.raises(ReplayFailed, match="ZeroDivisionError"):
+        replay(
+            version,
+            run["run_uid"],
+            run["entry_script"],
+            settings,
+            ("w_end",),
+            on_output=lambda _: None,
+        )
