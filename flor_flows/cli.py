@@ -62,6 +62,32 @@ def cmd_query(args: argparse.Namespace) -> None:
     _print_frame(_store(args).query(args.sql), args.csv)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """One backfill flow run: compute --apply names over the historical runs it selects."""
+    if not os.environ.get("PREFECT_API_URL"):  # Prefect's ephemeral server: keep it offline
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flor_flows.replay.backfill import BackfillRequest, resolve
+    from flor_flows.replay.plan import format_plan
+
+    request = BackfillRequest(
+        project=str((args.project_dir or Path.cwd()).resolve()),
+        names=[n for n in args.apply.split(",") if n],
+        where=args.where,
+        iterations=args.iter,
+        only_missing=not args.all,
+        source_ref=args.source_ref,
+        max_parallel=args.max_parallel,
+    )
+    if args.dry_run:  # the plan only: no flow run, no Prefect
+        print(format_plan(resolve(request).items))
+        return 0
+    from flows.backfill import backfill
+
+    state = backfill(request, return_state=True)
+    print(state.message or state.name, file=sys.stderr if not state.is_completed() else sys.stdout)
+    return 0 if state.is_completed() else 1
+
+
 def cmd_propagate(args: argparse.Namespace) -> int:
     """Print (or write) OLD with NEW's log statements; exit 3 if any cannot be placed."""
     import difflib
@@ -157,6 +183,34 @@ def parser() -> argparse.ArgumentParser:
     query = reader("query", "Run SQL on the store.")
     query.add_argument("sql")
     query.set_defaults(func=cmd_query)
+    rep = sub.add_parser(
+        "replay",
+        help="Compute new logged values over historical runs (one backfill flow run).",
+        description="Propagate today's flor.log statements for --apply NAMES into every "
+        "historical code version and replay the selected runs from their checkpoints; the "
+        "values are stored under the historical runs (source = replay). Never prompts.",
+    )
+    rep.add_argument("--apply", required=True, metavar="NAMES", help="comma-separated names")
+    rep.add_argument("--where", help="runs and iterations to replay, e.g. 'acc < 0.9'")
+    rep.add_argument(
+        "--iter",
+        action="append",
+        default=[],
+        metavar="LOOP=SEL",
+        help="per outer loop: all, last, none or i,j (e.g. epoch=last); repeatable",
+    )
+    rep.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    rep.add_argument("--max-parallel", type=int, default=2, metavar="N", help="replays at once")
+    rep.add_argument(
+        "--from", dest="source_ref", metavar="REF", help="take the statements from a git ref"
+    )
+    rep.add_argument(
+        "--all", action="store_true", help="replay even where the values exist already"
+    )
+    rep.add_argument(
+        "--project-dir", type=Path, metavar="DIR", help="the project (git repo); default: cwd"
+    )
+    rep.set_defaults(func=cmd_replay)
     prop = sub.add_parser(
         "propagate",
         help="Carry NEW's flor.log statements into OLD (an older version of the file).",

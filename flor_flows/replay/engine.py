@@ -9,6 +9,7 @@ requested names written under the historical run with `source = replay`.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class Version:
     commit: str
     directory: Path
     propagations: dict[str, Propagation] = field(default_factory=dict)
+    diffs: dict[str, str] = field(default_factory=dict)  # path -> unified diff of what changed
 
     @property
     def refusals(self) -> list[str]:
@@ -48,11 +50,20 @@ def prepare_version(
 ) -> Version:
     """Materialise `commit` under `workdir` and insert the `names` statements of `new_files`."""
     directory = materialize(root, commit, workdir / commit)
-    results = propagate_files(new_files, python_files(directory), names, version=commit[:10])
+    old_files = python_files(directory)
+    results = propagate_files(new_files, old_files, names, version=commit[:10])
+    diffs = {}
     for path, result in results.items():
         if result.placements:
             (directory / path).write_text(result.source)
-    return Version(commit, directory, results)
+            lines = difflib.unified_diff(
+                old_files[path].splitlines(keepends=True),
+                result.source.splitlines(keepends=True),
+                f"a/{path}",
+                f"b/{path}",
+            )
+            diffs[path] = "".join(lines)
+    return Version(commit, directory, results, diffs)
 
 
 def replay(
@@ -63,11 +74,23 @@ def replay(
     names: Iterable[str],
     iterations: tuple[int, ...] | None = None,
     on_output: Callable[[str], Any] = print,
+    statements_sha256: str | None = None,
+    flow_run_id: str | None = None,
 ) -> launch.Outcome:
     """Re-execute run `run_uid` in `version` and record `names`; raises `ReplayFailed`.
 
     `iterations` are the outer iterations to replay (None: all; empty: run level only).
+    The replayed values carry their provenance: code version, statements, flow run.
     """
+    from flor_flows.store import open_store
+
+    store = open_store(settings.store_url)
+    replay_id = store.start_replay(
+        store.run_id(run_uid),
+        code_commit=version.commit,
+        statements_sha256=statements_sha256,
+        prefect_flow_run_id=flow_run_id,
+    )
     script = version.directory / entry_script
     if not script.is_file():
         raise ReplayFailed(f"{entry_script} is not in code version {version.commit[:10]}")
@@ -78,11 +101,12 @@ def replay(
         checkpoint_url=settings.checkpoint_url,
         data_url=settings.data_url,
         project_root=str(settings.root),
-        replay=ReplaySpec(apply=tuple(names), iterations=iterations),
+        replay=ReplaySpec(apply=tuple(names), iterations=iterations, replay_id=replay_id),
     )
     run = launch.Launch(run_uid, settings, version.directory, script, entry_script)
     outcome = launch.run(run, context, on_output)
     if outcome.returncode != 0:
+        store.finish_replay(replay_id, "failed")
         raise ReplayFailed(
             f"replay of run {run_uid} ({entry_script} at {version.commit[:10]}) exited with "
             f"code {outcome.returncode}; the last lines of its stderr:\n{outcome.stderr_tail}"

@@ -113,6 +113,34 @@ class Arrival(Base):
     run_uid: Mapped[str | None] = mapped_column(String(64))  # set once a run trained on it
 
 
+class Backfill(Base):
+    """A hindsight request: which names, with which statements, over which selection.
+
+    `key` hashes all of that, so running the same request again finds its record and
+    redoes only what did not succeed.
+    """
+
+    __tablename__ = "backfills"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    names: Mapped[list] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BackfillItem(Base):
+    """One run of a backfill: pending, propagated, propagation failed, replayed, replay failed."""
+
+    __tablename__ = "backfill_items"
+    __table_args__ = (UniqueConstraint("backfill_id", "run_uid"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backfill_id: Mapped[int] = mapped_column(ForeignKey("backfills.id"))
+    run_uid: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class LoopSignature(Base):
     """The loop names along a context path, e.g. ["epoch", "step"]."""
 

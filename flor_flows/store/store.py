@@ -385,6 +385,48 @@ class Store:
                 delete(s.Arrival).where(s.Arrival.claim == claim, s.Arrival.run_uid.is_(None))
             ).rowcount
 
+    # -- backfills -------------------------------------------------------------------------
+    def backfill_id(self, key: str, names: Sequence[str]) -> int:
+        """The record of the hindsight request `key`, created on first use."""
+        with self.engine.begin() as conn:
+            return _get_or_create(
+                conn,
+                select(s.Backfill.id).where(s.Backfill.key == key),
+                insert(s.Backfill).values(key=key, names=list(names), created_at=now()),
+            )
+
+    def backfill_status(self, backfill_id: int) -> dict[str, str]:
+        """run uid -> status of every run the request has touched."""
+        query = select(s.BackfillItem.run_uid, s.BackfillItem.status).where(
+            s.BackfillItem.backfill_id == backfill_id
+        )
+        with self.engine.connect() as conn:
+            return dict(conn.execute(query).all())
+
+    def set_backfill_status(
+        self,
+        backfill_id: int,
+        run_uid: str,
+        status: str,
+        error: str | None = None,
+        flow_run_id: str | None = None,
+    ) -> None:
+        """Record where a run of a backfill stands (it survives a restart of the backfill)."""
+        values = {"status": status, "error": error, "updated_at": now()}
+        values["prefect_flow_run_id"] = flow_run_id
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                update(s.BackfillItem)
+                .where(s.BackfillItem.backfill_id == backfill_id, s.BackfillItem.run_uid == run_uid)
+                .values(**values)
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    insert(s.BackfillItem).values(
+                        backfill_id=backfill_id, run_uid=run_uid, **values
+                    )
+                )
+
     def start_replay(self, run_id: int, **provenance: Any) -> int:
         with self.engine.begin() as conn:
             return conn.execute(

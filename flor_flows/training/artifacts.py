@@ -23,7 +23,7 @@ def key_prefix(project_name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", project_name.lower()).strip("-") or "project"
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """JSON-ready rows: missing cells (NaN, pd.NA, NaT) become None."""
     frame = frame.astype(object)
     return frame.where(frame.notna(), None).to_dict(orient="records")
@@ -34,7 +34,7 @@ def run_row(store: Store, uid: str) -> dict[str, Any]:
     runs = store.runs(uids=[uid])
     if runs.empty:
         raise LookupError(f"no run {uid!r} in the store")
-    return _records(runs)[0]
+    return records(runs)[0]
 
 
 def metrics_table(store: Store, uid: str) -> list[dict[str, Any]]:
@@ -45,7 +45,7 @@ def metrics_table(store: Store, uid: str) -> list[dict[str, Any]]:
     frame = store.dataframe(names, uids=[uid])
     run_columns = set(store.runs(uids=[uid]).columns)
     frame = frame[[c for c in frame.columns if c not in run_columns]]
-    return _records(frame.head(MAX_METRIC_ROWS))
+    return records(frame.head(MAX_METRIC_ROWS))
 
 
 def checkpoints_table(store: Store, uid: str) -> list[dict[str, Any]]:

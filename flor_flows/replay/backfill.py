@@ -1,0 +1,131 @@
+"""A hindsight request, resolved: the new statements, the plan, and what is already done.
+
+The backfill flow calls these; `resolve` reads the new statements from the working tree
+(or a git ref), hashes them, finds or creates the request's record in the store and plans
+the work, leaving out the runs a previous attempt of the same request already replayed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from flor_flows.config import Settings, load_settings
+from flor_flows.errors import FlorError
+from flor_flows.propagate.statements import Unparsable, read
+from flor_flows.replay import plan as planning
+from flor_flows.replay.worktree import working_tree_files
+from flor_flows.store import open_store
+
+
+class BackfillRequest(BaseModel):
+    """Compute new logged values over historical runs (the form the Prefect UI renders)."""
+
+    project: str = Field(".", description="Path of the project: a git repository.")
+    names: list[str] = Field(
+        ...,
+        min_length=1,
+        description="Logged names to compute: flor.log statements of today's code.",
+    )
+    where: str | None = Field(
+        None,
+        description="Which runs and iterations, over the wide table: e.g. 'acc < 0.9 and lr > 0.01'.",
+    )
+    iterations: list[str] = Field(
+        default_factory=list,
+        description="Per outer loop: 'epoch=all', 'epoch=last', 'epoch=none' or 'epoch=0,3'.",
+    )
+    only_missing: bool = Field(True, description="Skip iterations that have the values already.")
+    source_ref: str | None = Field(
+        None, description="Git ref holding the new statements (default: the working tree)."
+    )
+    max_parallel: int = Field(2, ge=1, le=64, description="Replays running at once.")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    settings: Settings
+    names: tuple[str, ...]
+    new_files: dict[str, str]
+    statements_sha256: str
+    backfill_id: int
+    items: list[planning.Item]
+    done: list[str]  # runs a previous attempt of this request replayed already
+
+    @property
+    def commits(self) -> list[str]:
+        return list(dict.fromkeys(item.code_version for item in self.items))
+
+
+def new_files(root: Path, ref: str | None) -> dict[str, str]:
+    """The Python files holding the new statements: the working tree, or `ref`."""
+    if ref is None:
+        return working_tree_files(root)
+    listing = _git(root, "ls-tree", "-r", "-z", "--name-only", ref)
+    names = [n for n in listing.split("\0") if n.endswith(".py")]
+    return {name: _git(root, "show", f"{ref}:{name}") for name in names}
+
+
+def _git(root: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise FlorError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def statements_sha256(files: dict[str, str], names: tuple[str, ...]) -> str:
+    """A hash of the requested log statements' text: the identity of what is computed."""
+    found: dict[str, str] = {}
+    for path in sorted(files):
+        try:
+            module = read(files[path])
+        except Unparsable:
+            continue
+        for name, stmt in module.logs().items():
+            if name in names:
+                found.setdefault(name, stmt.text)
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise FlorError(f"no flor.log statement for {', '.join(missing)} in the new code")
+    return hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()
+
+
+def resolve(request: BackfillRequest) -> Resolved:
+    settings = load_settings(request.project)
+    names = tuple(dict.fromkeys(request.names))
+    files = new_files(settings.root, request.source_ref)
+    digest = statements_sha256(files, names)
+    key = hashlib.sha256(
+        json.dumps(
+            [names, digest, request.where, sorted(request.iterations), request.only_missing]
+        ).encode()
+    ).hexdigest()
+    store = open_store(settings.store_url)
+    backfill_id = store.backfill_id(key, names)
+    status = store.backfill_status(backfill_id)
+    where = planning.parse_where(request.where) if request.where else None
+    iters = planning.parse_iter(request.iterations) if request.iterations else None
+    items = planning.plan(store, names, where=where, iters=iters, only_missing=request.only_missing)
+    done = [i.run_uid for i in items if status.get(i.run_uid) == "replayed"]
+    todo = [i for i in items if status.get(i.run_uid) != "replayed"]
+    return Resolved(settings, names, files, digest, backfill_id, todo, done)
+
+
+def plan_rows(items: list[planning.Item]) -> list[dict[str, object]]:
+    """The plan as table rows: run, code version, loop, iterations, estimated seconds."""
+    return [
+        {
+            "run_uid": item.run_uid,
+            "code_version": item.code_version[:10],
+            "loop": item.loop,
+            "iterations": "all" if item.iterations is None else list(item.iterations),
+            "estimated_seconds": round(item.estimated_seconds, 2),
+            "reason": item.reason,
+        }
+        for item in items
+    ]

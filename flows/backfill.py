@@ -1,0 +1,130 @@
+"""The backfill flow: a hindsight request over historical runs, as one flow run.
+
+Plan; propagate the new statements into each code version; replay each run of it from its
+checkpoints, a bounded number at a time; then publish the new values. A version that cannot
+be propagated, or a run whose replay fails, is reported while the others go on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+
+from flor_flows.replay import engine, plan
+from flor_flows.replay.backfill import BackfillRequest, Resolved, plan_rows, resolve
+from flor_flows.store import open_store
+from flor_flows.training.artifacts import key_prefix, records
+
+
+@task(cache_policy=NO_CACHE)
+def plan_request(request: BackfillRequest) -> Resolved:
+    return resolve(request)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="propagate-{commit}")
+def propagate_version(resolved: Resolved, commit: str, workdir: Path) -> engine.Version:
+    version = engine.prepare_version(
+        resolved.settings.root, commit, resolved.new_files, resolved.names, workdir
+    )
+    store = open_store(resolved.settings.store_url)
+    status = "propagated" if version.ok else "propagation failed"
+    error = "\n".join(version.refusals) or None
+    for item in (i for i in resolved.items if i.code_version == commit):
+        store.set_backfill_status(resolved.backfill_id, item.run_uid, status, error, flow_run.id)
+    return version
+
+
+@task(cache_policy=NO_CACHE, task_run_name="replay-{item.run_uid}")
+def replay_run(resolved: Resolved, version: engine.Version, item: plan.Item) -> str:
+    store = open_store(resolved.settings.store_url)
+    logger = get_run_logger()
+    try:
+        engine.replay(
+            version,
+            item.run_uid,
+            item.entry_script,
+            resolved.settings,
+            resolved.names,
+            item.iterations,
+            on_output=logger.info,
+            statements_sha256=resolved.statements_sha256,
+            flow_run_id=str(flow_run.id),
+        )
+    except engine.ReplayFailed as exc:
+        store.set_backfill_status(resolved.backfill_id, item.run_uid, "replay failed", str(exc))
+        raise
+    store.set_backfill_status(resolved.backfill_id, item.run_uid, "replayed", None, flow_run.id)
+    return item.run_uid
+
+
+def _diff(version: engine.Version) -> str:
+    """Markdown: what was inserted into one code version, or why not."""
+    parts = [f"# Code version `{version.commit[:10]}`"]
+    for path, result in version.propagations.items():
+        parts += [
+            f"- `{p.name}` in {path} at line {p.line}, confidence {p.confidence:.2f}"
+            for p in result.placements
+        ]
+        parts += [f"- refused in {path}: {r}" for r in result.refusals]
+        if path in version.diffs:
+            parts.append(f"```diff\n{version.diffs[path]}```")
+    return "\n".join(parts)
+
+
+@flow(name="backfill", flow_run_name="backfill-{request.names}")
+def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
+    """Compute `request.names` over the historical runs the request selects."""
+    resolved = plan_request(request)
+    prefix = key_prefix(resolved.settings.project_name)
+    create_table_artifact(plan_rows(resolved.items), key=f"{prefix}-backfill-plan")
+    if dry_run or not resolved.items:
+        return Completed(message=f"{len(resolved.items)} replays planned; nothing run")
+
+    workdir = Path(tempfile.mkdtemp(prefix="flor-flows-backfill-"))
+    versions = {c: propagate_version.submit(resolved, c, workdir) for c in resolved.commits}
+    progress = create_progress_artifact(0.0, key=f"{prefix}-backfill-progress")
+    failures: list[str] = []
+    pending = list(resolved.items)
+    running: list = []
+    done = 0
+    while pending or running:
+        while pending and len(running) < request.max_parallel:
+            item = pending.pop(0)
+            version = versions[item.code_version].result()
+            if not version.ok:
+                failures.append(
+                    f"{item.run_uid}: propagation failed: {'; '.join(version.refusals)}"
+                )
+                done += 1
+                continue
+            running.append(replay_run.submit(resolved, version, item))
+        if not running:
+            continue
+        finished = next(as_completed(running))
+        running.remove(finished)
+        done += 1
+        if finished.state.is_failed():
+            failures.append(finished.state.message or "replay failed")
+        update_progress_artifact(progress, 100 * done / len(resolved.items))
+    update_progress_artifact(progress, 100.0)
+
+    for version in (f.result() for f in versions.values()):
+        create_markdown_artifact(_diff(version), key=f"{prefix}-backfill-diff")
+    table = open_store(resolved.settings.store_url).dataframe(list(resolved.names))
+    create_table_artifact(records(table), key=f"{prefix}-backfill-result")
+    summary = f"{done - len(failures)} of {len(resolved.items)} runs replayed"
+    if failures:
+        return Failed(message=summary + "; failed:\n" + "\n".join(failures))
+    return Completed(message=summary)
