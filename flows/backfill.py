@@ -115,8 +115,10 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
         finished = next(as_completed(running))
         running.remove(finished)
         done += 1
-        if finished.state.is_failed():
-            failures.append(finished.state.message or "replay failed")
+        try:
+            finished.result()
+        except engine.ReplayFailed as exc:  # reported below; the other replays go on
+            failures.append(str(exc))
         update_progress_artifact(progress, 100 * done / len(resolved.items))
     update_progress_artifact(progress, 100.0)
 

@@ -7,6 +7,7 @@ across runs.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 from uuid import UUID
@@ -24,9 +25,8 @@ def key_prefix(project_name: str) -> str:
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """JSON-ready rows: missing cells (NaN, pd.NA, NaT) become None."""
-    frame = frame.astype(object)
-    return frame.where(frame.notna(), None).to_dict(orient="records")
+    """JSON-ready rows: missing cells become None, timestamps ISO strings."""
+    return json.loads(frame.to_json(orient="records", date_format="iso"))
 
 
 def run_row(store: Store, uid: str) -> dict[str, Any]:
