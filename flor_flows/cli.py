@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from deployments import serve as serving
 from flor_flows.errors import FlorError
+from flor_flows.server import ephemeral_defaults
 
 SERVER_HELP = """\
 Run a Prefect server (API and UI) for flor-flows, in the foreground until Ctrl-C.
@@ -64,8 +64,7 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """One backfill flow run: compute --apply names over the historical runs it selects."""
-    if not os.environ.get("PREFECT_API_URL"):  # Prefect's ephemeral server: keep it offline
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    ephemeral_defaults()
     from flor_flows.replay.backfill import BackfillRequest, resolve
     from flor_flows.replay.plan import format_plan
 
@@ -137,8 +136,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One training flow run; prints the run's uid, or its failure (exit code 1)."""
-    if not os.environ.get("PREFECT_API_URL"):  # Prefect's ephemeral server: keep it offline
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    ephemeral_defaults()
     from flor_flows.training.request import TrainingRequest
     from flows.training import train
 

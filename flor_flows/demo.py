@@ -4,7 +4,9 @@
 four days, commits that day's version of ``train.py``, lets that day's batch arrive in
 ``data/incoming/``, and runs the retraining flow: it claims the new batch and trains on it,
 warm-started from the previous day's model, as a versioned training flow run that publishes
-its tables as artifacts. A last retraining finds no new data. Then it prints the wide table.
+its tables as artifacts. A last retraining finds no new data. Then, in hindsight, today's
+`train.py` logs the gradient norm, and one backfill flow run computes it for every past run
+(each in its own code version) from their checkpoints. It prints the wide table.
 
 Prefect: the API in ``PREFECT_API_URL`` if set, else an ephemeral one whose database is kept
 under the demo directory, so the runs and artifacts can be browsed afterwards.
@@ -26,8 +28,13 @@ from typing import TextIO
 
 import pandas as pd
 
+from flor_flows import server
+
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "digits"
-METRICS = ("loss", "acc", "lr", "val_loss")
+METRICS = ("loss", "acc", "lr", "val_loss", "grad_norm")
+# The hindsight statement added to today's train.py (v4), right after its backward pass.
+ANCHOR = "        loss.backward()\n"
+GRAD_NORM = '        flor.log("grad_norm", sum(p.grad.norm().item() for p in model.parameters()))\n'
 WATCH = "data/incoming/*.csv"
 
 
@@ -85,6 +92,12 @@ def run_demo(workdir: Path, out: TextIO = sys.stdout) -> pd.DataFrame:
     print("[next check] nothing new arrived: retraining ...", file=out)
     trained, seconds = _retrain(workdir, {})
     print(f"    {trained or 'no new data'} in {seconds:.1f} s", file=out)
+
+    print("[hindsight] today's train.py logs grad_norm: backfilling every past run ...", file=out)
+    today = (workdir / "train.py").read_text()
+    (workdir / "train.py").write_text(today.replace(ANCHOR, ANCHOR + GRAD_NORM, 1))
+    message, seconds = _backfill(workdir)
+    print(f"    {message} in {seconds:.1f} s", file=out)
 
     store = project_store(workdir)
     runs = store.runs()
@@ -153,6 +166,19 @@ def _retrain(workdir: Path, kwargs: dict[str, str]) -> tuple[list[str], float]:
     return state.result(), seconds
 
 
+def _backfill(workdir: Path) -> tuple[str, float]:
+    """One backfill flow run computing grad_norm over the history; its summary, wall time."""
+    from flor_flows.replay.backfill import BackfillRequest
+    from flows.backfill import backfill
+
+    start = time.perf_counter()
+    state = backfill(BackfillRequest(project=str(workdir), names=["grad_norm"]), return_state=True)
+    seconds = time.perf_counter() - start
+    if not state.is_completed():
+        raise DemoStepFailed(f"backfill flow run ended {state.type.value}: {state.message}")
+    return state.message, seconds
+
+
 def _label_runs(runs: pd.DataFrame, batches: list[Path]) -> pd.DataFrame:
     """Map each run to its demo day. Days ran one after another: start order is day order."""
     if len(runs) != len(STEPS):
@@ -205,14 +231,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, help="empty directory for the demo project")
     args = parser.parse_args(argv)
-    base = Path(tempfile.mkdtemp(prefix="flor-flows-demo-"))
-    workdir = args.workdir or base / "digits"
-    if not os.environ.get("PREFECT_API_URL"):  # an ephemeral API, its database kept with the demo
-        os.environ.setdefault("PREFECT_HOME", str(base / "prefect"))
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our progress lines say enough
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if args.workdir:
-        base.rmdir()
+        workdir = args.workdir.resolve()
+        prefect_home = workdir.parent / f"{workdir.name}-prefect"
+    else:
+        base = Path(tempfile.mkdtemp(prefix="flor-flows-demo-"))
+        workdir, prefect_home = base / "digits", base / "prefect"
+    if not os.environ.get("PREFECT_API_URL"):  # an ephemeral API, its database kept with the demo
+        os.environ.setdefault("PREFECT_HOME", str(prefect_home))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our progress lines say enough
+    server.ephemeral_defaults()
 
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 

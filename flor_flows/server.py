@@ -88,3 +88,13 @@ def run_server(database_url: str | None = None, host: str = "127.0.0.1", port: i
     if returncode < 0:
         return 0 if -returncode in forwarded else 128 - returncode
     return returncode
+
+
+def ephemeral_defaults() -> None:
+    """Prefect settings for its ephemeral API, set before prefect is imported: telemetry off
+    (offline it only logs errors) and 120 s for a first start, which migrates a new database
+    (the default 20 s is not enough on 2 busy cores)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -81,17 +81,20 @@ def _git(root: Path, *args: str) -> str:
 def statements_sha256(files: dict[str, str], names: tuple[str, ...]) -> str:
     """A hash of the requested log statements' text: the identity of what is computed."""
     found: dict[str, str] = {}
+    broken: list[str] = []
     for path in sorted(files):
         try:
             module = read(files[path])
-        except Unparsable:
+        except Unparsable as exc:
+            broken.append(f"{path} does not parse ({exc})")
             continue
         for name, stmt in module.logs().items():
             if name in names:
                 found.setdefault(name, stmt.text)
     missing = sorted(set(names) - set(found))
     if missing:
-        raise FlorError(f"no flor.log statement for {', '.join(missing)} in the new code")
+        why = f"; {'; '.join(broken)}" if broken else ""
+        raise FlorError(f"no flor.log statement for {', '.join(missing)} in the new code{why}")
     return hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()
 
 

@@ -112,3 +112,17 @@ def test_a_failing_run_raises_with_its_stderr(
         DemoStepFailed, match="(?s)retraining flow run ended FAILED.*boom: no column"
     ):
         run_demo(tmp_path / "repo", out=io.StringIO())
+
+
+def test_hindsight_fills_grad_norm_for_every_past_version(
+    demo: tuple[Path, pd.DataFrame, str],
+) -> None:
+    workdir, table, printed = demo
+    steps = table[table["loss"].notna()]
+    assert steps["grad_norm"].notna().all()  # every step of every version, v1 to v4
+    assert sorted(steps["version"].unique()) == [s.version for s in STEPS]
+    assert (steps["grad_norm"] > 0).all()
+    assert "[hindsight]" in printed and "4 of 4 runs replayed" in printed
+    replays = project_store(workdir).query("select code_commit, status from replays")
+    assert replays["status"].tolist() == ["completed"] * 4
+    assert replays["code_commit"].nunique() == 4  # each run in its own code version
