@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlalchemy.pool import NullPool
 
 from flor_flows.errors import StoreError
 from flor_flows.store import schema as s
@@ -59,18 +58,7 @@ class Store:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
-            # SQLite: no pooled connections. The wide table reads through connectorx, whose own
-            # SQLite library checkpoints and removes the WAL when its connection closes (POSIX
-            # locks are per process, so it cannot see ours); a pooled connection would go on
-            # reading, and writing, the removed WAL.
-            parsed = make_url(url)
-            on_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
-                None,
-                "",
-                ":memory:",
-            )
-            pool = {"poolclass": NullPool} if on_file else {}
-            self.engine: Engine = create_engine(url, future=True, **pool)
+            self.engine: Engine = create_engine(url, future=True)
         except Exception as exc:  # noqa: BLE001 - any driver/URL error becomes one clear message
             raise StoreError(f"cannot open store {url!r}: {exc}") from exc
         if self.engine.dialect.name == "sqlite":
