@@ -39,7 +39,7 @@ class Session:
 
         self.context, self.settings = context, settings
         self.replaying = context.mode == "replay"
-        self.store = open_store(settings.store_url)
+        self.store = open_store(settings.store_url, pooled=True)  # this process never reads
         self.history: dict[str, Any] = {}
         self.checkpoints: list[dict[str, Any]] = []
         self.warm_start: dict[str, Any] | None = None

@@ -44,13 +44,7 @@ def _fetch(store: Store, sql: str) -> pd.DataFrame:
     if source is not None:
         with warnings.catch_warnings():  # connectorx builds frames with a pandas-internal API
             warnings.simplefilter("ignore", DeprecationWarning)
-            frame = connectorx.read_sql(source, sql)
-        if store.engine.dialect.name == "sqlite":
-            # connectorx's own SQLite library, closing its connection, may checkpoint and
-            # remove the WAL (POSIX locks are per process: it cannot see our connections).
-            # Pooled connections would go on reading, and writing, the removed WAL: drop them.
-            store.engine.dispose()
-        return frame
+            return connectorx.read_sql(source, sql)
     with store.engine.connect() as conn:
         result = conn.exec_driver_sql(sql)
         return pd.DataFrame.from_records(result.cursor.fetchall(), columns=list(result.keys()))

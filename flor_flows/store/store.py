@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.pool import NullPool
 
 from flor_flows.errors import StoreError
 from flor_flows.store import schema as s
@@ -53,12 +54,28 @@ def _pid_alive(pid: int) -> bool:
 class Store:
     """Runs, versions, batches, loop contexts, logs and checkpoints in one SQL database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pooled: bool = False) -> None:
+        """Open (and create if needed) the store at `url`.
+
+        On a SQLite file, connections are not pooled unless `pooled`: the wide table reads
+        through connectorx, whose own SQLite library cannot see this process's other
+        connections (POSIX locks are per process) and, closing, may remove the WAL under
+        them, so an idle pooled connection would go on reading, and writing, a removed WAL.
+        The writer process, which never reads that way, pools: a connection per write would
+        checkpoint the WAL at every flush.
+        """
         self.url = url
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.engine: Engine = create_engine(url, future=True)
+            parsed = make_url(url)
+            on_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
+                None,
+                "",
+                ":memory:",
+            )
+            pool = {"poolclass": NullPool} if on_file and not pooled else {}
+            self.engine: Engine = create_engine(url, future=True, **pool)
         except Exception as exc:  # noqa: BLE001 - any driver/URL error becomes one clear message
             raise StoreError(f"cannot open store {url!r}: {exc}") from exc
         if self.engine.dialect.name == "sqlite":
@@ -514,6 +531,6 @@ def _insert_sql(table: str, columns: Sequence[str], engine: Engine, ignore: bool
 
 
 @cache
-def open_store(url: str) -> Store:
-    """One `Store` per URL per process."""
-    return Store(url)
+def open_store(url: str, pooled: bool = False) -> Store:
+    """One `Store` per URL per process (see `Store` for `pooled`)."""
+    return Store(url, pooled)
