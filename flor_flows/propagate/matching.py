@@ -142,7 +142,7 @@ class Matching:
             match = self.pairs.get(id(a))
             if match is None or a.shape != match.old.shape:
                 continue
-            scope = id(scope_of(a))
+            scope = id(a.scope)
             for new_name, old_name in zip(a.names, match.old.names, strict=True):
                 votes[scope][new_name][old_name] += 1
                 votes[None][new_name][old_name] += 1
@@ -173,7 +173,7 @@ class Matching:
 
         Evidence from the enclosing function comes first, then the whole file's.
         """
-        local = self.votes.get(id(scope_of(where)), {}).get(name)
+        local = self.votes.get(id(where.scope), {}).get(name)
         if local:
             old, count = local.most_common(1)[0]
             return old, count / sum(local.values())
@@ -182,13 +182,6 @@ class Matching:
         if not overall or old not in overall:
             return old, 1.0
         return old, overall[old] / sum(overall.values())
-
-
-def scope_of(stmt: Statement) -> Statement | None:
-    """The function whose names a statement uses: its own for a `def` (its parameters)."""
-    if stmt.kind == "def":
-        return stmt
-    return next((a for a in stmt.ancestors() if a.kind == "def"), None)
 
 
 def _gaps(left: list, right: list, pairs: list[tuple[int, int]]) -> list[tuple[list, list]]:

@@ -170,7 +170,7 @@ class Placer:
         owner = spot.block.owner
         old_around = [owner, *owner.ancestors()] if owner is not None else []
         old_ids = {id(s) for s in old_around}
-        old_home = next((s for s in old_around if s.kind == "def"), None)
+        old_home = owner.scope if owner is not None else None
         for loop in (a for a in target.ancestors() if a.is_loop):
             match = self.matching.get(loop)
             if match is None:
@@ -179,18 +179,18 @@ class Placer:
                     raise Refused(f"its loop `{loop.display}` has no counterpart")
                 continue  # an outer loop, e.g. around code inlined from an old function
             if id(match.old) not in old_ids:
-                if _function(match.old) is not old_home:
+                if match.old.function is not old_home:
                     continue  # the old code sits in a function, which that loop may call
                 raise Refused(
                     f"it would leave the loop `{match.old.display}`", self.old.line(match.old)
                 )
         images = {id(m.old): a for a in self.new.statements if (m := self.matching.get(a))}
-        home = _function(target)
+        home = target.function
         for loop in (s for s in old_around if s.is_loop):
             counterpart = images.get(id(loop))
             if (
                 counterpart is not None
-                and _function(counterpart) is home  # a loop elsewhere may call the function
+                and counterpart.function is home  # a loop elsewhere may call the function
                 and not counterpart.encloses(target)
             ):
                 raise Refused(
@@ -230,11 +230,6 @@ class Placer:
             return self.old.line(spot.anchor)
         owner = spot.block.owner
         return self.old.line(owner) if owner is not None else 1
-
-
-def _function(stmt: Statement) -> Statement | None:
-    """The `def` a statement belongs to (None at module level)."""
-    return next((a for a in stmt.ancestors() if a.kind == "def"), None)
 
 
 def end_order(block: object) -> int:

@@ -141,25 +141,18 @@ def _parameters(node: cst.FunctionDef | cst.Lambda) -> set[str]:
     return names
 
 
-def _function(stmt: Statement | None) -> Statement | None:
-    """The nearest enclosing `def` of a point whose block owner is `stmt`."""
-    while stmt is not None and stmt.kind != "def":
-        stmt = stmt.parent
-    return stmt
-
-
 def bound_at(module: Module, owner: Statement | None, order: int) -> set[str]:
     """Names bound at a point: in the block of `owner`, before statement number `order`."""
     names = set(BUILTINS)
-    innermost = _function(owner)
+    innermost = owner.scope if owner is not None else None
     enclosing = set()
     scope = innermost
     while scope is not None:
         enclosing.add(id(scope))
         names |= _parameters(scope.node)
-        scope = _function(scope.parent)
+        scope = scope.function
     for stmt in module.statements:
-        home = _function(stmt.parent)
+        home = stmt.function
         if home is None:  # module level: bound anywhere for code in functions
             if innermost is not None or stmt.order < order:
                 names |= bound_by(stmt)

@@ -66,6 +66,16 @@ class Statement:
             yield node
             node = node.parent
 
+    @property
+    def function(self) -> Statement | None:
+        """The `def` this statement is inside (None at module level)."""
+        return next((a for a in self.ancestors() if a.kind == "def"), None)
+
+    @property
+    def scope(self) -> Statement | None:
+        """The function whose names this statement sees: itself for a `def` (its parameters)."""
+        return self if self.kind == "def" else self.function
+
     def encloses(self, other: Statement) -> bool:
         return any(a is self for a in other.ancestors())
 
