@@ -9,7 +9,7 @@ placed on hope: see `placement` for the checks and the confidence each placement
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from functools import lru_cache
@@ -63,7 +63,7 @@ class Propagation:
         return not self.refusals
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=64)
 def _read_new(source: str) -> Module:
     """The new version, read once for all the old versions it is propagated into."""
     return read(source)
@@ -89,11 +89,22 @@ def propagate(
     `Refusal`; the others are still placed.
     """
     wanted = set(names) if names is not None else None
-    new = _read_new(new_source)
+    return _propagate(_read_new(new_source), _try_read(old_source), old_source, wanted, version)
+
+
+def _try_read(source: str, reader: Callable[[str], Module] = read) -> Module | Unparsable:
     try:
-        old = read(old_source)
+        return reader(source)
     except Unparsable as exc:
-        reason = f"version {version} does not parse as Python 3 ({exc})"
+        return exc
+
+
+def _propagate(
+    new: Module, old: Module | Unparsable, old_source: str, wanted: set[str] | None, version: str
+) -> Propagation:
+    """`propagate` on sources already read (`propagate_files` reads each file once)."""
+    if isinstance(old, Unparsable):
+        reason = f"version {version} does not parse as Python 3 ({old})"
         found = sorted({s.log_name for s in new.statements if s.log_name})
         return Propagation(old_source, refusals=[Refusal(n, reason) for n in wanted or found])
     targets, present = _targets(new, old, wanted)
@@ -234,29 +245,39 @@ def _add_import(new: Module, old: Module, aliases: set[str], insertions: dict) -
     insertions[id(old.tree)][after].append(_statement(line))
 
 
-def _counterpart(path: str, new_text: str, old: dict[str, str], new: dict[str, str]) -> str | None:
+def _counterpart(
+    path: str,
+    new_module: Module | Unparsable,
+    new_text: str,
+    old: dict[str, tuple[Module | Unparsable, str]],
+    new: dict,
+) -> str | None:
     """The old file `path` was: itself, else the most similar old file that no longer exists.
 
     Similarity is over statement shapes, so a file whose variables were renamed too is found.
     """
     if path in old:
         return path
-    shapes = _shapes(new_text)
+    shapes = _shapes(new_module, new_text)
     best, best_ratio = None, RENAMED_FILE
-    for candidate, text in old.items():
+    for candidate, (module, text) in old.items():
         if candidate in new:
             continue
-        ratio = SequenceMatcher(None, shapes, _shapes(text), autojunk=False).ratio()
+        ratio = SequenceMatcher(None, shapes, _shapes(module, text), autojunk=False).ratio()
         if ratio >= best_ratio:
             best, best_ratio = candidate, ratio
     return best
 
 
-def _shapes(source: str) -> list[str]:
-    try:
-        return [s.shape for s in read(source).statements]
-    except Unparsable:
+def _shapes(module: Module | Unparsable, source: str) -> list[str]:
+    if isinstance(module, Unparsable):
         return source.splitlines()
+    return [s.shape for s in module.statements]
+
+
+def _logged(module: Module | Unparsable) -> set[str]:
+    """The names a file's `flor.log` calls log (none if it does not parse)."""
+    return set() if isinstance(module, Unparsable) else set(module.logs())
 
 
 def propagate_files(
@@ -273,25 +294,18 @@ def propagate_files(
     is refused; a new file with no counterpart gives refusals under its own path.
     """
     wanted = set(names) if names is not None else None
-    logged_old = {n for text in old.values() for n in _logged(text)}
+    new_read = {path: _try_read(text, _read_new) for path, text in new.items()}  # once per backfill
+    old_read = {path: (_try_read(text), text) for path, text in old.items()}
+    logged_old = {n for module, _ in old_read.values() for n in _logged(module)}
     results: dict[str, Propagation] = {}
-    for path, text in new.items():
-        missing = {n for n in _logged(text) if wanted is None or n in wanted} - logged_old
+    for path, module in new_read.items():
+        missing = {n for n in _logged(module) if wanted is None or n in wanted} - logged_old
         if not missing:
             continue
-        target = _counterpart(path, text, old, new)
+        target = _counterpart(path, module, new[path], old_read, new)
         if target is None:
             reason = f"{path} has no counterpart in version {version}"
             results[path] = Propagation("", refusals=[Refusal(n, reason) for n in sorted(missing)])
             continue
-        results[target] = propagate(text, old[target], missing, version=f"{version}:{target}")
+        results[target] = _propagate(module, *old_read[target], missing, f"{version}:{target}")
     return results
-
-
-def _logged(source: str) -> set[str]:
-    """The names a file's `flor.log` calls log (none if it does not parse)."""
-    try:
-        module = read(source)
-    except Unparsable:
-        return set()
-    return set(module.logs())
