@@ -87,14 +87,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if state.is_completed() else 1
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise FlorError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def cmd_propagate(args: argparse.Namespace) -> int:
     """Print (or write) OLD with NEW's log statements; exit 3 if any cannot be placed."""
     import difflib
 
     from flor_flows.propagate import propagate
 
-    old = args.old.read_text()
-    result = propagate(args.new.read_text(), old, args.name or None, version=str(args.old))
+    old = _read_text(args.old)
+    result = propagate(_read_text(args.new), old, args.name or None, version=str(args.old))
     for placement in result.placements:
         level = "warning: low confidence" if placement.low_confidence else "placed"
         notes = "; ".join(placement.notes)

@@ -49,3 +49,13 @@ def test_errors_and_help(project: Project, tmp_path) -> None:
     assert outside.returncode == 2 and "not inside a git repository" in outside.stderr
     helped = cli(project, "dataframe", "--help")
     assert helped.returncode == 0 and "comma-separated names" in helped.stdout
+
+
+def test_bad_input_is_a_clear_error_not_a_traceback(project: Project) -> None:
+    project.write("train.py", "import flor_flows as flor\nflor.log('x', 1)\n")
+    project.run("train.py")
+    bad_sql = cli(project, "query", "selec")
+    assert bad_sql.returncode == 2 and "query failed" in bad_sql.stderr
+    assert "Traceback" not in bad_sql.stderr
+    missing = cli(project, "propagate", "nope.py", "train.py")
+    assert missing.returncode == 2 and "cannot read nope.py" in missing.stderr

@@ -485,8 +485,11 @@ class Store:
     def query(self, sql: str) -> pd.DataFrame:
         import pandas as pd
 
-        with self.engine.connect() as conn:
-            return pd.read_sql_query(text(sql), conn)
+        try:
+            with self.engine.connect() as conn:
+                return pd.read_sql_query(text(sql), conn)
+        except pd.errors.DatabaseError as exc:  # bad SQL is the user's input: no traceback
+            raise StoreError(f"query failed: {getattr(exc.__cause__, 'orig', exc)}") from exc
 
 
 def _get_or_create(conn: Any, query: Any, statement: Any) -> Any:
