@@ -269,7 +269,7 @@ class _Reader:
         toks = _header(tokens(_header_code(node))) if kind != "simple" else tokens(_code(node))
         text, shape, names = normalise(toks)
         stmt = Statement(node, kind, block, index, len(self.statements), text, shape, names)
-        if kind == "simple" and "log" in names + tuple(text.split()):
+        if kind == "simple" and "log" in text.split():  # cheap pre-check before a visit
             stmt.log_name = _log_name(node, self.aliases)
         self.statements.append(stmt)
         body = getattr(node, "body", None)
