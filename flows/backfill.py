@@ -8,6 +8,7 @@ be propagated, or a run whose replay fails, is reported while the others go on.
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -48,24 +49,19 @@ def propagate_version(resolved: Resolved, commit: str, workdir: Path) -> engine.
 
 @task(cache_policy=NO_CACHE, task_run_name="replay-{item.run_uid}")
 def replay_run(resolved: Resolved, version: engine.Version, item: plan.Item) -> str:
-    store = open_store(resolved.settings.store_url)
-    logger = get_run_logger()
-    try:
-        engine.replay(
-            version,
-            item.run_uid,
-            item.entry_script,
-            resolved.settings,
-            resolved.names,
-            item.iterations,
-            on_output=logger.info,
-            statements_sha256=resolved.statements_sha256,
-            flow_run_id=str(flow_run.id),
-        )
-    except engine.ReplayFailed as exc:
-        store.set_backfill_status(resolved.backfill_id, item.run_uid, "replay failed", str(exc))
-        raise
-    store.set_backfill_status(resolved.backfill_id, item.run_uid, "replayed", None, flow_run.id)
+    """Replay one run, or one segment of its iterations; raises `engine.ReplayFailed`."""
+    engine.replay(
+        version,
+        item.run_uid,
+        item.entry_script,
+        resolved.settings,
+        resolved.names,
+        item.iterations,
+        on_output=get_run_logger().info,
+        statements_sha256=resolved.statements_sha256,
+        flow_run_id=str(flow_run.id),
+        run_level=item.run_level,
+    )
     return item.run_uid
 
 
@@ -87,6 +83,7 @@ def _diff(version: engine.Version) -> str:
 def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
     """Compute `request.names` over the historical runs the request selects."""
     resolved = plan_request(request)
+    backfill_id, run_id = resolved.backfill_id, flow_run.id
     prefix = key_prefix(resolved.settings.project_name)
     create_table_artifact(plan_rows(resolved.items), key=f"{prefix}-backfill-plan")
     if dry_run or not resolved.items:
@@ -95,38 +92,45 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
     workdir = Path(tempfile.mkdtemp(prefix="flor-flows-backfill-"))
     versions = {c: propagate_version.submit(resolved, c, workdir) for c in resolved.commits}
     progress = create_progress_artifact(0.0, key=f"{prefix}-backfill-progress")
-    failures: list[str] = []
+    store = open_store(resolved.settings.store_url)
+    segments_left = Counter(item.run_uid for item in resolved.items)
+    failed: dict[str, str] = {}  # run -> why
     pending = list(resolved.items)
-    running: list = []
+    running: dict = {}  # future -> item
     done = 0
     while pending or running:
         while pending and len(running) < request.max_parallel:
             item = pending.pop(0)
             version = versions[item.code_version].result()
-            if not version.ok:
-                failures.append(
-                    f"{item.run_uid}: propagation failed: {'; '.join(version.refusals)}"
-                )
-                done += 1
+            if version.ok:
+                running[replay_run.submit(resolved, version, item)] = item
                 continue
-            running.append(replay_run.submit(resolved, version, item))
+            failed[item.run_uid] = f"propagation failed: {'; '.join(version.refusals)}"
+            done += 1
         if not running:
             continue
-        finished = next(as_completed(running))
-        running.remove(finished)
+        finished = next(as_completed(list(running)))
+        item = running.pop(finished)
         done += 1
         try:
             finished.result()
         except engine.ReplayFailed as exc:  # reported below; the other replays go on
-            failures.append(str(exc))
+            if item.run_uid not in failed:
+                failed[item.run_uid] = str(exc)
+                store.set_backfill_status(backfill_id, item.run_uid, "replay failed", str(exc))
+        else:
+            segments_left[item.run_uid] -= 1
+            if not segments_left[item.run_uid] and item.run_uid not in failed:
+                store.set_backfill_status(backfill_id, item.run_uid, "replayed", None, run_id)
         update_progress_artifact(progress, 100 * done / len(resolved.items))
     update_progress_artifact(progress, 100.0)
 
     for version in (f.result() for f in versions.values()):
         create_markdown_artifact(_diff(version), key=f"{prefix}-backfill-diff")
-    table = open_store(resolved.settings.store_url).dataframe(list(resolved.names))
+    table = store.dataframe(list(resolved.names))
     create_table_artifact(records(table), key=f"{prefix}-backfill-result")
-    summary = f"{done - len(failures)} of {len(resolved.items)} runs replayed"
-    if failures:
-        return Failed(message=summary + "; failed:\n" + "\n".join(failures))
+    summary = f"{len(segments_left) - len(failed)} of {len(segments_left)} runs replayed"
+    if failed:
+        why = "\n".join(f"{uid}: {reason}" for uid, reason in failed.items())
+        return Failed(message=f"{summary}; failed:\n{why}")
     return Completed(message=summary)

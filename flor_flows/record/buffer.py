@@ -45,8 +45,9 @@ def _contexts(records: list) -> list:
             f.depth,
             started,
             seconds,
+            inner,
         )
-        for f, parent, started, seconds in records
+        for f, parent, started, seconds, inner in records
     ]
 
 

@@ -23,11 +23,16 @@ class ReplaySpec:
     """What a replay re-executes: the names to record and the outer iterations to run.
 
     `iterations` None means every iteration; an empty tuple means none (run-level only).
+    `skip_loops` names the nested loops that may be skipped by restoring the checkpoint at
+    the end of their outer iteration (see `flor_flows.replay.skipping`); `run_level` False
+    mutes the statements outside the outer loop (all segments of a run but one).
     """
 
     apply: tuple[str, ...] | None = None
     iterations: tuple[int, ...] | None = None
     replay_id: int | None = None
+    skip_loops: tuple[str, ...] = ()
+    run_level: bool = True
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class RunContext:
             fields = json.loads(raw)
             replay = fields.pop("replay", None)
             if replay is not None:
-                for key in ("apply", "iterations"):
+                for key in ("apply", "iterations", "skip_loops"):
                     if replay.get(key) is not None:
                         replay[key] = tuple(replay[key])
                 replay = ReplaySpec(**replay)

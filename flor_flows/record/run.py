@@ -71,8 +71,12 @@ class Run:
         spec = context.replay
         self.apply = frozenset(spec.apply) if spec and spec.apply is not None else None
         self.selected = spec.iterations if spec else None
+        self.skippable = frozenset(spec.skip_loops) if spec else frozenset()
+        self.run_level = spec.run_level if spec else True
         self.frame = ROOT
-        self.muted = False
+        self.muted = not self.run_level
+        self.inner_seconds = 0.0  # of the current outer iteration: time in its nested loops
+        self.outer_checkpoint: dict[str, Any] | None = None  # replay: the one ending it
         self.args: dict[str, Any] = {}
         self.batches: dict[str, str] = {}
         self.failure: str | None = None
@@ -193,6 +197,18 @@ class Run:
         if self.replaying and parent is ROOT:
             yield from self._replay_outer(name, iterable)
             return
+        if parent.depth == 1:  # directly inside an outer iteration
+            if self.replaying and name in self.skippable and self._restore_outer():
+                return
+            entered = time.perf_counter()
+            try:
+                yield from self._loop(parent, name, iterable)
+            finally:
+                self.inner_seconds += time.perf_counter() - entered
+            return
+        yield from self._loop(parent, name, iterable)
+
+    def _loop(self, parent: Frame, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         checkpointed = self.checkpointing is not None and self.checkpointing.anchor is parent
         buffer, clock, child, item_value = (
             self.buffer,
@@ -205,6 +221,7 @@ class Run:
                 if buffer.error is not None:
                     raise buffer.error
                 started = clock()
+                self.inner_seconds = 0.0
                 self.frame = child(parent, name, iteration, item_value(iteration, item))
                 try:
                     yield item
@@ -231,8 +248,9 @@ class Run:
         """
         frame = self.frame
         if not self.replaying and (timed or frame.has_values):
+            inner = self.inner_seconds if frame.depth == 1 else None
             contexts = self.buffer.contexts
-            contexts.append((frame, parent.ctx_id, time.time() - seconds, seconds))
+            contexts.append((frame, parent.ctx_id, time.time() - seconds, seconds, inner))
             if len(contexts) > Buffer.MAX_PENDING:
                 self.buffer.flush()
         self.frame = parent
@@ -246,13 +264,14 @@ class Run:
         self.checkpointing.boundary(self.uid, row, seconds)
 
     def _replay_outer(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
-        """Run the outer loop of a replay following `replay.steps` (skip, restore, record)."""
-        from flor_flows.versioning.checkpoints import CheckpointStore, restore
+        """Run the outer loop of a replay following `replay.steps` (skip, restore, record).
 
+        A loop cut short (iterations selected) ends in the state of its last checkpoint, the
+        end of training, so statements after it see what they saw in the forward run.
+        """
         written = self.buffer.wait_ready()["checkpoints"]
-        ckpt = self.checkpointing
         recorded = {}
-        if ckpt is not None:
+        if self.checkpointing is not None:
             recorded = {c["iteration"]: c for c in written if c["loop_name"] == name}
         items = iter(iterable)
         position = 0
@@ -269,15 +288,30 @@ class Run:
                 if step.action == "skip":
                     continue
                 if step.restore is not None:
-                    saved = recorded[step.restore]
-                    restore(CheckpointStore.read(saved["uri"], saved["sha256"]), ckpt.objects)
+                    self._restore(recorded[step.restore])
+                self.outer_checkpoint = recorded.get(step.iteration)
                 self.muted = step.action == "silent"
                 self._enter(name, step.iteration, item)
                 yield item
                 self.frame = ROOT
-                self.muted = False
+                self.muted = not self.run_level
+            final = max(recorded, default=None)
+            if final is not None and final >= position:
+                self._restore(recorded[final])
         finally:
-            self.frame, self.muted = ROOT, False
+            self.frame, self.muted, self.outer_checkpoint = ROOT, not self.run_level, None
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        from flor_flows.versioning.checkpoints import CheckpointStore, restore
+
+        restore(CheckpointStore.read(saved["uri"], saved["sha256"]), self.checkpointing.objects)
+
+    def _restore_outer(self) -> bool:
+        """Stand in for a skipped nested loop: the state at the end of its outer iteration."""
+        if self.outer_checkpoint is None or self.checkpointing is None:
+            return False
+        self._restore(self.outer_checkpoint)
+        return True
 
     @contextlib.contextmanager
     def iteration(self, name: str, idx: int | None, value: Any) -> Iterator[Any]:

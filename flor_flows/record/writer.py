@@ -104,8 +104,9 @@ class Session:
                     depth,
                     started,
                     seconds,
+                    inner,
                 )  # fmt: skip
-                for ctx, parent, loop, iteration, path_values, depth, started, seconds in contexts
+                for ctx, parent, loop, iteration, path_values, depth, started, seconds, inner in contexts
             ],
             logs=[
                 (

@@ -19,6 +19,7 @@ from flor_flows.config import Settings, load_settings
 from flor_flows.errors import FlorError
 from flor_flows.propagate.statements import Unparsable, read
 from flor_flows.replay import plan as planning
+from flor_flows.replay.skipping import skippable_loops
 from flor_flows.replay.worktree import working_tree_files
 from flor_flows.store import open_store
 
@@ -113,7 +114,15 @@ def resolve(request: BackfillRequest) -> Resolved:
     status = store.backfill_status(backfill_id)
     where = planning.parse_where(request.where) if request.where else None
     iters = planning.parse_iter(request.iterations) if request.iterations else None
-    items = planning.plan(store, names, where=where, iters=iters, only_missing=request.only_missing)
+    items = planning.plan(
+        store,
+        names,
+        where=where,
+        iters=iters,
+        only_missing=request.only_missing,
+        skip_nested=bool(skippable_loops(files, names)),
+        workers=request.max_parallel,
+    )
     done = [i.run_uid for i in items if status.get(i.run_uid) == "replayed"]
     todo = [i for i in items if status.get(i.run_uid) != "replayed"]
     return Resolved(settings, names, files, digest, backfill_id, todo, done)

@@ -19,6 +19,7 @@ from flor_flows.config import Settings
 from flor_flows.errors import FlorError
 from flor_flows.propagate import Propagation, propagate_files
 from flor_flows.record.context import ReplaySpec, RunContext
+from flor_flows.replay.skipping import skippable_loops
 from flor_flows.replay.worktree import materialize, python_files
 from flor_flows.training import launch
 
@@ -35,6 +36,7 @@ class Version:
     directory: Path
     propagations: dict[str, Propagation] = field(default_factory=dict)
     diffs: dict[str, str] = field(default_factory=dict)  # path -> unified diff of what changed
+    skip_loops: frozenset[str] = frozenset()  # nested loops its replays may skip
 
     @property
     def refusals(self) -> list[str]:
@@ -49,13 +51,16 @@ def prepare_version(
     root: Path, commit: str, new_files: dict[str, str], names: Iterable[str], workdir: Path
 ) -> Version:
     """Materialise `commit` under `workdir` and insert the `names` statements of `new_files`."""
+    names = tuple(names)
     directory = materialize(root, commit, workdir / commit)
     old_files = python_files(directory)
     results = propagate_files(new_files, old_files, names, version=commit[:10])
+    replayed = dict(old_files)
     diffs = {}
     for path, result in results.items():
         if result.placements:
             (directory / path).write_text(result.source)
+            replayed[path] = result.source
             lines = difflib.unified_diff(
                 old_files[path].splitlines(keepends=True),
                 result.source.splitlines(keepends=True),
@@ -63,7 +68,7 @@ def prepare_version(
                 f"b/{path}",
             )
             diffs[path] = "".join(lines)
-    return Version(commit, directory, results, diffs)
+    return Version(commit, directory, results, diffs, skippable_loops(replayed, names))
 
 
 def replay(
@@ -76,10 +81,12 @@ def replay(
     on_output: Callable[[str], Any] = print,
     statements_sha256: str | None = None,
     flow_run_id: str | None = None,
+    run_level: bool = True,
 ) -> launch.Outcome:
     """Re-execute run `run_uid` in `version` and record `names`; raises `ReplayFailed`.
 
-    `iterations` are the outer iterations to replay (None: all; empty: run level only).
+    `iterations` are the outer iterations to replay (None: all; empty: run level only);
+    `run_level` False leaves the statements outside the outer loop to another segment.
     The replayed values carry their provenance: code version, statements, flow run.
     """
     from flor_flows.store import open_store
@@ -101,7 +108,13 @@ def replay(
         checkpoint_url=settings.checkpoint_url,
         data_url=settings.data_url,
         project_root=str(settings.root),
-        replay=ReplaySpec(apply=tuple(names), iterations=iterations, replay_id=replay_id),
+        replay=ReplaySpec(
+            apply=tuple(names),
+            iterations=iterations,
+            replay_id=replay_id,
+            skip_loops=tuple(sorted(version.skip_loops)),
+            run_level=run_level,
+        ),
     )
     run = launch.Launch(run_uid, settings, version.directory, script, entry_script)
     outcome = launch.run(run, context, on_output)

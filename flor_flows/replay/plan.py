@@ -18,7 +18,7 @@ import json
 import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -26,7 +26,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from flor_flows.errors import FlorError
-from flor_flows.record.replay import steps
+from flor_flows.record.replay import Step, steps
 from flor_flows.store import schema as s
 
 if TYPE_CHECKING:
@@ -306,6 +306,7 @@ class Item:
     iterations: tuple[int, ...] | None  # None: every iteration; (): run level only
     estimated_seconds: float
     reason: str
+    run_level: bool = True  # records the statements outside the loop (one segment of a run)
 
 
 @dataclass(frozen=True)
@@ -317,8 +318,10 @@ class _Run:
     entry_script: str
     loop: str | None
     seconds: dict[int, float]  # each recorded outer iteration: its duration
+    inner: dict[int, float]  # each recorded outer iteration: the time in its nested loops
     checkpoints: dict[int, int]  # iteration -> bytes of the checkpoint written at its end
     outside: float  # run time outside the outer loop (set-up, final evaluation)
+    skip_nested: bool  # a replay may skip the nested loops (`skipping.skippable_loops`)
 
     @property
     def iterations(self) -> list[int]:
@@ -357,6 +360,8 @@ def plan(
     iters: dict[str, Selection] | None = None,
     only_missing: bool = True,
     project: str | None = None,
+    skip_nested: bool = False,
+    workers: int = 1,
 ) -> list[Item]:
     """The replays that compute `names` over history, in run order, with estimated costs.
 
@@ -364,6 +369,8 @@ def plan(
     `where` keeps the runs with a row that satisfies it; where those rows lie in outer
     iterations, only those iterations. `iters` narrows per outer loop name. With
     `only_missing`, iterations holding a value of every name already are left out.
+    `skip_nested`: the replays skip the loops nested in the outer one (estimates only).
+    With fewer replays than `workers`, the longest are split into segments at checkpoints.
     """
     names = list(dict.fromkeys(names))
     if not names:
@@ -380,7 +387,7 @@ def plan(
     untimed = sorted(set(runs["run_uid"]) - set(contexts["run_uid"]))
     probe = _probe(store, untimed, project)
     seen = _loops_seen([f for f in (probe, where_rows, existing) if f is not None], loops)
-    history = _history(runs, contexts, checkpoints, seen)
+    history = _history(runs, contexts, checkpoints, seen, skip_nested)
     _check_iters(iters, history)
     if where_rows is not None:
         matched = _where_matches(where, where_rows, history)
@@ -395,7 +402,7 @@ def plan(
         item = _item(run, iterations, selection, have, names, where)
         if item is not None:
             items.append(item)
-    return items
+    return _split(items, history, workers)
 
 
 def _candidates(store: Store, project: str | None) -> pd.DataFrame:
@@ -426,14 +433,16 @@ def _loop_records(store: Store, project: str | None) -> tuple[pd.DataFrame, pd.D
     """
     contexts = select(
         s.Run.uid, s.Context.loop_name, s.Context.iteration, s.Context.seconds,
-        s.Context.started_at,
+        s.Context.started_at, s.Context.inner_seconds,
     ).join(s.Run, s.Run.id == s.Context.run_id)  # fmt: skip
     contexts = contexts.where(s.Context.depth == 1, s.Context.iteration.is_not(None))
     checkpoints = select(
         s.Run.uid, s.Checkpoint.loop_name, s.Checkpoint.iteration, s.Checkpoint.bytes
     ).join(s.Run, s.Run.id == s.Checkpoint.run_id)
     columns = ["run_uid", "loop_name", "iteration"]
-    contexts = _frame(store, _in_project(contexts, project), [*columns, "seconds", "started_at"])
+    contexts = _frame(
+        store, _in_project(contexts, project), [*columns, "seconds", "started_at", "inner"]
+    )
     checkpoints = _frame(store, _in_project(checkpoints, project), [*columns, "bytes"])
     signatures = [json.loads(n) for n in _frame(store, select(s.LoopSignature.names), ["n"])["n"]]
     nested = {name for names in signatures for name in names[1:]}
@@ -524,6 +533,7 @@ def _history(
     contexts: pd.DataFrame,
     checkpoints: pd.DataFrame,
     seen: dict[str, tuple[str, set[int]]],
+    skip_nested: bool,
 ) -> dict[str, _Run]:
     """What planning knows of each candidate run, by uid, in run order."""
     contexts_of = dict(tuple(contexts.groupby("run_uid")))
@@ -535,13 +545,18 @@ def _history(
             contexts_of.get(run.run_uid, contexts.iloc[:0]),
             checkpoints_of.get(run.run_uid, checkpoints.iloc[:0]),
             seen.get(run.run_uid),
+            skip_nested,
         )
         for run in runs[columns].itertuples(index=False)
     }
 
 
 def _run(
-    run: Any, contexts: pd.DataFrame, checkpoints: pd.DataFrame, seen: tuple[str, set[int]] | None
+    run: Any,
+    contexts: pd.DataFrame,
+    checkpoints: pd.DataFrame,
+    seen: tuple[str, set[int]] | None,
+    skip_nested: bool,
 ) -> _Run:
     """One run's outer loop, its iterations with their durations, and its checkpoints."""
     loop = _outer_loop(contexts, checkpoints) or (seen[0] if seen else None)
@@ -551,6 +566,8 @@ def _run(
     recorded = dict(
         zip(timed["iteration"].astype(int), timed["seconds"].astype(float), strict=True)
     )
+    inner = timed[timed["inner"].notna()]
+    inner = dict(zip(inner["iteration"].astype(int), inner["inner"].astype(float), strict=True))
     known = set(contexts["iteration"].astype(int)) | (
         seen[1] if seen and seen[0] == loop else set()
     )
@@ -568,10 +585,12 @@ def _run(
         entry_script=run.entry_script,
         loop=loop,
         seconds=recorded | {i: rest / len(unmeasured) for i in unmeasured},
+        inner=inner,
         checkpoints=dict(
             zip(checkpoints["iteration"].astype(int), checkpoints["bytes"].astype(int), strict=True)
         ),
         outside=0.0 if unmeasured else rest,
+        skip_nested=skip_nested,
     )
 
 
@@ -705,20 +724,64 @@ def _estimate(run: _Run, iterations: tuple[int, ...] | None) -> float:
 
     The start-up cost, the run's time outside its outer loop, the recorded time of every
     iteration the replay executes (the selected ones and those re-executed silently from
-    the nearest earlier checkpoint, per `replay.steps`) and the reading of the checkpoints
-    it restores.
+    the nearest earlier checkpoint, per `replay.steps`; less their nested loops where the
+    replay skips those) and the reading of the checkpoints it restores.
     """
     if iterations is None:
-        executed, restored = run.iterations, []
+        executed = [Step(i, "record") for i in run.iterations]
     else:
-        plan_ = [
-            step for step in steps(iterations, run.checkpoints.keys()) if step.action != "skip"
-        ]
-        executed = [step.iteration for step in plan_]
-        restored = [step.restore for step in plan_ if step.restore is not None]
-    compute = sum(run.seconds.get(i, 0.0) for i in executed)
+        executed = [s for s in steps(iterations, run.checkpoints) if s.action != "skip"]
+    restored = [step.restore for step in executed if step.restore is not None]
+    compute = 0.0
+    for step in executed:
+        compute += run.seconds.get(step.iteration, 0.0)
+        if run.skip_nested and step.iteration in run.checkpoints:
+            compute -= run.inner.get(step.iteration, 0.0)
+            restored.append(step.iteration)
+    final = max(run.checkpoints, default=None)
+    if iterations is not None and final is not None and final not in iterations:
+        restored.append(final)  # a loop cut short ends in the state of the last checkpoint
     read = sum(run.checkpoints[i] for i in restored) / READ_BYTES_PER_SECOND
     return STARTUP_SECONDS + run.outside + compute + read
+
+
+def _split(items: list[Item], history: dict[str, _Run], workers: int) -> list[Item]:
+    """Split the longest replays into segments of their iterations until each worker has one.
+
+    A segment starts from the checkpoint before its first iteration; a split pays off only
+    where each half's compute exceeds the fixed cost of one more replay process.
+    """
+    items = list(items)
+    while len(items) < workers:
+        longest = max(items, key=lambda item: item.estimated_seconds, default=None)
+        halves = _halves(longest, history[longest.run_uid]) if longest else None
+        if halves is None:
+            return items
+        at = items.index(longest)
+        items[at : at + 1] = halves
+    return items
+
+
+def _halves(item: Item, run: _Run) -> tuple[Item, Item] | None:
+    pool = list(run.iterations if item.iterations is None else item.iterations)
+    fixed = STARTUP_SECONDS + run.outside
+    best = None
+    for cut in range(1, len(pool)):
+        if pool[cut - 1] not in run.checkpoints:
+            continue  # the second half could not start from a checkpoint
+        first, second = tuple(pool[:cut]), tuple(pool[cut:])
+        costs = (_estimate(run, first), _estimate(run, second))
+        if min(costs) - fixed <= fixed:
+            continue
+        if best is None or max(costs) < max(best[2]):
+            best = (first, second, costs)
+    if best is None:
+        return None
+    first, second, costs = best
+    return (
+        replace(item, iterations=first, estimated_seconds=costs[0], run_level=False),
+        replace(item, iterations=second, estimated_seconds=costs[1], run_level=item.run_level),
+    )
 
 
 def compact(iterations: Iterable[int]) -> str:

@@ -163,6 +163,8 @@ class Context(Base):
     depth: Mapped[int] = mapped_column(SmallInteger)
     started_at: Mapped[float] = mapped_column(Float)  # unix seconds
     seconds: Mapped[float | None] = mapped_column(Float)
+    # Of an outer iteration: the time spent in the loops nested in it, which a replay may skip.
+    inner_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class LogName(Base):
@@ -250,7 +252,7 @@ class Checkpoint(Base):
 
 CONTEXT_COLUMNS = (
     "run_id", "ctx_id", "parent_id", "loop_name", "iteration", "value", "path_values", "depth",
-    "started_at", "seconds",
+    "started_at", "seconds", "inner_seconds",
 )  # fmt: skip
 LOG_COLUMNS = (
     "run_id", "name", "source", "ctx_id", "sig_id", "vtype", "num", "ival", "txt", "replay_id",

@@ -12,7 +12,17 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import (
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
@@ -95,6 +105,7 @@ class Store:
             try:
                 with self.engine.begin() as conn:
                     s.Base.metadata.create_all(conn)
+                    _add_missing_columns(conn)
                 break
             except (OperationalError, ProgrammingError, IntegrityError) as exc:
                 # Another process may be creating the same tables right now: look again.
@@ -537,3 +548,13 @@ def _insert_sql(table: str, columns: Sequence[str], engine: Engine, ignore: bool
 def open_store(url: str, pooled: bool = False) -> Store:
     """One `Store` per URL per process (see `Store` for `pooled`)."""
     return Store(url, pooled)
+
+
+def _add_missing_columns(conn: Any) -> None:
+    """Add the nullable columns a store made by an earlier flor-flows lacks (additive only)."""
+    for table in s.Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")

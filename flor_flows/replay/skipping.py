@@ -1,0 +1,205 @@
+"""Which nested loops a replay may skip, read from the code it replays.
+
+A replay stands in for a loop nested in the outer (checkpointed) loop by restoring the
+checkpoint written at the end of that outer iteration. That is exact only when
+- no requested statement is in the loop, or in a function it calls;
+- no requested statement reads, directly or through assignments, a name the loop binds that
+  no checkpoint holds (a running loss, say): such a loop re-executes, correctness first;
+- nothing after the loop in its outer iteration changes a checkpointed object (an
+  assignment into it, an in-place method, any `.step()` or `.load_state_dict()`), since the
+  state restored is that of the iteration's end.
+Names are followed as Python reads them, without types: where in doubt, the loop runs.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Iterator
+
+_MUTATORS = frozenset({"step", "load_state_dict", "add_param_group"})
+
+
+def skippable_loops(files: dict[str, str], names: Iterable[str]) -> frozenset[str]:
+    """Names of the `flor.loop`s in `files` a replay computing `names` may skip."""
+    try:
+        code = _Code(files, frozenset(names))
+    except SyntaxError:
+        return frozenset()
+    blocked = {name for name, loop in code.loops if not code.skippable(loop)}
+    return frozenset(name for name, _ in code.loops) - blocked
+
+
+class _Code:
+    """The modules of one code version, with what the checks need to look up."""
+
+    def __init__(self, files: dict[str, str], names: frozenset[str]) -> None:
+        self.parent: dict[ast.AST, ast.AST] = {}
+        self.loops: list[tuple[str, ast.For]] = []
+        self.requested: set[ast.Call] = set()
+        self.checkpointed: set[str] = set()
+        self.functions: dict[str, list[ast.AST]] = {}
+        self.assignments: list[ast.stmt] = []
+        calls: list[ast.Call] = []
+        for source in files.values():
+            module = ast.parse(source)
+            for node in ast.walk(module):
+                for child in ast.iter_child_nodes(node):
+                    self.parent[child] = node
+                if isinstance(node, ast.For) and (loop := _flor_call(node.iter, "loop")):
+                    self.loops.append((loop, node))
+                elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    self.functions.setdefault(node.name, []).append(node)
+                elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.NamedExpr):
+                    self.assignments.append(node)
+                elif isinstance(node, ast.Call):
+                    calls.append(node)
+        for call in calls:
+            if _flor_call(call, "log") in names:
+                self.requested.add(call)
+            elif _method(call) == "checkpointing":
+                self.checkpointed |= {n for kw in call.keywords for n in _loaded(kw.value)}
+        self.holding = self._functions_holding_requests()
+        self.read = self._names_read_by_requests()
+
+    def skippable(self, loop: ast.For) -> bool:
+        if self._holds_request(loop):
+            return False
+        if self.read & (self._bound_by(loop) - self.checkpointed):
+            return False
+        return not any(self._mutates(stmt) for stmt in self._after(loop))
+
+    # -- the checks ---------------------------------------------------------------------
+    def _holds_request(self, node: ast.AST) -> bool:
+        return any(
+            n in self.requested or (isinstance(n, ast.Call) and _callee(n) in self.holding)
+            for n in ast.walk(node)
+        )
+
+    def _functions_holding_requests(self) -> set[str]:
+        """Functions with a requested statement, directly or through the functions they call."""
+        holding: set[str] = set()
+        while True:
+            more = {
+                name
+                for name, defs in self.functions.items()
+                if name not in holding
+                and any(
+                    n in self.requested or (isinstance(n, ast.Call) and _callee(n) in holding)
+                    for d in defs
+                    for n in ast.walk(d)
+                )
+            }
+            if not more:
+                return holding
+            holding |= more
+
+    def _names_read_by_requests(self) -> set[str]:
+        """Names the requested values depend on, through assignments anywhere."""
+        read = {n for call in self.requested for arg in call.args[1:] for n in _loaded(arg)}
+        while True:
+            more = {
+                n
+                for stmt in self.assignments
+                if _bound(stmt) & read
+                for n in _loaded(stmt.value)  # type: ignore[attr-defined]
+                if stmt.value is not None  # type: ignore[attr-defined]
+            } - read
+            if not more:
+                return read
+            read |= more
+
+    def _bound_by(self, loop: ast.For) -> set[str]:
+        """Names the loop binds, and those its function's callers bind from its result."""
+        bound = {n.id for n in ast.walk(loop) if isinstance(n, ast.Name) and _stores(n)}
+        for site in self._call_sites_of(self._function_of(loop)):
+            bound |= _bound(site)
+        return bound
+
+    def _after(self, node: ast.AST, seen: frozenset[ast.AST] = frozenset()) -> Iterator[ast.stmt]:
+        """The statements that run after `node` within the same outer iteration."""
+        while (parent := self.parent.get(node)) is not None:
+            if isinstance(parent, ast.FunctionDef | ast.AsyncFunctionDef):
+                for site in self._call_sites_of(parent):
+                    if site not in seen:
+                        yield from self._after(site, seen | {site})
+                return
+            for field in ("body", "orelse", "finalbody"):
+                block = getattr(parent, field, None)
+                if isinstance(block, list) and node in block:
+                    yield from block[block.index(node) + 1 :]
+            if isinstance(parent, ast.For | ast.While) and node in parent.body:
+                if isinstance(parent, ast.For) and _flor_call(parent.iter, "loop"):
+                    return  # the end of the enclosing loop's iteration
+                yield from parent.body  # a plain loop runs its whole body again
+            node = parent
+
+    def _mutates(self, stmt: ast.stmt) -> bool:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                method = node.func.attr
+                if method in _MUTATORS:
+                    return True
+                in_place = method.endswith("_") and not method.startswith("_")
+                if in_place and _root(node.func.value) in self.checkpointed:
+                    return True
+            elif _stores(node) and _root(node) in self.checkpointed:
+                return True
+        return False
+
+    # -- lookups ------------------------------------------------------------------------
+    def _function_of(self, node: ast.AST) -> ast.AST | None:
+        while (node := self.parent.get(node)) is not None:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                return node
+        return None
+
+    def _call_sites_of(self, function: ast.AST | None) -> list[ast.stmt]:
+        """The statements calling `function` (by name: the checks do not resolve types)."""
+        if function is None:
+            return []
+        sites = []
+        for node in self.parent:
+            if isinstance(node, ast.Call) and _callee(node) == function.name:  # type: ignore[attr-defined]
+                while not isinstance(node, ast.stmt):
+                    node = self.parent[node]
+                sites.append(node)
+        return sites
+
+
+def _flor_call(node: ast.AST, method: str) -> str | None:
+    """The name argument of a `<x>.<method>("name", ...)` call, such as `flor.loop("epoch", ...)`."""
+    if isinstance(node, ast.Call) and _method(node) == method and node.args:
+        first = node.args[0]
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            return first.value
+    return None
+
+
+def _method(call: ast.Call) -> str | None:
+    return call.func.attr if isinstance(call.func, ast.Attribute) else None
+
+
+def _callee(call: ast.Call) -> str | None:
+    func = call.func
+    return func.id if isinstance(func, ast.Name) else _method(call)
+
+
+def _root(node: ast.AST) -> str | None:
+    while isinstance(node, ast.Attribute | ast.Subscript):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _stores(node: ast.AST) -> bool:
+    return isinstance(getattr(node, "ctx", None), ast.Store)
+
+
+def _loaded(node: ast.AST | None) -> set[str]:
+    if node is None:
+        return set()
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not _stores(n)}
+
+
+def _bound(stmt: ast.AST) -> set[str]:
+    targets = getattr(stmt, "targets", None) or [getattr(stmt, "target", None)]
+    return {n.id for t in targets if t is not None for n in ast.walk(t) if isinstance(n, ast.Name)}
