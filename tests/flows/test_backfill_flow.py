@@ -93,3 +93,31 @@ def test_a_failing_replay_is_reported_while_the_others_complete(history: Project
     assert state.is_failed() and "ZeroDivisionError" in state.message
     ratios = history.store().dataframe(["ratio"]).groupby("seed")["ratio"].count()
     assert ratios.to_dict() == {1: 4, 3: 4, 4: 4}  # seed 2 divides by zero
+
+
+def test_a_long_run_is_replayed_in_segments_that_count_as_one(project: Project) -> None:
+    slow = V1.replace("import numpy", "import time\nimport numpy").replace(
+        "        w += np.random.rand(3)\n",
+        "        time.sleep(0.5)\n        w += np.random.rand(3)\n",
+    )
+    project.write("train.py", slow)
+    project.commit("slow")
+    project.run("train.py", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
+    project.write(
+        "train.py",
+        slow.replace(
+            '        flor.log("loss", float(w.sum()))\n',
+            '        flor.log("loss", float(w.sum()))\n        flor.log("twice", 2 * float(w.sum()))\n',
+        )
+        + 'flor.log("total", float(w.sum()))\n',
+    )
+    request = BackfillRequest(project=str(project.root), names=["twice", "total"], max_parallel=2)
+    state = backfill(request, return_state=True)
+    assert state.is_completed() and state.message == "1 of 1 runs replayed"
+    segments = json.loads(_artifacts(state)["proj-backfill-plan"].data)
+    assert [s["iterations"] for s in segments] == [[0, 1], [2, 3]]  # two workers, two halves
+    table = project.store().dataframe(["loss", "twice", "total"])
+    assert table["twice"].tolist() == pytest.approx((2 * table["loss"]).tolist())
+    assert table["total"].nunique() == 1 and table["total"].iloc[0] == table["loss"].iloc[-1]
+    runs = project.store().query("select status from backfill_items")
+    assert runs["status"].tolist() == ["replayed"]
