@@ -121,3 +121,5 @@ def test_a_long_run_is_replayed_in_segments_that_count_as_one(project: Project) 
     assert table["total"].nunique() == 1 and table["total"].iloc[0] == table["loss"].iloc[-1]
     runs = project.store().query("select status from backfill_items")
     assert runs["status"].tolist() == ["replayed"]
+    again = backfill(request, return_state=True)
+    assert again.message == "0 replays planned; nothing run"  # the values are there
