@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# The pinned CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[torch,postgres,examples,test]'
+	$(BIN)/pip install --quiet -e '.[torch,postgres,dask,examples,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -62,6 +62,24 @@ def cmd_query(args: argparse.Namespace) -> None:
     _print_frame(_store(args).query(args.sql), args.csv)
 
 
+def _dask_runner(address: str):  # noqa: ANN202 - prefect_dask is imported only here
+    """A task runner on the Dask scheduler at `address`; its workers report to our API."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:
+        raise FlorError(
+            f"--dask needs prefect-dask ({exc}); install it with: pip install 'flor-flows[dask]'"
+        ) from exc
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # each worker would start a private temporary server
+        raise FlorError(
+            "--dask needs a Prefect server the Dask workers can reach: start one "
+            "(flor-flows server --host 0.0.0.0) and set PREFECT_API_URL to its address"
+        )
+    return DaskTaskRunner(address=address)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     """One backfill flow run: compute --apply names over the historical runs it selects."""
     ephemeral_defaults()
@@ -82,7 +100,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 0
     from flows.backfill import backfill
 
-    state = backfill(request, return_state=True)
+    flow = backfill.with_options(task_runner=_dask_runner(args.dask)) if args.dask else backfill
+    state = flow(request, return_state=True)
     print(state.message or state.name, file=sys.stderr if not state.is_completed() else sys.stdout)
     return 0 if state.is_completed() else 1
 
@@ -214,6 +233,12 @@ def parser() -> argparse.ArgumentParser:
     )
     rep.add_argument(
         "--project-dir", type=Path, metavar="DIR", help="the project (git repo); default: cwd"
+    )
+    rep.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the propagations and replays on the Dask cluster whose scheduler is at "
+        "ADDRESS (e.g. tcp://10.0.0.5:8786); needs prefect-dask (the `dask` extra)",
     )
     rep.set_defaults(func=cmd_replay)
     prop = sub.add_parser(

@@ -50,6 +50,14 @@ def propagate_version(resolved: Resolved, commit: str, workdir: Path) -> engine.
 @task(cache_policy=NO_CACHE, task_run_name="replay-{item.run_uid}")
 def replay_run(resolved: Resolved, version: engine.Version, item: plan.Item) -> str:
     """Replay one run, or one segment of its iterations; raises `engine.ReplayFailed`."""
+    if not version.directory.is_dir():  # propagated on another machine (a Dask cluster)
+        version = engine.prepare_version(
+            resolved.settings.root,
+            version.commit,
+            resolved.new_files,
+            resolved.names,
+            Path(tempfile.mkdtemp(prefix="flor-flows-backfill-")),
+        )
     engine.replay(
         version,
         item.run_uid,
