@@ -18,9 +18,10 @@ import pandas as pd
 import prefect_dask
 import pytest
 
+from flor_flows.config import load_settings
 from flor_flows.replay.backfill import BackfillRequest
 from flor_flows.store import Store
-from tests.conftest import Project
+from tests.conftest import Project, git
 
 V1 = """
 import numpy as np
@@ -95,7 +96,7 @@ def _rows(table: pd.DataFrame) -> list[dict]:
 
 
 def test_a_backfill_runs_in_dask_workers(
-    history: Project, postgres_url: str, cluster: distributed.Client
+    history: Project, postgres_url: str, cluster: distributed.Client, tmp_path: Path
 ) -> None:
     from flows.backfill import backfill
 
@@ -111,6 +112,10 @@ def test_a_backfill_runs_in_dask_workers(
     store = Store(postgres_url)
     replayed = store.dataframe(["scaled", "loss"])
     assert len(replayed) == 6 and replayed["scaled"].notna().all()
+    clone = tmp_path / "elsewhere" / history.root.name  # a new clone finds them in the store
+    git(tmp_path, "clone", "-q", str(history.root), str(clone))
+    in_clone = Store(load_settings(clone).store_url).dataframe(["scaled"])
+    assert in_clone["scaled"].tolist() == replayed["scaled"].tolist()
 
     # the ground truth: today's code run from scratch, with the same arguments
     history.commit("today's code")
