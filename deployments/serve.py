@@ -1,4 +1,4 @@
-"""Serve a project's training flows from this process: `python -m deployments.serve`.
+"""Serve a project's training and backfill flows: `python -m deployments.serve`.
 
 The flows are referenced by module path (`flows.training.train`), so their runs import the
 installed `flows` package and work from any working directory. Prefect is imported only
@@ -19,13 +19,17 @@ if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
 DESCRIPTION = """\
-Serve a project's training flows from this process, against the Prefect server at
-PREFECT_API_URL. Two deployments, run in child processes as their runs arrive:
+Serve a project's training and backfill flows from this process, against the Prefect
+server at PREFECT_API_URL. Three deployments, run in child processes as their runs arrive:
 
 - `train/on-demand`: one training run; the UI's Run button opens the request as a form,
   prefilled with the project and script, for the batch to train on.
 - `retrain/scheduled`: every 10 minutes (or on `--cron`/`--interval`), train on whatever
   arrived at the watched location. One run at a time: an overlapping run waits its turn.
+- `backfill/hindsight`: hindsight logging. Add flor.log statements to the script in the
+  project's working tree (no commit needed), then fill in their `names` in the Run form
+  (optionally `where` and `iterations`): the historical runs are replayed from their
+  checkpoints and the new values stored under them.
 
 Stop with Ctrl-C or SIGTERM: the deployments' schedules pause until the next serve.
 """
@@ -45,7 +49,7 @@ def deployments(
     interval: float | None = None,
     args: dict[str, str] | None = None,
 ) -> list[RunnerDeployment]:
-    """The on-demand training and the scheduled retraining deployments of one project.
+    """The on-demand training, scheduled retraining and hindsight backfill deployments.
 
     `interval` is in seconds; with neither `cron` nor `interval` retraining runs every
     10 minutes.
@@ -54,7 +58,9 @@ def deployments(
     from prefect.types.entrypoint import EntrypointType
 
     from flor_flows.config import find_root
+    from flor_flows.replay.backfill import BackfillRequest
     from flor_flows.training.request import RetrainingRequest, TrainingRequest
+    from flows.backfill import backfill
     from flows.retraining import retrain
     from flows.training import train
 
@@ -90,7 +96,23 @@ def deployments(
         tags=["flor-flows"],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    return [on_demand, scheduled]
+    # `names` is left out: the server accepts defaults missing required fields (it ignores
+    # `required` when validating them) but not an empty list, which is below its min_length.
+    hindsight = backfill.to_deployment(
+        name="hindsight",
+        parameters={
+            "request": BackfillRequest.model_construct(project=str(root)).model_dump(
+                exclude={"names"}
+            )
+        },
+        description=f"Compute new flor.log values over the historical runs of {root}: add "
+        "the statements to the code in the project's working tree (or give a git ref as "
+        "`source_ref`), fill in their `names` (optionally `where` and `iterations`) and "
+        "press Run.",
+        tags=["flor-flows"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    return [on_demand, scheduled, hindsight]
 
 
 def serve(to_serve: list[RunnerDeployment]) -> None:

@@ -7,6 +7,7 @@ be propagated, or a run whose replay fails, is reported while the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -19,7 +20,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
@@ -27,6 +28,8 @@ from flor_flows.replay import engine, plan
 from flor_flows.replay.backfill import BackfillRequest, Resolved, plan_rows, resolve
 from flor_flows.store import open_store
 from flor_flows.training.artifacts import key_prefix, records
+
+WORKDIR_PREFIX = "flor-flows-backfill-"  # code versions, materialised for one backfill
 
 
 @task(cache_policy=NO_CACHE)
@@ -50,26 +53,28 @@ def propagate_version(resolved: Resolved, commit: str, workdir: Path) -> engine.
 @task(cache_policy=NO_CACHE, task_run_name="replay-{item.run_uid}")
 def replay_run(resolved: Resolved, version: engine.Version, item: plan.Item) -> str:
     """Replay one run, or one segment of its iterations; raises `engine.ReplayFailed`."""
-    if not version.directory.is_dir():  # propagated on another machine (a Dask cluster)
-        version = engine.prepare_version(
-            resolved.settings.root,
-            version.commit,
-            resolved.new_files,
+    with contextlib.ExitStack() as cleanup:
+        if not version.directory.is_dir():  # propagated on another machine (a Dask cluster)
+            workdir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX))
+            version = engine.prepare_version(
+                resolved.settings.root,
+                version.commit,
+                resolved.new_files,
+                resolved.names,
+                Path(workdir),
+            )
+        engine.replay(
+            version,
+            item.run_uid,
+            item.entry_script,
+            resolved.settings,
             resolved.names,
-            Path(tempfile.mkdtemp(prefix="flor-flows-backfill-")),
+            item.iterations,
+            on_output=get_run_logger().info,
+            statements_sha256=resolved.statements_sha256,
+            flow_run_id=str(flow_run.id),
+            run_level=item.run_level,
         )
-    engine.replay(
-        version,
-        item.run_uid,
-        item.entry_script,
-        resolved.settings,
-        resolved.names,
-        item.iterations,
-        on_output=get_run_logger().info,
-        statements_sha256=resolved.statements_sha256,
-        flow_run_id=str(flow_run.id),
-        run_level=item.run_level,
-    )
     return item.run_uid
 
 
@@ -91,23 +96,46 @@ def _diff(version: engine.Version) -> str:
 def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
     """Compute `request.names` over the historical runs the request selects."""
     resolved = plan_request(request)
-    backfill_id, run_id = resolved.backfill_id, flow_run.id
     prefix = key_prefix(resolved.settings.project_name)
     create_table_artifact(plan_rows(resolved.items), key=f"{prefix}-backfill-plan")
     if dry_run or not resolved.items:
         return Completed(message=f"{len(resolved.items)} replays planned; nothing run")
 
-    workdir = Path(tempfile.mkdtemp(prefix="flor-flows-backfill-"))
-    versions = {c: propagate_version.submit(resolved, c, workdir) for c in resolved.commits}
-    progress = create_progress_artifact(0.0, key=f"{prefix}-backfill-progress")
+    with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
+        propagating = {
+            c: propagate_version.submit(resolved, c, Path(workdir)) for c in resolved.commits
+        }
+        failed = _replay_all(resolved, propagating, request.max_parallel, prefix)
+        versions = [f.result() for f in propagating.values()]
+
+    for version in versions:
+        create_markdown_artifact(_diff(version), key=f"{prefix}-backfill-diff")
+    table = open_store(resolved.settings.store_url).dataframe(list(resolved.names))
+    create_table_artifact(records(table), key=f"{prefix}-backfill-result")
+    runs = len({item.run_uid for item in resolved.items})
+    summary = f"{runs - len(failed)} of {runs} runs replayed"
+    if failed:
+        why = "\n".join(f"{uid}: {reason}" for uid, reason in failed.items())
+        return Failed(message=f"{summary}; failed:\n{why}")
+    return Completed(message=summary)
+
+
+def _replay_all(
+    resolved: Resolved, versions: dict[str, PrefectFuture], max_parallel: int, prefix: str
+) -> dict[str, str]:
+    """Replay every planned item, `max_parallel` at a time, keeping each run's status.
+
+    A run counts as replayed once all its segments are; returns the failed runs with why.
+    """
     store = open_store(resolved.settings.store_url)
+    progress = create_progress_artifact(0.0, key=f"{prefix}-backfill-progress")
     segments_left = Counter(item.run_uid for item in resolved.items)
-    failed: dict[str, str] = {}  # run -> why
+    failed: dict[str, str] = {}
     pending = list(resolved.items)
-    running: dict = {}  # future -> item
+    running: dict[PrefectFuture, plan.Item] = {}
     done = 0
     while pending or running:
-        while pending and len(running) < request.max_parallel:
+        while pending and len(running) < max_parallel:
             item = pending.pop(0)
             version = versions[item.code_version].result()
             if version.ok:
@@ -122,23 +150,18 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
         done += 1
         try:
             finished.result()
-        except engine.ReplayFailed as exc:  # reported below; the other replays go on
+        except engine.ReplayFailed as exc:  # reported by the flow; the other replays go on
             if item.run_uid not in failed:
                 failed[item.run_uid] = str(exc)
-                store.set_backfill_status(backfill_id, item.run_uid, "replay failed", str(exc))
+                store.set_backfill_status(
+                    resolved.backfill_id, item.run_uid, "replay failed", str(exc)
+                )
         else:
             segments_left[item.run_uid] -= 1
             if not segments_left[item.run_uid] and item.run_uid not in failed:
-                store.set_backfill_status(backfill_id, item.run_uid, "replayed", None, run_id)
+                store.set_backfill_status(
+                    resolved.backfill_id, item.run_uid, "replayed", None, flow_run.id
+                )
         update_progress_artifact(progress, 100 * done / len(resolved.items))
     update_progress_artifact(progress, 100.0)
-
-    for version in (f.result() for f in versions.values()):
-        create_markdown_artifact(_diff(version), key=f"{prefix}-backfill-diff")
-    table = store.dataframe(list(resolved.names))
-    create_table_artifact(records(table), key=f"{prefix}-backfill-result")
-    summary = f"{len(segments_left) - len(failed)} of {len(segments_left)} runs replayed"
-    if failed:
-        why = "\n".join(f"{uid}: {reason}" for uid, reason in failed.items())
-        return Failed(message=f"{summary}; failed:\n{why}")
-    return Completed(message=summary)
+    return failed
