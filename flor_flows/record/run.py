@@ -197,18 +197,10 @@ class Run:
         if self.replaying and parent is ROOT:
             yield from self._replay_outer(name, iterable)
             return
-        if parent.depth == 1:  # directly inside an outer iteration
-            if self.replaying and name in self.skippable and self._restore_outer():
-                return
-            entered = time.perf_counter()
-            try:
-                yield from self._loop(parent, name, iterable)
-            finally:
-                self.inner_seconds += time.perf_counter() - entered
+        outer, nested = parent is ROOT, parent.depth == 1  # nested: in an outer iteration
+        if nested and self.replaying and name in self.skippable and self._restore_outer():
             return
-        yield from self._loop(parent, name, iterable)
-
-    def _loop(self, parent: Frame, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
+        entered = time.perf_counter()
         checkpointed = self.checkpointing is not None and self.checkpointing.anchor is parent
         buffer, clock, child, item_value = (
             self.buffer,
@@ -221,7 +213,8 @@ class Run:
                 if buffer.error is not None:
                     raise buffer.error
                 started = clock()
-                self.inner_seconds = 0.0
+                if outer:
+                    self.inner_seconds = 0.0
                 self.frame = child(parent, name, iteration, item_value(iteration, item))
                 try:
                     yield item
@@ -234,6 +227,8 @@ class Run:
                 self.checkpointing.loop_ended()
         finally:
             self.frame = parent
+            if nested:
+                self.inner_seconds += time.perf_counter() - entered
 
     def _enter(self, name: str, iteration: int | None, item: Any) -> None:
         value = frames.item_value(iteration, item)
