@@ -30,6 +30,7 @@ from flor_flows.store import open_store
 from flor_flows.training.artifacts import key_prefix, records
 
 WORKDIR_PREFIX = "flor-flows-backfill-"  # code versions, materialised for one backfill
+RESULT_ROWS = 1_000  # of the result table artifact: for reading in the UI, not for export
 
 
 @task(cache_policy=NO_CACHE)
@@ -111,7 +112,12 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
     for version in versions:
         create_markdown_artifact(_diff(version), key=f"{prefix}-backfill-diff")
     table = open_store(resolved.settings.store_url).dataframe(list(resolved.names))
-    create_table_artifact(records(table), key=f"{prefix}-backfill-result")
+    create_table_artifact(
+        records(table.head(RESULT_ROWS)),
+        key=f"{prefix}-backfill-result",
+        description=f"{min(len(table), RESULT_ROWS)} of {len(table)} rows; all of them: "
+        f"`flor-flows dataframe {','.join(resolved.names)}`",
+    )
     runs = len({item.run_uid for item in resolved.items})
     summary = f"{runs - len(failed)} of {runs} runs replayed"
     if failed:

@@ -378,3 +378,33 @@ def test_a_loop_name_reused_in_one_run_is_recorded(project: Project) -> None:
     df = store.dataframe(["train_loss", "val_loss"])
     assert len(df) == 6 and df["val_loss"].tolist() == [0.0, 0.5, 1.0] * 2
     assert store.dataframe(["again"])["again"].tolist() == [0, 1]
+
+
+def test_a_run_starts_when_its_process_does_and_times_its_nested_loops(project: Project) -> None:
+    """Replay planning needs the script's set-up (imports before the first flor call) and
+    the time an epoch spends in its nested loops (what skipping them saves)."""
+    project.write(
+        "slow_start.py",
+        """
+        import time
+        time.sleep(1.0)  # the imports of a real script
+        import flor_flows as flor
+        import numpy as np
+        w = np.zeros(2)
+        with flor.checkpointing(w=w):
+            for epoch in flor.loop("epoch", range(2)):
+                for step in flor.loop("step", range(2)):
+                    time.sleep(0.2)
+                for batch in flor.loop("eval", range(2)):
+                    time.sleep(0.1)
+                flor.log("e", epoch)
+        """,
+    )
+    project.run("slow_start.py")
+    run = project.store().runs().iloc[0]
+    epochs = project.store().query(
+        "select started_at, seconds, inner_seconds from contexts where depth = 1 order by started_at"
+    )
+    assert epochs["started_at"].iloc[0] - run["started_at"].timestamp() >= 1.0
+    assert epochs["inner_seconds"].tolist() == pytest.approx([0.6, 0.6], abs=0.1)  # both loops
+    assert (epochs["seconds"] >= epochs["inner_seconds"]).all()

@@ -291,7 +291,7 @@ class Run:
                 self.frame = ROOT
                 self.muted = not self.run_level
             final = max(recorded, default=None)
-            if final is not None and final >= position:
+            if self.run_level and final is not None and final >= position:
                 self._restore(recorded[final])
         finally:
             self.frame, self.muted, self.outer_checkpoint = ROOT, not self.run_level, None

@@ -19,6 +19,8 @@ import json
 import os
 import pickle
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,6 +29,24 @@ from flor_flows.record import values
 from flor_flows.record.context import RunContext
 
 DIED = "process ended without finishing the run"
+
+
+_STARTED: set[int] = set()  # training processes whose first run this writer recorded
+
+
+def process_started(pid: int) -> datetime | None:
+    """When process `pid` started (Linux), so a run's span includes the script's imports.
+
+    Replay planning estimates a replay's set-up from that span. None where /proc is absent.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except OSError:
+        return None
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+    age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    return datetime.fromtimestamp(time.time() - age, UTC)
 
 
 class Session:
@@ -72,7 +92,9 @@ class Session:
             prefect_flow_run_id=context.flow_run_id,
             resumed_from=context.resumed_from,
             pid=pid,
+            started_at=None if pid in _STARTED else process_started(pid),
         )
+        _STARTED.add(pid)  # a later run of the same process starts when it starts
         self.store.set_code_version(self.run_id, project_id, version)
         if context.resumed_from is not None:
             self.warm_start = self.store.final_checkpoint(self.store.run_id(context.resumed_from))

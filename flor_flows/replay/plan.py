@@ -719,7 +719,7 @@ def _item(
     )
 
 
-def _estimate(run: _Run, iterations: tuple[int, ...] | None) -> float:
+def _estimate(run: _Run, iterations: tuple[int, ...] | None, run_level: bool = True) -> float:
     """Seconds a replay of `iterations` of `run` takes, from what its forward run recorded.
 
     The start-up cost, the run's time outside its outer loop, the recorded time of every
@@ -739,7 +739,7 @@ def _estimate(run: _Run, iterations: tuple[int, ...] | None) -> float:
             compute -= run.inner.get(step.iteration, 0.0)
             restored.append(step.iteration)
     final = max(run.checkpoints, default=None)
-    if iterations is not None and final is not None and final not in iterations:
+    if run_level and iterations is not None and final is not None and final not in iterations:
         restored.append(final)  # a loop cut short ends in the state of the last checkpoint
     read = sum(run.checkpoints[i] for i in restored) / READ_BYTES_PER_SECOND
     return STARTUP_SECONDS + run.outside + compute + read
@@ -770,7 +770,7 @@ def _halves(item: Item, run: _Run) -> tuple[Item, Item] | None:
         if pool[cut - 1] not in run.checkpoints:
             continue  # the second half could not start from a checkpoint
         first, second = tuple(pool[:cut]), tuple(pool[cut:])
-        costs = (_estimate(run, first), _estimate(run, second))
+        costs = (_estimate(run, first, run_level=False), _estimate(run, second))
         if min(costs) - fixed <= fixed:
             continue
         if best is None or max(costs) < max(best[2]):

@@ -110,7 +110,17 @@ class _Code:
 
     def _bound_by(self, loop: ast.For) -> set[str]:
         """Names the loop binds, and those its function's callers bind from its result."""
-        bound = {n.id for n in ast.walk(loop) if isinstance(n, ast.Name) and _stores(n)}
+        own_scope = {  # a comprehension's variables are its own, not the loop's
+            id(n)
+            for c in ast.walk(loop)
+            if isinstance(c, ast.comprehension)
+            for n in ast.walk(c.target)
+        }
+        bound = {
+            n.id
+            for n in ast.walk(loop)
+            if isinstance(n, ast.Name) and _stores(n) and id(n) not in own_scope
+        }
         for site in self._call_sites_of(self._function_of(loop)):
             bound |= _bound(site)
         return bound

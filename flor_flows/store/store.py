@@ -148,8 +148,9 @@ class Store:
         prefect_flow_run_id: str | None = None,
         resumed_from: str | None = None,
         pid: int | None = None,
+        started_at: datetime | None = None,
     ) -> int:
-        """Insert a run in status `running` and return its id."""
+        """Insert a run in status `running` (started now, or at `started_at`); its id."""
         stamp = now()
         with self.engine.begin() as conn:
             resumed_id = self.run_id(resumed_from, conn) if resumed_from else None
@@ -160,7 +161,7 @@ class Store:
                     entry_script=entry_script,
                     status="running",
                     args={},
-                    started_at=stamp,
+                    started_at=started_at or stamp,
                     heartbeat_at=stamp,
                     host=HOST,
                     pid=pid or os.getpid(),
