@@ -69,9 +69,11 @@ class _Code:
         return not any(self._mutates(stmt) for stmt in self._after(loop))
 
     # -- the checks ---------------------------------------------------------------------
-    def _holds_request(self, node: ast.AST) -> bool:
+    def _holds_request(self, node: ast.AST, holding: set[str] | None = None) -> bool:
+        """Whether `node` has a requested statement, or calls a function (in `holding`) that has."""
+        holding = self.holding if holding is None else holding
         return any(
-            n in self.requested or (isinstance(n, ast.Call) and _callee(n) in self.holding)
+            n in self.requested or (isinstance(n, ast.Call) and _callee(n) in holding)
             for n in ast.walk(node)
         )
 
@@ -82,12 +84,7 @@ class _Code:
             more = {
                 name
                 for name, defs in self.functions.items()
-                if name not in holding
-                and any(
-                    n in self.requested or (isinstance(n, ast.Call) and _callee(n) in holding)
-                    for d in defs
-                    for n in ast.walk(d)
-                )
+                if name not in holding and any(self._holds_request(d, holding) for d in defs)
             }
             if not more:
                 return holding
