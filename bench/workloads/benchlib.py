@@ -21,6 +21,23 @@ def load_flor():
     return importlib.import_module(os.environ.get("FLOR_IMPL", "flor_flows"))
 
 
+def prefect_env(home, startup_timeout_s: int = 180) -> None:
+    """Before prefect is imported: drop inherited PREFECT_* variables, keep Prefect's state
+    in `home`, telemetry off. The default 20 s ephemeral start-up is too short on 2 busy
+    cores; the timeout only affects failures, not timings."""
+    for key in [k for k in os.environ if k.startswith("PREFECT_")]:
+        del os.environ[key]
+    os.environ.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(startup_timeout_s),
+            "DO_NOT_TRACK": "1",
+        }
+    )
+    os.makedirs(home, exist_ok=True)
+
+
 def params() -> dict:
     return json.loads(os.environ.get("BENCH_PARAMS") or "{}")
 

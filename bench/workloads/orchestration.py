@@ -34,22 +34,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from benchlib import emit, params
+from benchlib import emit, params, prefect_env
 
 HEALTH_TIMEOUT_S = 180
-
-
-def prefect_env(home: Path) -> None:
-    """Drop inherited PREFECT_* variables; keep Prefect's state in `home`, telemetry off."""
-    for key in [k for k in os.environ if k.startswith("PREFECT_")]:
-        del os.environ[key]
-    os.environ |= {
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # The default 20 s is too short on 2 busy cores; only affects failures, not timings.
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(HEALTH_TIMEOUT_S),
-    }
-    home.mkdir(parents=True, exist_ok=True)
 
 
 def git(project: Path, *args: str) -> None:
@@ -242,7 +229,7 @@ def measure_ephemeral(p: dict, project: Path, batches: list[str]) -> dict:
 def main() -> None:
     p = params()
     home = Path(p["prefect_home"])
-    prefect_env(home)
+    prefect_env(home, HEALTH_TIMEOUT_S)
     project = Path.cwd() / "project"
     batches = make_project(project, Path(p["examples"]), n_batches=max(p["reps"] + 1, 2))
     if p["mode"] == "server":
