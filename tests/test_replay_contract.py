@@ -115,3 +115,17 @@ def test_replay_args_come_from_history(recorded) -> None:
     project.run("args.py", env=_replay_env(project, uid, None, None))
     df = project.store().dataframe(["seed_seen"])
     assert df[df["run_uid"] == uid]["seed_seen"].tolist() == [7]
+
+
+@pytest.mark.parametrize(("ending", "status"), [("", 0), ("raise RuntimeError('late')\n", 1)])
+def test_a_replay_exits_once_stored_with_the_scripts_status(recorded, ending, status) -> None:
+    project, uid, _ = recorded
+    script = "import atexit\natexit.register(print, 'teardown')\n"  # runs before flor's
+    script += V1.format(**HINDSIGHT) + "flor.commit()\n" + ending  # committed by the script
+    project.write("train.py", script)
+    env = _replay_env(project, uid, ("w_end",), (4,))
+    proc = project.run("train.py", env=env, check=False)
+    assert proc.returncode == status, proc.stderr
+    assert "teardown" not in proc.stdout  # the interpreter's teardown is skipped
+    replayed = project.store().query("select count(*) as n from logs where source = 'replay'")
+    assert replayed["n"][0] == 1  # stored before the exit either way

@@ -16,7 +16,12 @@ from flor_flows.record.context import RunContext
 from flor_flows.record.run import Run, entry_script
 
 _lock = threading.Lock()
-_state: dict[str, object] = {"run": None, "context": RunContext(), "hooks": False}
+_state: dict[str, object] = {
+    "run": None,
+    "context": RunContext(),
+    "hooks": False,
+    "failed": False,  # the script raised or was terminated (a replay's exit status)
+}
 
 
 def configure(context: RunContext) -> None:
@@ -50,6 +55,7 @@ def commit() -> None:
 
 
 def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    _state["failed"] = True
     run = active()
     if run is not None:
         run.failure = "".join(traceback.format_exception(kind, exc, tb))[-4000:]
@@ -57,6 +63,7 @@ def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType
 
 
 def _on_sigterm(signum: int, _frame: object) -> None:
+    _state["failed"] = True
     run = active()
     if run is not None:
         run.failure = "terminated by SIGTERM"
@@ -64,21 +71,21 @@ def _on_sigterm(signum: int, _frame: object) -> None:
 
 
 def _at_exit() -> None:
-    run = active()
+    run = _state["run"]
     if run is None:
         return
     try:
-        run.commit()
+        run.commit()  # a no-op when the script committed already
     except FlorError as exc:
         print(f"flor-flows: the run was not recorded: {exc}", file=sys.stderr, flush=True)
         os._exit(1)
     if run.replaying:
         # A replay is done once its values are stored: skip the interpreter's teardown (about
-        # 0.8 s with torch loaded, per replay). Its status is whether the script raised.
+        # 1 s with torch loaded, per replay). Its status is whether the script raised.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(1 if run.failure else 0)
+        os._exit(1 if _state["failed"] else 0)
 
 
 _previous_excepthook = sys.excepthook
