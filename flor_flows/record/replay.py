@@ -9,6 +9,7 @@ the last target.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -34,12 +35,13 @@ def steps(selected: Iterable[int] | None, checkpointed: Collection[int]) -> Iter
         while True:
             yield Step(position, "record")
             position += 1
+    ordered = sorted(checkpointed)
     position = 0  # the live state is valid at the start of this iteration
     for target in sorted(set(selected)):
         if target < position:
             continue
-        usable = [c for c in checkpointed if position <= c < target]
-        restore = max(usable, default=None)
+        before = bisect.bisect_left(ordered, target)  # the latest checkpoint before the target
+        restore = ordered[before - 1] if before and ordered[before - 1] >= position else None
         if restore is not None:
             for i in range(position, restore + 1):
                 yield Step(i, "skip")
