@@ -763,24 +763,50 @@ def _split(items: list[Item], history: dict[str, _Run], workers: int) -> list[It
 
 
 def _halves(item: Item, run: _Run) -> tuple[Item, Item] | None:
+    """The item cut in two at the checkpoint that balances the halves' estimates, or None
+    where no cut gives each half more compute than one more replay process costs.
+
+    The first half's estimate grows with the cut and the second's shrinks, so the balanced
+    cut is found by bisection: O(n log n) estimates of n iterations, not O(n^2).
+    """
     pool = list(run.iterations if item.iterations is None else item.iterations)
+    cuts = [
+        c for c in range(1, len(pool)) if pool[c - 1] in run.checkpoints
+    ]  # 2nd half starts there
+
+    def costs(cut: int) -> tuple[float, float]:
+        return (
+            _estimate(run, tuple(pool[:cut]), run_level=False),
+            _estimate(run, tuple(pool[cut:])),
+        )
+
+    low, high = 0, len(cuts)
+    while low < high:
+        middle = (low + high) // 2
+        first, second = costs(cuts[middle])
+        if first < second:
+            low = middle + 1
+        else:
+            high = middle
     fixed = STARTUP_SECONDS + run.outside
     best = None
-    for cut in range(1, len(pool)):
-        if pool[cut - 1] not in run.checkpoints:
-            continue  # the second half could not start from a checkpoint
-        first, second = tuple(pool[:cut]), tuple(pool[cut:])
-        costs = (_estimate(run, first, run_level=False), _estimate(run, second))
-        if min(costs) - fixed <= fixed:
-            continue
-        if best is None or max(costs) < max(best[2]):
-            best = (first, second, costs)
+    for cut in (cuts[i] for i in (low - 1, low) if 0 <= i < len(cuts)):
+        estimates = costs(cut)
+        if min(estimates) - fixed > fixed and (best is None or max(estimates) < max(best[1])):
+            best = (cut, estimates)
     if best is None:
         return None
-    first, second, costs = best
+    cut, estimates = best
     return (
-        replace(item, iterations=first, estimated_seconds=costs[0], run_level=False),
-        replace(item, iterations=second, estimated_seconds=costs[1], run_level=item.run_level),
+        replace(
+            item, iterations=tuple(pool[:cut]), estimated_seconds=estimates[0], run_level=False
+        ),
+        replace(
+            item,
+            iterations=tuple(pool[cut:]),
+            estimated_seconds=estimates[1],
+            run_level=item.run_level,
+        ),
     )
 
 
