@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 from deployments import serve as serving
 from flor_flows.errors import FlorError
 from flor_flows.server import ephemeral_defaults
+
+T = TypeVar("T")
 
 SERVER_HELP = """\
 Run a Prefect server (API and UI) for flor-flows, in the foreground until Ctrl-C.
@@ -86,7 +89,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from flor_flows.replay.backfill import BackfillRequest, resolve
     from flor_flows.replay.plan import format_plan
 
-    request = BackfillRequest(
+    request = _request(
+        BackfillRequest,
         project=str((args.project_dir or Path.cwd()).resolve()),
         names=[n for n in args.apply.split(",") if n],
         where=args.where,
@@ -104,6 +108,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     state = flow(request, return_state=True)
     print(state.message or state.name, file=sys.stderr if not state.is_completed() else sys.stdout)
     return 0 if state.is_completed() else 1
+
+
+def _request(model: type[T], **fields: object) -> T:
+    """A flow's typed request from the command line; its validation errors as a FlorError."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        why = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+        )
+        raise FlorError(why) from exc
 
 
 def _read_text(path: Path) -> str:
@@ -166,7 +183,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flor_flows.training.request import TrainingRequest
     from flows.training import train
 
-    request = TrainingRequest(
+    request = _request(
+        TrainingRequest,
         project=str((args.project_dir or Path.cwd()).resolve()),
         script=args.script,
         batch=args.batch,
