@@ -23,13 +23,17 @@ Serve a project's training and backfill flows from this process, against the Pre
 server at PREFECT_API_URL. Three deployments, run in child processes as their runs arrive:
 
 - `train/on-demand`: one training run; the UI's Run button opens the request as a form,
-  prefilled with the project and script, for the batch to train on.
+  prefilled with the project, script and script arguments, for the batch to train on
+  (leave `batch` empty for a script that reads its own data).
 - `retrain/scheduled`: every 10 minutes (or on `--cron`/`--interval`), train on whatever
   arrived at the watched location. One run at a time: an overlapping run waits its turn.
 - `backfill/hindsight`: hindsight logging. Add flor.log statements to the script in the
   project's working tree (no commit needed), then fill in their `names` in the Run form
   (optionally `where` and `iterations`): the historical runs are replayed from their
   checkpoints and the new values stored under them.
+
+Everything after `--` is the script's own command line, given to every run (the form's
+`argv`), e.g. `flor-flows serve --script train.py -- --epochs 3 --lr 0.1`.
 
 Stop with Ctrl-C or SIGTERM: the deployments' schedules pause until the next serve.
 """
@@ -48,11 +52,13 @@ def deployments(
     cron: str | None = None,
     interval: float | None = None,
     args: dict[str, str] | None = None,
+    argv: list[str] | None = None,
 ) -> list[RunnerDeployment]:
     """The on-demand training, scheduled retraining and hindsight backfill deployments.
 
     `interval` is in seconds; with neither `cron` nor `interval` retraining runs every
-    10 minutes.
+    10 minutes. `args` (flor.arg values) and `argv` (the script's own command-line
+    arguments) are the defaults of every training run.
     """
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.types.entrypoint import EntrypointType
@@ -70,11 +76,13 @@ def deployments(
     find_root(root)  # a project must be a git repository: fail now, not at the first run
     if not (root / script).is_file():
         raise FlorError(f"training script {script!r} not found in {root}")
-    args = dict(args or {})
+    args, argv = dict(args or {}), list(argv or [])
     on_demand = train.to_deployment(
         name="on-demand",
         parameters={
-            "request": TrainingRequest(project=str(root), script=script, args=args).model_dump()
+            "request": TrainingRequest(
+                project=str(root), script=script, args=args, argv=argv
+            ).model_dump()
         },
         description=f"Train {script} of {root} on a batch: fill in `batch` and press Run.",
         tags=["flor-flows"],
@@ -86,7 +94,7 @@ def deployments(
         interval=None if cron else (interval or DEFAULT_INTERVAL),
         parameters={
             "request": RetrainingRequest(
-                project=str(root), script=script, watch=watch, args=args
+                project=str(root), script=script, watch=watch, args=args, argv=argv
             ).model_dump()
         },
         concurrency_limit=ConcurrencyLimitConfig(
@@ -144,8 +152,41 @@ def name_value(item: str) -> tuple[str, str]:
     return name, value
 
 
+class ScriptArgvParser(argparse.ArgumentParser):
+    """A parser whose command line ends, after the first `--`, with the script's own
+    arguments: passed through unchanged as `script_argv`, never parsed here."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        args = list(sys.argv[1:] if args is None else args)
+        cut = args.index("--") if "--" in args else len(args)
+        namespace, extras = super().parse_known_args(args[:cut], namespace)
+        namespace.script_argv = args[cut + 1 :]
+        return namespace, extras
+
+    def format_usage(self) -> str:
+        return _with_script_args(super().format_usage())
+
+    def format_help(self) -> str:
+        return _with_script_args(super().format_help())
+
+
+def _with_script_args(text: str) -> str:
+    """`text` (usage, or help starting with it) with `[-- SCRIPT_ARGS ...]` ending the usage."""
+    usage, sep, rest = text.partition("\n\n")
+    return f"{usage.rstrip()} [-- SCRIPT_ARGS ...]\n{sep[1:]}{rest}"
+
+
+def take_script_argv(parser: argparse.ArgumentParser) -> None:
+    """Make `parser` (a sub-parser, say) take everything after `--` as `script_argv`."""
+    parser.__class__ = ScriptArgvParser  # same state, one method more: argparse makes the
+    # sub-parsers itself, and this is the only way to choose their class one by one
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `flor-flows serve` (and of `python -m deployments.serve`)."""
+    take_script_argv(parser)
     parser.add_argument(
         "--project-dir",
         type=Path,
@@ -185,7 +226,15 @@ def run(args: argparse.Namespace) -> None:
     require_server()  # before building deployments: the first thing a user must fix
     project = args.project_dir or Path.cwd()
     serve(
-        deployments(project, args.script, args.watch, args.cron, args.interval, dict(args.kwargs))
+        deployments(
+            project,
+            args.script,
+            args.watch,
+            args.cron,
+            args.interval,
+            dict(args.kwargs),
+            args.script_argv,
+        )
     )
 
 

@@ -2,7 +2,9 @@
 
 Drop-in for FlorDB's record API: `import flor_flows as flor`. Importing is cheap; the store,
 git and pandas load on first use. `--kwargs k=v` and `--data name=URI` are taken out of
-`sys.argv` here, so a script's own argparse never sees them.
+`sys.argv` here, so a script's own argparse never sees them; the rest of the command line
+and the working directory are recorded with the run, and the options the script parses
+with argparse become the run's args.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flor_flows.record import context as _context
+from flor_flows.record import options as _options
 from flor_flows.record import session as _session
 
 if TYPE_CHECKING:
@@ -40,6 +43,7 @@ if _is_cli():
     _ctx = _context.RunContext.from_env()
 else:
     _ctx, sys.argv[1:] = _context.current(sys.argv[1:])
+    _options.install(lambda parsed: _session.current().parsed_options(parsed))
 _session.configure(_ctx)
 
 

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import os
+import signal
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from deployments import serve as serving
 from flor_flows.errors import FlorError
@@ -105,9 +113,97 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from flows.backfill import backfill
 
     flow = backfill.with_options(task_runner=_dask_runner(args.dask)) if args.dask else backfill
-    state = flow(request, return_state=True)
+    state = _stoppable(lambda: flow(request, return_state=True))
     print(state.message or state.name, file=sys.stderr if not state.is_completed() else sys.stdout)
     return 0 if state.is_completed() else 1
+
+
+def _stoppable(call: Callable[[], T]) -> T:
+    """`call()` (a flow run) in a thread, this (the main) thread waiting: SIGINT or SIGTERM
+    stops its replays and exits at once (see `_stop_and_exit`).
+
+    Running the flow off the main thread keeps Prefect from installing its own SIGTERM
+    handler (it can only do so in the main thread), whose crash handling takes seconds
+    and leaves the replays running meanwhile.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="flor-flows-flow", daemon=True)
+    handler = functools.partial(_stop_and_exit, worker=worker)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+# Seconds after the signal, all within 5: the replays get until STOP_CHILDREN_GRACE to
+# record themselves stopped (then SIGKILL), the flow until STOP_FLOW_UNTIL to wind down,
+# the temporary Prefect server until STOP_SERVER_UNTIL to shut down (then SIGKILL).
+STOP_CHILDREN_GRACE = 2.0
+STOP_FLOW_UNTIL = 3.0
+STOP_SERVER_UNTIL = 3.8
+
+
+def _stop_and_exit(signum: int, _frame: object, worker: threading.Thread) -> None:
+    """Stop every replay and this process's temporary Prefect server; exit 128 + signum."""
+    from flor_flows.training import launch
+
+    if launch.stopping.is_set():  # a second signal: the first one is already on it
+        return
+    start = time.monotonic()
+    stopped = launch.stop_children(grace=STOP_CHILDREN_GRACE)
+    # The flow sees its replays end as stopped (launch.stopping), starts no more, and
+    # records that; give it the time that is left, not more.
+    worker.join(max(0.0, start + STOP_FLOW_UNTIL - time.monotonic()))
+    _stop_temporary_servers(start + STOP_SERVER_UNTIL)
+    print(
+        f"flor-flows: interrupted: {stopped} replays stopped; run the same command again to resume",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit, not sys.exit: an orderly exit would wait for Prefect's teardown (its
+    # atexit hooks stop the temporary server with a 5 s wait, flush logs and events to an
+    # API that may be gone, and join the flow's non-daemon worker threads), which can take
+    # far longer than a user waits after Ctrl-C. Everything worth keeping is already in the
+    # store: the replays flushed their values before exiting, and our output is flushed.
+    os._exit(128 + signum)
+
+
+def _stop_temporary_servers(deadline: float) -> None:
+    """Stop the ephemeral Prefect API server(s) this process started (PREFECT_API_URL unset).
+
+    Prefect keeps them in `SubprocessASGIServer._instances` (by port) and stops them at
+    exit with a 5 s grace; here the grace ends at `deadline`, then SIGKILL.
+    """
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is None:  # never imported: no temporary server was started
+        return
+    servers = list(server_module.SubprocessASGIServer._instances.values())
+    running = [s.server_process for s in servers if s.server_process is not None]
+    running = [proc for proc in running if proc.poll() is None]
+    for proc in running:
+        proc.terminate()
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
 
 
 def _request(model: type[T], **fields: object) -> T:
@@ -190,6 +286,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch=args.batch,
         data=dict(args.data),
         args=dict(args.kwargs),
+        argv=args.script_argv,
         warm_start=not args.no_warm_start,
     )
     state = train(request, return_state=True)
@@ -304,12 +401,25 @@ def parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="Run one training flow run of SCRIPT on a batch; prints the run uid.",
-        description="Run one training flow run of SCRIPT on a batch and print the run's uid. "
+        help="Run one training flow run of SCRIPT (on a batch, if given); prints the run uid.",
+        description="Run one training flow run of SCRIPT and print the run's uid.\n\n"
+        "Everything after `--` is the script's own command line, passed through unchanged\n"
+        "(its argparse options, say). Without --batch the script reads its own data.\n"
         "Uses the Prefect server at PREFECT_API_URL, or a temporary one when it is unset.",
+        epilog="examples:\n"
+        "  flor-flows train train.py -- --epochs 2 --lr 0.5\n"
+        "  flor-flows train train.py --batch data/new.csv --kwargs lr=0.01\n"
+        "  flor-flows train train.py --batch s3://bucket/new.parquet -- --epochs 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    serving.take_script_argv(train)
     train.add_argument("script", help="the training script, relative to the project")
-    train.add_argument("--batch", required=True, metavar="URI", help="the new data batch")
+    train.add_argument(
+        "--batch",
+        metavar="URI",
+        help="the new data batch, read by the script as flor.data('batch', ...); "
+        "default: none, the script reads its own data",
+    )
     serving.add_pairs(train, "--data", "NAME=URI", "other batches, for flor.data(NAME, ...)")
     serving.add_pairs(train, "--kwargs", "NAME=VALUE", "hyper-parameters (flor.arg)")
     train.add_argument(

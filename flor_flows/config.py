@@ -19,6 +19,7 @@ ENV = {
     "checkpoint_url": "FLOR_FLOWS_CHECKPOINT_URL",
     "data_url": "FLOR_FLOWS_DATA_URL",
     "checkpoint_policy": "FLOR_FLOWS_CHECKPOINT_POLICY",
+    "replay_rtol": "FLOR_FLOWS_REPLAY_RTOL",
 }
 
 
@@ -31,6 +32,8 @@ class Settings:
     checkpoint_url: str
     data_url: str
     checkpoint_policy: str  # "adaptive", "adaptive:<epsilon>" or "every"
+    # Verification of replays: how far a re-logged float may be from the recorded one.
+    replay_rtol: str = "1e-6"
 
     @property
     def project_name(self) -> str:
@@ -87,4 +90,11 @@ def load_settings(root: Path | str | None = None, **overrides: str | None) -> Se
         if os.environ.get(var):
             values[key] = os.environ[var]
     values |= {key: value for key, value in overrides.items() if value is not None}
+    try:
+        if not float(values.get("replay_rtol", Settings.replay_rtol)) >= 0:
+            raise ValueError
+    except ValueError:
+        raise FlorError(
+            f"replay_rtol {values['replay_rtol']!r} is not a relative tolerance (a number >= 0)"
+        ) from None
     return Settings(root=root, **values)

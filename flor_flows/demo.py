@@ -40,17 +40,19 @@ WATCH = "data/incoming/*.csv"
 
 @dataclass(frozen=True)
 class Step:
-    """One day of the demo: which script version trains on the day's batch, with which args."""
+    """One day of the demo: which script version trains on the day's batch, with which args
+    (`flor.arg` values, and the script's own command-line options)."""
 
     version: str
     kwargs: dict[str, str] = field(default_factory=dict)
+    argv: tuple[str, ...] = ()
 
 
 STEPS = (
     Step("v1"),
     Step("v2"),
     Step("v3", {"lr": "0.05"}),
-    Step("v4"),
+    Step("v4", argv=("--weight-decay", "1e-3", "--smoothing", "0.1")),
 )
 
 
@@ -80,17 +82,17 @@ def run_demo(workdir: Path, out: TextIO = sys.stdout) -> pd.DataFrame:
         _git(workdir, "add", "train.py")
         _git(workdir, "commit", "-q", "-m", f"train.py: {step.version}")
         _arrive(workdir, batch)
-        overrides = " ".join(f"{k}={v}" for k, v in step.kwargs.items())
+        overrides = " ".join([*(f"{k}={v}" for k, v in step.kwargs.items()), *step.argv])
         label = f"[day {day}/{len(STEPS)}] {step.version}, {batch.name} arrived"
         print(label + (f" ({overrides})" if overrides else "") + ": retraining ...", file=out)
         out.flush()
-        (uid,), seconds = _retrain(workdir, step.kwargs)
+        (uid,), seconds = _retrain(workdir, step.kwargs, step.argv)
         resumed = project_store(workdir).runs(uids=[uid])["resumed_from"].iloc[0]
         start = f"warm-started from {resumed}" if isinstance(resumed, str) else "from scratch"
         print(f"    run {uid} ({start}) in {seconds:.1f} s", file=out)
 
     print("[next check] nothing new arrived: retraining ...", file=out)
-    trained, seconds = _retrain(workdir, {})
+    trained, seconds = _retrain(workdir, {}, ())
     print(f"    {trained or 'no new data'} in {seconds:.1f} s", file=out)
 
     print("[hindsight] today's train.py logs grad_norm: backfilling every past run ...", file=out)
@@ -98,8 +100,15 @@ def run_demo(workdir: Path, out: TextIO = sys.stdout) -> pd.DataFrame:
     (workdir / "train.py").write_text(today.replace(ANCHOR, ANCHOR + GRAD_NORM, 1))
     message, seconds = _backfill(workdir)
     print(f"    {message} in {seconds:.1f} s", file=out)
-
     store = project_store(workdir)
+    replays = store.query("SELECT status, checked FROM replays")
+    verdict = "all equal" if set(replays["status"]) == {"completed"} else "NOT all equal"
+    print(
+        f"    verified: the replays re-logged {int(replays['checked'].sum())} values the runs "
+        f"had recorded (loss, lr, val_loss, acc): {verdict}",
+        file=out,
+    )
+
     runs = store.runs()
     labels = _label_runs(runs, batches)
     table = store.dataframe(METRICS).merge(labels, on="run_uid", how="left")
@@ -152,12 +161,14 @@ def _version_file(version: str) -> Path:
     return path
 
 
-def _retrain(workdir: Path, kwargs: dict[str, str]) -> tuple[list[str], float]:
+def _retrain(
+    workdir: Path, kwargs: dict[str, str], argv: tuple[str, ...]
+) -> tuple[list[str], float]:
     """One retraining flow run over whatever arrived; its trained run uids and wall time."""
     from flor_flows.training.request import RetrainingRequest
     from flows.retraining import retrain
 
-    request = RetrainingRequest(project=str(workdir), watch=WATCH, args=kwargs)
+    request = RetrainingRequest(project=str(workdir), watch=WATCH, args=kwargs, argv=list(argv))
     start = time.perf_counter()
     state = retrain(request, return_state=True)
     seconds = time.perf_counter() - start

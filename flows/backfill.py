@@ -1,8 +1,10 @@
 """The backfill flow: a hindsight request over historical runs, as one flow run.
 
-Plan; propagate the new statements into each code version; replay each run of it from its
+Plan; lease the runs (a second identical backfill started meanwhile leaves them alone);
+propagate the new statements into each code version; replay each run of it from its
 checkpoints, a bounded number at a time; then publish the new values. A version that cannot
-be propagated, or a run whose replay fails, is reported while the others go on.
+be propagated, a run whose replay fails or diverges from its record, and a run whose script
+does not reach the requested statements (not applicable) are reported while the others go on.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections import Counter
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -27,6 +31,8 @@ from prefect.states import Completed, Failed, State
 from flor_flows.replay import engine, plan
 from flor_flows.replay.backfill import BackfillRequest, Resolved, plan_rows, resolve
 from flor_flows.store import open_store
+from flor_flows.store.store import lease_holder, now
+from flor_flows.training import launch
 from flor_flows.training.artifacts import key_prefix, records
 
 WORKDIR_PREFIX = "flor-flows-backfill-"  # code versions, materialised for one backfill
@@ -40,13 +46,18 @@ def plan_request(request: BackfillRequest) -> Resolved:
 
 @task(cache_policy=NO_CACHE, task_run_name="propagate-{commit}")
 def propagate_version(resolved: Resolved, commit: str, workdir: Path) -> engine.Version:
+    items = [i for i in resolved.items if i.code_version == commit]
     version = engine.prepare_version(
-        resolved.settings.root, commit, resolved.new_files, resolved.names, workdir
+        resolved.settings.root,
+        commit,
+        resolved.new_files,
+        resolved.names,
+        workdir,
+        {item.entry_script for item in items},
     )
     store = open_store(resolved.settings.store_url)
-    status = "propagated" if version.ok else "propagation failed"
-    error = "\n".join(version.refusals) or None
-    for item in (i for i in resolved.items if i.code_version == commit):
+    for item in items:
+        status, error = version.outcome(item.entry_script)
         store.set_backfill_status(resolved.backfill_id, item.run_uid, status, error, flow_run.id)
     return version
 
@@ -63,6 +74,7 @@ def replay_run(resolved: Resolved, version: engine.Version, item: plan.Item) -> 
                 resolved.new_files,
                 resolved.names,
                 Path(workdir),
+                [item.entry_script],
             )
         engine.replay(
             version,
@@ -102,12 +114,25 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
     if dry_run or not resolved.items:
         return Completed(message=f"{len(resolved.items)} replays planned; nothing run")
 
-    with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
-        propagating = {
-            c: propagate_version.submit(resolved, c, Path(workdir)) for c in resolved.commits
-        }
-        failed = _replay_all(resolved, propagating, request.max_parallel, prefix)
-        versions = [f.result() for f in propagating.values()]
+    store = open_store(resolved.settings.store_url)
+    holder = lease_holder(flow_run.id)
+    seconds = 600 + 3 * sum(item.estimated_seconds for item in resolved.items)
+    held = store.lease_backfill(
+        resolved.backfill_id,
+        list(dict.fromkeys(item.run_uid for item in resolved.items)),
+        holder,
+        now() + timedelta(seconds=seconds),
+    )
+    resolved = replace(resolved, items=[i for i in resolved.items if i.run_uid not in held])
+    try:
+        with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
+            propagating = {
+                c: propagate_version.submit(resolved, c, Path(workdir)) for c in resolved.commits
+            }
+            outcomes = _replay_all(resolved, propagating, request.max_parallel, prefix)
+            versions = [f.result() for f in propagating.values()]
+    finally:
+        store.release_backfill(resolved.backfill_id, holder)
 
     for version in versions:
         create_markdown_artifact(_diff(version), key=f"{prefix}-backfill-diff")
@@ -118,25 +143,46 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
         description=f"{min(len(table), RESULT_ROWS)} of {len(table)} rows; all of them: "
         f"`flor-flows dataframe {','.join(resolved.names)}`",
     )
-    runs = len({item.run_uid for item in resolved.items})
-    summary = f"{runs - len(failed)} of {runs} runs replayed"
-    if failed:
-        why = "\n".join(f"{uid}: {reason}" for uid, reason in failed.items())
-        return Failed(message=f"{summary}; failed:\n{why}")
-    return Completed(message=summary)
+    return _final_state(resolved, outcomes, held)
+
+
+def _final_state(
+    resolved: Resolved, outcomes: dict[str, tuple[str, str]], held: dict[str, str]
+) -> State:
+    """The flow's end: how many runs were replayed, and every run that was not, with why."""
+    by_status: dict[str, dict[str, str]] = {}
+    for uid, (status, why) in outcomes.items():
+        by_status.setdefault(status, {})[uid] = why
+    skipped = by_status.pop("not applicable", {})
+    runs = len({item.run_uid for item in resolved.items}) - len(skipped)
+    parts = [f"{runs - len(by_status)} of {runs} runs replayed"]
+    if skipped:
+        parts.append(f"{len(skipped)} not applicable (their scripts log none of the names)")
+    if held:
+        who = ", ".join(f"{uid} (by {holder})" for uid, holder in held.items())
+        parts.append(f"{len(held)} left to another backfill replaying them now: {who}")
+    details = [
+        f"{status}: {uid}: {why}"
+        for status, runs_ in by_status.items()
+        for uid, why in runs_.items()
+    ]
+    message = "; ".join(parts) + "".join(f"\n{line}" for line in details)
+    return Failed(message=message) if by_status else Completed(message=message)
 
 
 def _replay_all(
     resolved: Resolved, versions: dict[str, PrefectFuture], max_parallel: int, prefix: str
-) -> dict[str, str]:
+) -> dict[str, tuple[str, str]]:
     """Replay every planned item, `max_parallel` at a time, keeping each run's status.
 
-    A run counts as replayed once all its segments are; returns the failed runs with why.
+    A run counts as replayed once all its segments are; returns the runs that were not,
+    with their status (not applicable, propagation failed, replay failed, diverged,
+    cancelled) and why.
     """
     store = open_store(resolved.settings.store_url)
     progress = create_progress_artifact(0.0, key=f"{prefix}-backfill-progress")
     segments_left = Counter(item.run_uid for item in resolved.items)
-    failed: dict[str, str] = {}
+    outcomes: dict[str, tuple[str, str]] = {}
     pending = list(resolved.items)
     running: dict[PrefectFuture, plan.Item] = {}
     done = 0
@@ -144,10 +190,11 @@ def _replay_all(
         while pending and len(running) < max_parallel:
             item = pending.pop(0)
             version = versions[item.code_version].result()
-            if version.ok:
+            status, why = version.outcome(item.entry_script)
+            if status == "propagated":
                 running[replay_run.submit(resolved, version, item)] = item
                 continue
-            failed[item.run_uid] = f"propagation failed: {'; '.join(version.refusals)}"
+            outcomes[item.run_uid] = (status, why)  # its status is stored already
             done += 1
         if not running:
             continue
@@ -156,18 +203,20 @@ def _replay_all(
         done += 1
         try:
             finished.result()
-        except engine.ReplayFailed as exc:  # reported by the flow; the other replays go on
-            if item.run_uid not in failed:
-                failed[item.run_uid] = str(exc)
+        except (engine.ReplayFailed, engine.ReplayDiverged) as exc:  # the others go on
+            status = "diverged" if isinstance(exc, engine.ReplayDiverged) else "replay failed"
+            status = "cancelled" if launch.stopping.is_set() else status
+            if item.run_uid not in outcomes:
+                outcomes[item.run_uid] = (status, str(exc))
                 store.set_backfill_status(
-                    resolved.backfill_id, item.run_uid, "replay failed", str(exc)
+                    resolved.backfill_id, item.run_uid, status, str(exc), flow_run.id
                 )
         else:
             segments_left[item.run_uid] -= 1
-            if not segments_left[item.run_uid] and item.run_uid not in failed:
+            if not segments_left[item.run_uid] and item.run_uid not in outcomes:
                 store.set_backfill_status(
                     resolved.backfill_id, item.run_uid, "replayed", None, flow_run.id
                 )
         update_progress_artifact(progress, 100 * done / len(resolved.items))
     update_progress_artifact(progress, 100.0)
-    return failed
+    return outcomes

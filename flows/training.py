@@ -6,12 +6,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
+from prefect.states import Completed, State
 
 from flor_flows.store import open_store
 from flor_flows.training import artifacts, launch
 from flor_flows.training.request import TrainingRequest
 from flor_flows.versioning.code import CodeVersion
 from flor_flows.versioning.data import Batch
+
+NO_BATCH = "no batch given: the script reads its own data"
 
 
 def _run_name() -> str:
@@ -58,9 +61,14 @@ def publish(run: launch.Launch) -> None:
 
 
 @flow(name="train", flow_run_name=_run_name)
-def train(request: TrainingRequest = TrainingRequest()) -> str:  # noqa: B008 - pydantic default
-    """Train the project's script on a new batch; returns the run's uid in the store."""
+def train(request: TrainingRequest = TrainingRequest()) -> State:  # noqa: B008 - pydantic default
+    """Train the project's script (on a new batch, if given); returns the run's uid in the store.
+
+    The final state's message sums the run up (its uid; that it had no batch, if so).
+    """
     run = launch.new_launch(request)
+    if not request.batch:
+        get_run_logger().info(NO_BATCH)
     code = snapshot_code(run)
     batches = register_batches(run, request)
     resumed_from = find_warm_start(run) if request.warm_start else None
@@ -68,4 +76,5 @@ def train(request: TrainingRequest = TrainingRequest()) -> str:  # noqa: B008 - 
         run_script(run, request, code, batches, resumed_from)
     finally:
         publish(run)  # a failed run's partial logs are published too
-    return run.run_uid
+    summary = f"run {run.run_uid}" + ("" if request.batch else f"; {NO_BATCH}")
+    return Completed(message=summary, data=run.run_uid)

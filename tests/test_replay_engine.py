@@ -111,7 +111,7 @@ def _replay_all(project: Project, runs: pd.DataFrame, workdir: Path, **kw) -> No
     settings = load_settings(project.root)
     for run in runs.itertuples():
         version = prepare_version(project.root, run.code_version, {"train.py": NEW}, NAMES, workdir)
-        assert version.ok, version.refusals
+        assert not version.refusals
         replay(
             version, run.run_uid, run.entry_script, settings, NAMES, on_output=lambda _: None, **kw
         )

@@ -103,7 +103,7 @@ def _replay(
     """Replay `names` of the recorded run; the values it stored and the lines it printed."""
     project, commit, uid = recorded
     version = prepare_version(project.root, commit, {"train.py": source}, names, workdir)
-    assert version.ok, version.refusals
+    assert not version.refusals
     printed: list[str] = []
     replay(
         version, uid, "train.py", load_settings(project.root), names, on_output=printed.append, **kw

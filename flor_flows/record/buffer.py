@@ -109,6 +109,8 @@ class Buffer:
         self.contexts: deque[tuple[Any, ...]] = deque()
         self.checkpoints: deque[dict[str, Any]] = deque()
         self.data: deque[dict[str, Any]] = deque()
+        self.checks: deque[tuple[Any, ...]] = deque()  # replay: values to compare, not store
+        self.divergences: deque[str] = deque()  # replay: why its values cannot be trusted
         self.args: dict[str, Any] | None = None  # the latest args, when they changed
         self.info: dict[str, Any] = {}
         self.error: errors.FlorError | None = None
@@ -167,7 +169,8 @@ class Buffer:
         with self._send_lock:
             count = len(self.logs)
             while count > self.CHUNK:
-                self._send(("batch", _logs(self.take(self.logs, self.CHUNK)), [], [], [], None))
+                chunk = _logs(self.take(self.logs, self.CHUNK))
+                self._send(("batch", chunk, [], [], [], None, [], []))
                 count -= self.CHUNK
             args, self.args = self.args, None
             batch = (
@@ -175,9 +178,12 @@ class Buffer:
                 _contexts(self.take(self.contexts)),
                 self.take(self.checkpoints),
                 self.take(self.data),
+                args,
+                _logs(self.take(self.checks)),
+                self.take(self.divergences),
             )
             if any(batch) or args is not None:
-                self._send(("batch", *batch, args))
+                self._send(("batch", *batch))
 
     # -- synchronisation -------------------------------------------------------------------
     def check(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -53,6 +54,9 @@ class RunContext:
     code_version: dict[str, Any] | None = None
     registered: dict[str, dict[str, Any]] = field(default_factory=dict)
     replay: ReplaySpec | None = None
+    # How the script was started: its own argv (flor-flows' flags taken out), the working
+    # directory and the interpreter version. Captured by the script's process at import.
+    invocation: dict[str, Any] | None = None
 
     def to_env(self) -> dict[str, str]:
         """The environment entry that hands this context to a child process."""
@@ -109,14 +113,15 @@ def split_argv(argv: list[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
 
 
 def current(argv: list[str]) -> tuple[RunContext, list[str]]:
-    """The context of this process: the environment's, with command-line pairs merged in."""
+    """The context of this process: the environment's, with command-line pairs merged in,
+    and the invocation (the script's own argv, the working directory, the interpreter)."""
     context = RunContext.from_env()
     rest, pairs = split_argv(argv)
-    if pairs["--kwargs"] or pairs["--data"]:
-        merged = asdict(context) | {
-            "kwargs": context.kwargs | pairs["--kwargs"],
-            "data": context.data | pairs["--data"],
-            "replay": context.replay,
-        }
-        context = RunContext(**merged)
-    return context, rest
+    invocation = {"argv": rest, "cwd": os.getcwd(), "python": platform.python_version()}
+    merged = asdict(context) | {
+        "kwargs": context.kwargs | pairs["--kwargs"],
+        "data": context.data | pairs["--data"],
+        "replay": context.replay,
+        "invocation": invocation,
+    }
+    return RunContext(**merged), rest

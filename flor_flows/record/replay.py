@@ -24,21 +24,26 @@ class Step:
     restore: int | None = None  # restore the checkpoint written at the end of this iteration first
 
 
-def steps(selected: Iterable[int] | None, checkpointed: Collection[int]) -> Iterator[Step]:
+def steps(
+    selected: Iterable[int] | None, checkpointed: Collection[int], last: int | None = None
+) -> Iterator[Step]:
     """The plan for an outer loop given the selected iterations (None: all of them).
 
-    `checkpointed` holds the iterations whose end-of-iteration checkpoint exists.
-    With every iteration selected the loop simply runs; the plan is open-ended.
+    `checkpointed` holds the iterations whose end-of-iteration checkpoint exists; `last` is
+    the last iteration the run recorded: a replay never goes past it (None: not known, for
+    runs recorded before flor-flows kept it). With every iteration selected the loop simply
+    runs, up to `last`.
     """
     if selected is None:
         position = 0
-        while True:
+        while last is None or position <= last:
             yield Step(position, "record")
             position += 1
+        return
     ordered = sorted(checkpointed)
     position = 0  # the live state is valid at the start of this iteration
     for target in sorted(set(selected)):
-        if target < position:
+        if target < position or (last is not None and target > last):
             continue
         before = bisect.bisect_left(ordered, target)  # the latest checkpoint before the target
         restore = ordered[before - 1] if before and ordered[before - 1] >= position else None

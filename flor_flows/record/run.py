@@ -12,7 +12,6 @@ import os
 import secrets
 import sys
 import time
-import warnings
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
@@ -77,7 +76,8 @@ class Run:
         self.muted = not self.run_level
         self.inner_seconds = 0.0  # of the current outer iteration: time in its nested loops
         self.outer_checkpoint: dict[str, Any] | None = None  # replay: the one ending it
-        self.args: dict[str, Any] = {}
+        self.args: dict[str, Any] = {}  # flor.arg values
+        self.options: dict[str, Any] = {}  # the script's argparse options
         self.batches: dict[str, str] = {}
         self.failure: str | None = None
         self.finished = False
@@ -95,12 +95,15 @@ class Run:
 
     # -- API --------------------------------------------------------------------------------
     def log(self, name: str, value: Any) -> Any:
-        if self.muted or (self.apply is not None and name not in self.apply):
+        if self.muted:
             return value
         if self.buffer.error is not None:
             raise self.buffer.error
         stored = value if type(value) in _IMMUTABLE else values.Frozen(values.encode(value))
-        logs = self.buffer.logs
+        # A replay re-logs the run's own statements too: those values are checked against
+        # the recorded ones (see `writer.Verifier`), the requested ones are stored.
+        checking = self.apply is not None and name not in self.apply
+        logs = self.buffer.checks if checking else self.buffer.logs
         logs.append((self.frame, name, stored))
         if len(logs) > Buffer.MAX_PENDING:
             self.buffer.flush()  # back-pressure: memory stays bounded at any log rate
@@ -114,9 +117,9 @@ class Run:
             if name in historical:
                 value = historical[name]
             else:
-                warnings.warn(
-                    f"flor.arg({name!r}) was not recorded by run {self.uid}; using the default",
-                    stacklevel=3,
+                self.diverge(
+                    f"flor.arg({name!r}) was not recorded by run {self.uid}: "
+                    f"the replay used the default {default!r}"
                 )
                 value = default
         elif name in self.context.kwargs:
@@ -129,8 +132,32 @@ class Run:
         else:
             value = default
         self.args[name] = values.plain(value)
-        self.buffer.args = dict(self.args)
+        self.buffer.args = self.options | self.args
         return value
+
+    def parsed_options(self, options: dict[str, Any]) -> None:
+        """Record the script's argparse options as args; a replay checks them instead."""
+        parsed = {k: o for k, v in options.items() if (o := _option(v)) is not _SKIP}
+        if self.replaying:
+            history = self.buffer.wait_ready()["history"]
+            if history.get("invocation") is None:
+                self.diverge(
+                    f"run {self.uid} recorded no command line: its options were replayed "
+                    "with their defaults"
+                )
+            recorded = history["args"]
+            for key, value in parsed.items():
+                if key in recorded and recorded[key] != value:
+                    self.diverge(
+                        f"option {key!r} is {value!r} in the replay but {recorded[key]!r} "
+                        f"in run {self.uid}"
+                    )
+        self.options.update(parsed)
+        self.buffer.args = self.options | self.args
+
+    def diverge(self, why: str) -> None:
+        """A replay cannot vouch for its values: say why (the first reason is reported)."""
+        self.buffer.divergences.append(why)
 
     def data(self, name: str, uri: str) -> str:
         from flor_flows.versioning import data
@@ -220,7 +247,7 @@ class Run:
                     yield item
                 finally:  # a `break` or an exception still ends the iteration
                     seconds = clock() - started
-                    self._leave(parent, seconds, checkpointed)
+                    self._leave(parent, seconds, checkpointed or outer)
                 if checkpointed and not self.replaying:
                     self._maybe_checkpoint(name, iteration, seconds)
             if checkpointed and not self.replaying:
@@ -264,14 +291,15 @@ class Run:
         A loop cut short (iterations selected) ends in the state of its last checkpoint, the
         end of training, so statements after it see what they saw in the forward run.
         """
-        written = self.buffer.wait_ready()["checkpoints"]
+        ready = self.buffer.wait_ready()
         recorded = {}
         if self.checkpointing is not None:
-            recorded = {c["iteration"]: c for c in written if c["loop_name"] == name}
+            recorded = {c["iteration"]: c for c in ready["checkpoints"] if c["loop_name"] == name}
+        last = ready["history"]["iterations"].get(name)  # never past what the run recorded
         items = iter(iterable)
         position = 0
         try:
-            for step in replay.steps(self.selected, recorded):
+            for step in replay.steps(self.selected, recorded, last):
                 skip = step.iteration - position
                 if skip:
                     next(islice(items, skip - 1, skip), None)
@@ -328,6 +356,20 @@ class Run:
             return
         self.finished = True
         self.buffer.close("failed" if self.failure else "completed", self.failure)
+
+
+_SKIP = object()
+
+
+def _option(value: Any) -> Any:
+    """An argparse value as an arg: scalars, paths as text, lists of those; else `_SKIP`."""
+    if type(value) in _IMMUTABLE:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, list | tuple) and all(type(v) in _IMMUTABLE for v in value):
+        return list(value)
+    return _SKIP
 
 
 def entry_script() -> str | None:

@@ -7,7 +7,7 @@ SIGKILL, this process sees the pipe close, writes what it received and marks the
 
 Protocol: pickled messages on stdin, replies on stdout.
   ("start", context, settings, entry_script, pid) -> ("ready", info) | ("error", type, message)
-  ("batch", logs, contexts, checkpoints, data, args)
+  ("batch", logs, contexts, checkpoints, data, args, checks, divergences)
   ("sync",)                               -> ("synced",)
   ("finish", status, error)               -> ("finished",)   then the next "start" may follow
 A failed write answers ("error", type, message) and stops the process.
@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 from flor_flows.config import Settings
 from flor_flows.record import values
 from flor_flows.record.context import RunContext
+from flor_flows.record.verify import Verifier
 
 DIED = "process ended without finishing the run"
 
@@ -63,14 +64,22 @@ class Session:
         self.history: dict[str, Any] = {}
         self.checkpoints: list[dict[str, Any]] = []
         self.warm_start: dict[str, Any] | None = None
+        self.verifier: Verifier | None = None
         if self.replaying:
             self.source = "replay"
             self.history = self.store.run_record(context.run_uid)
             self.run_id = self.history["id"]
+            self.history["iterations"] = self.store.outer_iterations(self.run_id)
             spec = context.replay
             self.replay_id = spec.replay_id if spec and spec.replay_id else None
             if self.replay_id is None:
                 self.replay_id = self.store.start_replay(self.run_id)
+            self.verifier = Verifier(
+                self.store,
+                self.run_id,
+                float(settings.replay_rtol),
+                completed=self.history["status"] == "completed",
+            )
             self.checkpoints = self.store.checkpoints_of(self.run_id)
             if self.history["resumed_from_id"] is not None:
                 self.warm_start = self.store.final_checkpoint(self.history["resumed_from_id"])
@@ -85,10 +94,14 @@ class Session:
             entry = Path(entry_script) if entry_script else None
             version = code.snapshot(root, context.run_uid, entry)
         project_id = self.store.project_id(self.settings.project_name, root)
+        invocation = context.invocation
+        if invocation is not None:  # the working directory as the project sees it
+            invocation = invocation | {"cwd": os.path.relpath(invocation["cwd"], root)}
         self.run_id = self.store.start_run(
             uid=context.run_uid,
             project_id=project_id,
             entry_script=os.path.relpath(entry_script, root) if entry_script else None,
+            invocation=invocation,
             prefect_flow_run_id=context.flow_run_id,
             resumed_from=context.resumed_from,
             pid=pid,
@@ -107,7 +120,20 @@ class Session:
             "warm_start": self.warm_start,
         }
 
-    def write(self, logs: list, contexts: list, checkpoints: list, data: list, args: Any) -> None:
+    def write(
+        self,
+        logs: list,
+        contexts: list,
+        checkpoints: list,
+        data: list,
+        args: Any,
+        checks: list,
+        divergences: list,
+    ) -> None:
+        if self.verifier is not None:
+            for why in divergences:
+                self.verifier.diverge(why)
+            self.verifier.check(checks)
         run_id, source, replay_id = self.run_id, self.source, self.replay_id
         signature = self.store.signature_id
         for batch in data:
@@ -144,13 +170,19 @@ class Session:
                 for ctx, names, path, name, v in logs
             ],
             checkpoints=[row | {"run_id": run_id} for row in checkpoints],
-            args=args,
+            args=None if self.replaying else args,
             heartbeat=not self.replaying,
+            replacing=replay_id,
         )
 
     def finish(self, status: str, error: str | None) -> None:
-        if self.replaying:
-            self.store.finish_replay(self.replay_id, status)
+        if self.verifier is not None:
+            divergence = self.verifier.divergence
+            if divergence is not None and status == "completed":
+                status = "diverged"
+            self.store.finish_replay(
+                self.replay_id, status, self.verifier.checked, divergence or error
+            )
         else:
             self.store.finish_run(self.run_id, status, error)
 

@@ -19,7 +19,9 @@ from flor_flows.config import Settings, load_settings
 from flor_flows.errors import FlorError
 from flor_flows.propagate.statements import Unparsable, read
 from flor_flows.replay import plan as planning
+from flor_flows.replay.selection import parse_iter
 from flor_flows.replay.skipping import skippable_loops
+from flor_flows.replay.where import parse_where
 from flor_flows.replay.worktree import working_tree_files
 from flor_flows.store import open_store
 
@@ -112,8 +114,8 @@ def resolve(request: BackfillRequest) -> Resolved:
     store = open_store(settings.store_url)
     backfill_id = store.backfill_id(key, names)
     status = store.backfill_status(backfill_id)
-    where = planning.parse_where(request.where) if request.where else None
-    iters = planning.parse_iter(request.iterations) if request.iterations else None
+    where = parse_where(request.where) if request.where else None
+    iters = parse_iter(request.iterations) if request.iterations else None
     items = planning.plan(
         store,
         names,

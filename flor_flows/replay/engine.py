@@ -2,14 +2,17 @@
 
 `prepare_version` materialises one code version and propagates the requested statements
 into it (every Python file, followed across renames); `replay` re-executes one run of it
-in a child interpreter, in replay mode: its recorded args and data batches, only the
+in a child interpreter, in replay mode: the run's own command line and working directory
+(in a view of the files as the run saw them), its recorded args and data batches, only the
 requested outer iterations, each started from the checkpoint written before it, and the
-requested names written under the historical run with `source = replay`.
+requested names written under the historical run with `source = replay`. The run's own
+statements re-log their values, which are checked against the record (`record.verify`).
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +21,20 @@ from typing import Any
 from flor_flows.config import Settings
 from flor_flows.errors import FlorError
 from flor_flows.propagate import Propagation, propagate_files
+from flor_flows.propagate.statements import Unparsable, read
 from flor_flows.record.context import ReplaySpec, RunContext
+from flor_flows.replay.reach import reachable
 from flor_flows.replay.skipping import skippable_loops
-from flor_flows.replay.worktree import materialize, python_files
+from flor_flows.replay.worktree import link_untracked, python_files, view
 from flor_flows.training import launch
 
 
 class ReplayFailed(FlorError):
     """A replay's child process exited with an error (the message ends with its stderr tail)."""
+
+
+class ReplayDiverged(FlorError):
+    """A replay ran, but the run's own values came out different: its new values are untrusted."""
 
 
 @dataclass(frozen=True)
@@ -37,22 +46,32 @@ class Version:
     propagations: dict[str, Propagation] = field(default_factory=dict)
     diffs: dict[str, str] = field(default_factory=dict)  # path -> unified diff of what changed
     skip_loops: frozenset[str] = frozenset()  # nested loops its replays may skip
+    # Per entry script of the runs to replay: None when it reaches the requested statements,
+    # else (status, why): "propagation failed", "not applicable" or "replay failed".
+    scope: dict[str, tuple[str, str] | None] = field(default_factory=dict)
 
     @property
     def refusals(self) -> list[str]:
         return [f"{path}: {r}" for path, p in self.propagations.items() for r in p.refusals]
 
-    @property
-    def ok(self) -> bool:
-        return not self.refusals
+    def outcome(self, entry_script: str) -> tuple[str, str | None]:
+        """The status of the runs of `entry_script` in this version, and why."""
+        found = self.scope.get(entry_script)
+        return ("propagated", None) if found is None else found
 
 
 def prepare_version(
-    root: Path, commit: str, new_files: dict[str, str], names: Iterable[str], workdir: Path
+    root: Path,
+    commit: str,
+    new_files: dict[str, str],
+    names: Iterable[str],
+    workdir: Path,
+    entry_scripts: Iterable[str] = (),
 ) -> Version:
-    """Materialise `commit` under `workdir` and insert the `names` statements of `new_files`."""
+    """Materialise `commit` under `workdir` and insert the `names` statements of `new_files`;
+    say for each of `entry_scripts` whether its runs can be replayed for them."""
     names = tuple(names)
-    directory = materialize(root, commit, workdir / commit)
+    directory = view(root, commit, workdir / commit)
     old_files = python_files(directory)
     results = propagate_files(new_files, old_files, names, version=commit[:10])
     replayed = dict(old_files)
@@ -68,7 +87,40 @@ def prepare_version(
                 f"b/{path}",
             )
             diffs[path] = "".join(lines)
-    return Version(commit, directory, results, diffs, skippable_loops(replayed, names))
+    link_untracked(root, directory)
+    scope = {entry: _scope(entry, replayed, results, names, commit[:10]) for entry in entry_scripts}
+    return Version(commit, directory, results, diffs, skippable_loops(replayed, names), scope)
+
+
+def _scope(
+    entry: str,
+    files: dict[str, str],
+    results: dict[str, Propagation],
+    names: tuple[str, ...],
+    version: str,
+) -> tuple[str, str] | None:
+    """Whether the runs of `entry` can be replayed for `names` (None) or why not."""
+    if entry not in files:
+        return ("replay failed", f"{entry} is not in code version {version}")
+    reached = reachable(files, entry)
+    refused = [
+        f"{path}: {r}" for path in sorted(reached & results.keys()) for r in results[path].refusals
+    ]
+    if refused:
+        return ("propagation failed", "; ".join(refused))
+    logged: set[str] = set()
+    for path in reached:
+        try:
+            logged |= read(files[path]).logs().keys()
+        except Unparsable:
+            continue
+    if not logged.intersection(names):
+        return (
+            "not applicable",
+            f"{entry} (with the modules it imports) logs none of {', '.join(names)} "
+            f"in version {version}",
+        )
+    return None
 
 
 def replay(
@@ -92,15 +144,23 @@ def replay(
     from flor_flows.store import open_store
 
     store = open_store(settings.store_url)
+    record = store.run_record(run_uid)
+    script = version.directory / entry_script
+    if not script.is_file():
+        raise ReplayFailed(f"{entry_script} is not in code version {version.commit[:10]}")
+    invocation = record["invocation"] or {}  # runs recorded before it was kept: verified
+    cwd = Path(os.path.normpath(version.directory / invocation.get("cwd", ".")))
+    if not cwd.is_dir():
+        raise ReplayFailed(
+            f"run {run_uid} ran in {invocation.get('cwd')!r}, which code version "
+            f"{version.commit[:10]} does not have"
+        )
     replay_id = store.start_replay(
-        store.run_id(run_uid),
+        record["id"],
         code_commit=version.commit,
         statements_sha256=statements_sha256,
         prefect_flow_run_id=flow_run_id,
     )
-    script = version.directory / entry_script
-    if not script.is_file():
-        raise ReplayFailed(f"{entry_script} is not in code version {version.commit[:10]}")
     context = RunContext(
         mode="replay",
         run_uid=run_uid,
@@ -116,12 +176,17 @@ def replay(
             run_level=run_level,
         ),
     )
-    run = launch.Launch(run_uid, settings, version.directory, script, entry_script)
+    argv = tuple(invocation.get("argv", ()))
+    run = launch.Launch(run_uid, settings, cwd, script, entry_script, argv=argv)
     outcome = launch.run(run, context, on_output)
+    what = f"replay of run {run_uid} ({entry_script} at {version.commit[:10]})"
     if outcome.returncode != 0:
         store.finish_replay(replay_id, "failed")
         raise ReplayFailed(
-            f"replay of run {run_uid} ({entry_script} at {version.commit[:10]}) exited with "
-            f"code {outcome.returncode}; the last lines of its stderr:\n{outcome.stderr_tail}"
+            f"{what} exited with code {outcome.returncode}; the last lines of its stderr:\n"
+            f"{outcome.stderr_tail}"
         )
+    verified = store.replay_outcome(replay_id)
+    if verified["status"] == "diverged":
+        raise ReplayDiverged(f"{what} diverged: {verified['error']}")
     return outcome

@@ -3,6 +3,12 @@
 Values logged in an enclosing context (run-level, epoch-level) are broadcast onto the rows of
 the contexts nested in it, whatever order the names are asked in. Forward values win over
 replayed ones for the same cell; a name that has both also gets a `<name>@replay` column.
+
+A name logged several times in one context (per batch, inside an epoch) keeps every value: the
+table then has a `seq` column, 0, 1, ... in logging order, and one row per (run, context, seq).
+Names logged at most once per context are broadcast onto every `seq` row of their context; an
+enclosing context whose values repeat keeps its own rows. Values of diverged replays are left
+out unless asked for.
 """
 
 from __future__ import annotations
@@ -150,11 +156,12 @@ def _name_values(
     name: str,
     signatures: dict[int, tuple[str, ...]],
     run_ids: Sequence[int] | None,
+    include_diverged: bool = False,
 ) -> pd.DataFrame:
     """Every stored value of `name`, typed, with its run, context, source and loop path.
 
     The `log_names` catalog says which signatures, types and sources exist, so only the
-    columns this name needs are fetched.
+    columns this name needs are fetched. Values of a diverged replay only with `include_diverged`.
     """
     with store.engine.connect() as conn:
         catalog = conn.execute(
@@ -170,10 +177,13 @@ def _name_values(
     columns += ["sig_id"] if len(sigs) > 1 else []
     columns += ["source"] if len(sources) > 1 else []
     columns += _value_columns(kinds) + [f"i{k}" for k in range(depth)]
-    # Rows come in (run, write) order, so "keep last" below means the latest value wins.
+    # Rows come in (run, write) order: `seq` numbers a context's values in logging order.
     where = f"name = {_literal(name)}"
     if run_ids is not None:
         where += f" AND run_id IN ({', '.join(str(int(r)) for r in run_ids) or 'NULL'})"
+    if "replay" in sources and not include_diverged:
+        diverged = f"SELECT id FROM replays WHERE status = {_literal('diverged')}"
+        where += f" AND (replay_id IS NULL OR replay_id NOT IN ({diverged}))"
     sql = f"SELECT {', '.join(columns)} FROM logs WHERE {where} ORDER BY run_id, id"
     frame = _fetch(store, sql)
     frame["ctx_id"] = frame["ctx_id"].fillna(0).astype("int64")
@@ -195,27 +205,41 @@ def _signatures(store: Store) -> dict[int, tuple[str, ...]]:
     return {sig: tuple(json.loads(names)) for sig, names in rows}
 
 
-def _cells(
-    store: Store,
-    names: list[str],
-    signatures: dict[int, tuple[str, ...]],
-    run_ids: Sequence[int] | None,
-) -> pd.DataFrame:
-    """Rows keyed by (run_id, ctx_id) with their loop path and one column per name."""
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _may_repeat(frame: pd.DataFrame) -> bool:
+    """Whether a (run, ctx, source) may hold several values: a cheap test, sure when False."""
+    key = frame["ctx_id"].to_numpy(np.uint64) ^ (frame["run_id"].to_numpy(np.uint64) * _MIX)
+    return not pd.Index(key ^ frame["forward"].to_numpy(np.uint64)).is_unique
+
+
+def _name_cells(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """One name's cells keyed by (run, ctx[, seq]); `seq` only if some context repeats.
+
+    The k-th forward and the k-th replayed value of a context share a cell: the forward one
+    wins it, and a name that has both also gets `<name>@replay`.
+    """
     keys = ["run_id", "ctx_id"]
-    frames = []
-    for name in names:
-        frame = _name_values(store, name, signatures, run_ids)
-        forward = frame["forward"]
-        if not forward.all():  # forward values win: put them last, keeping write order
-            frame = frame.sort_values("forward", kind="stable")
-        best = frame.drop_duplicates(keys, keep="last").rename(columns={"value": name})
-        if forward.any() and not forward.all():
-            replayed = frame[~frame["forward"]].drop_duplicates(keys, keep="last")
-            replayed = replayed[[*keys, "value"]].rename(columns={"value": f"{name}@replay"})
-            best = best.merge(replayed, on=keys, how="left")
-        frames.append(best.drop(columns=["forward"]))
-    groups: list[pd.DataFrame] = []  # names logged in exactly the same contexts share a frame
+    forward = frame["forward"]
+    if _may_repeat(frame):  # rows are in write order: number each context's values
+        frame["seq"] = frame.groupby([*keys, "forward"], sort=False).cumcount()
+        keys.append("seq")
+    elif forward.all():
+        return frame.drop(columns=["forward"]).rename(columns={"value": name})
+    if not forward.all():  # forward values win: put them last, keeping write order
+        frame = frame.sort_values("forward", kind="stable")
+    best = frame.drop_duplicates(keys, keep="last").rename(columns={"value": name})
+    if forward.any() and not forward.all():
+        replayed = frame.loc[~frame["forward"], [*keys, "value"]]
+        best = best.merge(replayed.rename(columns={"value": f"{name}@replay"}), on=keys, how="left")
+    best = best.drop(columns=["forward"])
+    return best if "seq" not in best or (best["seq"] > 0).any() else best.drop(columns=["seq"])
+
+
+def _join(frames: list[pd.DataFrame], names: list[str], keys: list[str]) -> pd.DataFrame:
+    """Outer join of name frames on their shared path; names in the same cells share a frame."""
+    groups: list[pd.DataFrame] = []
     for frame, name in zip(frames, names, strict=True):
         same = next((g for g in groups if _same_keys(g, frame, keys)), None)
         if same is None:
@@ -231,6 +255,33 @@ def _cells(
     return rows
 
 
+def _cells(
+    store: Store,
+    names: list[str],
+    signatures: dict[int, tuple[str, ...]],
+    run_ids: Sequence[int] | None,
+    include_diverged: bool,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Rows keyed by (run_id, ctx_id[, seq]) with their loop path and one column per name,
+    and the columns of the names that repeat in some context."""
+    frames = [
+        _name_cells(_name_values(store, name, signatures, run_ids, include_diverged), name)
+        for name in names
+    ]
+    many = [k for k, frame in enumerate(frames) if "seq" in frame]
+    once = [k for k, frame in enumerate(frames) if "seq" not in frame]
+    repeated = [c for k in many for c in frames[k].columns if c in (names[k], f"{names[k]}@replay")]
+    keys = ["run_id", "ctx_id"]
+    if not many:
+        return _join(frames, names, keys), repeated
+    rows = _join([frames[k] for k in many], [names[k] for k in many], [*keys, "seq"])
+    if once:  # values logged once per context go onto every `seq` row of their context
+        single = _join([frames[k] for k in once], [names[k] for k in once], keys)
+        rows = rows.merge(single, on=[c for c in single.columns if c in rows.columns], how="outer")
+    rows["seq"] = rows["seq"].fillna(0).astype("int64")
+    return rows, repeated
+
+
 def _same_keys(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> bool:
     return len(left) == len(right) and all(
         np.array_equal(left[k].to_numpy(), right[k].to_numpy()) for k in keys
@@ -238,9 +289,13 @@ def _same_keys(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> bool
 
 
 def _broadcast(
-    rows: pd.DataFrame, names: list[str], signatures: dict[int, tuple[str, ...]]
+    rows: pd.DataFrame,
+    names: list[str],
+    signatures: dict[int, tuple[str, ...]],
+    repeated: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Fold rows of enclosing contexts onto the rows of the contexts nested in them."""
+    """Fold rows of enclosing contexts onto the rows of the contexts nested in them
+    (with `seq`, a context keeps its rows when a `repeated` column has several values in it)."""
     sig = rows["sig_id"]
     depth_of = {x: len(signatures.get(x, ())) for x in sig.unique()}  # sig 0: run level
     if len(set(depth_of.values())) < 2:
@@ -256,13 +311,27 @@ def _broadcast(
         key_cols = ["run_id", *(f"i{j}" for j in range(k))]
         key = pd.MultiIndex.from_arrays([prefix, *(rows[c] for c in key_cols)])
         enclosing = rows.loc[outer, names].set_axis(key[outer])
-        enclosing = enclosing[~enclosing.index.duplicated(keep="last")]
-        keep[outer] &= ~key[outer].isin(key[inner])
+        if "seq" in rows:
+            enclosing, stays = _singles(enclosing, [c for c in names if c in repeated])
+            keep[outer] &= ~key[outer].isin(key[inner]) | key[outer].isin(stays)
+        else:
+            enclosing = enclosing[~enclosing.index.duplicated(keep="last")]
+            keep[outer] &= ~key[outer].isin(key[inner])
         found = enclosing.reindex(key[inner])
         for name in names:
             target = filled.loc[inner, name]
             filled.loc[inner, name] = target.where(target.notna(), found[name].to_numpy())
     return filled[keep]
+
+
+def _singles(enclosing: pd.DataFrame, repeated: list[str]) -> tuple[pd.DataFrame, pd.Index]:
+    """Per enclosing context, the values to broadcast (not a `repeated` column's several ones)
+    and the contexts where some value repeats: those keep their rows."""
+    grouped = enclosing.groupby(level=list(range(enclosing.index.nlevels)), dropna=False)
+    singles = grouped.last()
+    several = grouped[repeated].count() > 1
+    singles[repeated] = singles[repeated].mask(several)
+    return singles, singles.index[several.any(axis=1).to_numpy()]
 
 
 def _loop_columns(
@@ -305,25 +374,38 @@ def _loop_values(
 
 
 def wide_table(
-    store: Store, names: list[str], project: str | None = None, uids: Sequence[str] | None = None
+    store: Store,
+    names: list[str],
+    project: str | None = None,
+    uids: Sequence[str] | None = None,
+    include_diverged: bool = False,
 ) -> pd.DataFrame:
-    """One row per (run, loop context) holding the requested names (of runs `uids`, or all)."""
+    """One row per (run, loop context[, seq]) holding the requested names (of runs `uids`, or all).
+
+    Values of replays whose status is 'diverged' are left out unless `include_diverged`.
+    """
     runs = _runs(store, project, uids)
     data = [c for c in runs.columns if c.startswith("data.")]
     runs = _expand_args(runs[[*WIDE_RUN_COLUMNS, *data, "args"]]).reset_index(drop=True)
     signatures = _signatures(store)
-    run_ids = None if uids is None else runs["run_id"].tolist()
-    rows = _cells(store, names, signatures, run_ids)
+    # Only the runs shown: another project's repeats must not add a `seq` column here.
+    run_ids = None if uids is None and project is None else runs["run_id"].tolist()
+    rows, repeated = _cells(store, names, signatures, run_ids, include_diverged)
     position = pd.Index(runs["run_id"]).get_indexer(rows["run_id"])
     rows, position = rows[position >= 0].reset_index(drop=True), position[position >= 0]
     value_columns = [c for c in rows.columns if c in names or c.endswith("@replay")]
-    rows = _broadcast(rows, value_columns, signatures)
+    if "seq" in rows:  # repeated names were joined first: show them in the order asked
+        value_columns = [c for n in names for c in (n, f"{n}@replay") if c in value_columns]
+    rows = _broadcast(rows, value_columns, signatures, repeated)
     position = pd.Index(runs["run_id"]).get_indexer(rows["run_id"])
     loops = _loop_columns(rows, signatures) | _loop_values(store, rows, signatures)
-    # Order: runs by start time, then loop iterations; one lexsort over integer keys.
+    # Order: runs by start time, then loop iterations, then seq; one lexsort over integer keys.
     sort_keys = [
         c.fillna(-1).to_numpy() for c in reversed(list(loops.values())) if c.dtype == "Int64"
     ]
+    if "seq" in rows:  # right after the loop columns
+        loops["seq"] = rows["seq"]
+        sort_keys.insert(0, rows["seq"].to_numpy())
     order = np.lexsort([*sort_keys, position])
     table = runs.drop(
         columns=["run_id", *(c for c in runs.columns if c in value_columns or c in loops)]

@@ -80,6 +80,9 @@ class Run(Base):
     resumed_from_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64), index=True)
     error: Mapped[str | None] = mapped_column(Text)
+    # {"argv": [...], "cwd": relative to the project root, "python": "3.11.7"}: what a replay
+    # starts again. None for runs recorded before flor-flows kept it.
+    invocation: Mapped[dict | None] = mapped_column(JSON)
 
 
 class DataBatch(Base):
@@ -128,7 +131,11 @@ class Backfill(Base):
 
 
 class BackfillItem(Base):
-    """One run of a backfill: pending, propagated, propagation failed, replayed, replay failed."""
+    """One run of a backfill and where it stands (see `flor_flows.replay.backfill.STATUSES`).
+
+    `holder` and `lease_until` are the lease of the backfill flow run replaying it now, so a
+    second identical backfill started meanwhile leaves the run alone.
+    """
 
     __tablename__ = "backfill_items"
     __table_args__ = (UniqueConstraint("backfill_id", "run_uid"),)
@@ -139,6 +146,8 @@ class BackfillItem(Base):
     error: Mapped[str | None] = mapped_column(Text)
     prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    holder: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class LoopSignature(Base):
@@ -190,8 +199,12 @@ class Replay(Base):
     statements_sha256: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # running | completed | failed | diverged
     prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    # Verification: how many re-logged values of the run's own statements were compared with
+    # the recorded ones, and why the replay diverged (the first difference), if it did.
+    checked: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 _COVERED = ("ctx_id", "sig_id", "vtype", "num", "ival", "i0", "i1", "i2")

@@ -19,6 +19,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    or_,
     select,
     text,
     update,
@@ -49,6 +50,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def lease_holder(flow_run_id: object) -> str:
+    """This process as the holder of backfill leases: host, pid and flow run."""
+    return f"{HOST}:{os.getpid()}:{flow_run_id}"
+
+
+def _holder_gone(holder: str) -> bool:
+    """Whether a lease's holder was a process of this host that no longer runs."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    return host == HOST and pid.isdigit() and not _pid_alive(int(pid))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -149,6 +162,7 @@ class Store:
         resumed_from: str | None = None,
         pid: int | None = None,
         started_at: datetime | None = None,
+        invocation: dict[str, Any] | None = None,
     ) -> int:
         """Insert a run in status `running` (started now, or at `started_at`); its id."""
         stamp = now()
@@ -167,6 +181,7 @@ class Store:
                     pid=pid or os.getpid(),
                     resumed_from_id=resumed_id,
                     prefect_flow_run_id=prefect_flow_run_id,
+                    invocation=invocation,
                 )
             ).inserted_primary_key[0]
 
@@ -192,6 +207,45 @@ class Store:
             record = dict(row)
             record["data"] = {b["name"]: dict(b) for b in batches.mappings()}
         return record
+
+    def outer_iterations(self, run_id: int) -> dict[str, int]:
+        """The last iteration run `run_id` recorded of each outermost loop (loop -> index).
+
+        Forward runs record a context per outer iteration; for runs recorded before they
+        did, the values logged inside the loops tell.
+        """
+        contexts = (
+            select(s.Context.loop_name, func.max(s.Context.iteration))
+            .where(s.Context.run_id == run_id, s.Context.depth == 1)
+            .group_by(s.Context.loop_name)
+        )
+        logged = (
+            select(s.LoopSignature.names, func.max(s.Log.i0))
+            .join(s.LoopSignature, s.LoopSignature.id == s.Log.sig_id)
+            .where(s.Log.run_id == run_id, s.Log.source == "forward", s.Log.i0.is_not(None))
+            .group_by(s.LoopSignature.names)
+        )
+        with self.engine.connect() as conn:
+            found = {loop: last for loop, last in conn.execute(contexts) if last is not None}
+            if found:
+                return found
+            for names, last in conn.execute(logged):
+                loop = json.loads(names)[0]
+                found[loop] = max(found.get(loop, last), last)
+        return found
+
+    def forward_values(self, run_id: int, name: str) -> dict[int | None, list[tuple]]:
+        """The values run `run_id` logged under `name`, per loop context, in logged order."""
+        query = (
+            select(s.Log.ctx_id, s.Log.vtype, s.Log.num, s.Log.ival, s.Log.txt)
+            .where(s.Log.name == name, s.Log.run_id == run_id, s.Log.source == "forward")
+            .order_by(s.Log.id)
+        )
+        found: dict[int | None, list[tuple]] = {}
+        with self.engine.connect() as conn:
+            for ctx, *value in conn.execute(query):
+                found.setdefault(ctx, []).append(tuple(value))
+        return found
 
     def set_code_version(self, run_id: int, project_id: int, version: CodeVersion) -> None:
         with self.engine.begin() as conn:
@@ -264,13 +318,18 @@ class Store:
         checkpoints: Sequence[dict[str, Any]] = (),
         args: dict[str, Any] | None = None,
         heartbeat: bool = False,
+        replacing: int | None = None,
     ) -> None:
         """Write one flush of a run's buffered records in a single transaction.
 
         Contexts and logs are positional tuples in `CONTEXT_COLUMNS` / `LOG_COLUMNS` order; a
-        log row stops after its last loop level (`i0`.. as deep as its context).
+        log row stops after its last loop level (`i0`.. as deep as its context). `replacing`:
+        the replay writing these logs, whose values replace those other replays left for the
+        same (run, context, name), so a repeated request never appends.
         """
         with self.engine.begin() as conn:
+            if replacing is not None and logs:
+                _delete_replayed(conn, run_id, replacing, logs)
             if contexts:
                 conn.exec_driver_sql(self._insert_contexts, list(contexts))
             by_width: dict[int, list[tuple[Any, ...]]] = {}
@@ -444,6 +503,50 @@ class Store:
                     )
                 )
 
+    def lease_backfill(
+        self, backfill_id: int, uids: Sequence[str], holder: str, until: datetime
+    ) -> dict[str, str]:
+        """Take the lease on runs `uids` of a backfill for `holder` (a flow run) until `until`.
+
+        A run leased by another holder whose lease is live is left alone: returns those, run
+        uid -> holder. A lease expires at `until`, or at once when its holder was a process
+        of this host that has gone.
+        """
+        item = s.BackfillItem
+        held: dict[str, str] = {}
+        stamp = now()
+        with self.engine.begin() as conn:
+            for uid in uids:
+                fields = {"holder": holder, "lease_until": until, "updated_at": stamp}
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(item).values(
+                                backfill_id=backfill_id, run_uid=uid, status="planned", **fields
+                            )
+                        )
+                    continue
+                except IntegrityError:
+                    pass  # the run has a row: take it unless another live lease holds it
+                mine = (item.backfill_id == backfill_id, item.run_uid == uid)
+                other = conn.scalar(select(item.holder).where(*mine))
+                free = or_(item.holder.is_(None), item.holder == holder, item.lease_until < stamp)
+                if other is not None and _holder_gone(other):
+                    free = or_(free, item.holder == other)
+                if not conn.execute(update(item).where(*mine, free).values(**fields)).rowcount:
+                    held[uid] = conn.scalar(select(item.holder).where(*mine))
+        return held
+
+    def release_backfill(self, backfill_id: int, holder: str) -> None:
+        """End `holder`'s leases on the runs of a backfill."""
+        item = s.BackfillItem
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(item)
+                .where(item.backfill_id == backfill_id, item.holder == holder)
+                .values(holder=None, lease_until=None)
+            )
+
     def start_replay(self, run_id: int, **provenance: Any) -> int:
         with self.engine.begin() as conn:
             return conn.execute(
@@ -452,13 +555,25 @@ class Store:
                 )
             ).inserted_primary_key[0]
 
-    def finish_replay(self, replay_id: int, status: str) -> None:
+    def finish_replay(
+        self, replay_id: int, status: str, checked: int | None = None, error: str | None = None
+    ) -> None:
+        """End a replay: completed, failed or diverged, with its verification (None: kept)."""
+        values = {"status": status, "ended_at": now(), "checked": checked, "error": error}
         with self.engine.begin() as conn:
             conn.execute(
                 update(s.Replay)
                 .where(s.Replay.id == replay_id)
-                .values(status=status, ended_at=now())
+                .values({k: v for k, v in values.items() if v is not None})
             )
+
+    def replay_outcome(self, replay_id: int) -> dict[str, Any]:
+        """A replay's status, how many values it verified, and why it diverged or failed."""
+        query = select(s.Replay.status, s.Replay.checked, s.Replay.error).where(
+            s.Replay.id == replay_id
+        )
+        with self.engine.connect() as conn:
+            return dict(conn.execute(query).mappings().one())
 
     # -- reads ----------------------------------------------------------------------------
     def runs(self, project: str | None = None, uids: Sequence[str] | None = None) -> pd.DataFrame:
@@ -473,15 +588,17 @@ class Store:
         names: Iterable[str],
         project: str | None = None,
         uids: Sequence[str] | None = None,
+        include_diverged: bool = False,
     ) -> pd.DataFrame:
-        """The wide table of `names`; `uids` narrows it to those runs."""
+        """The wide table of `names`; `uids` narrows it to those runs. Values of replays that
+        diverged from their run's record are left out unless `include_diverged`."""
         from flor_flows.store.query import run_table, wide_table
 
         self.mark_dead_runs()
         names = list(dict.fromkeys(names))
         if not names:
             return run_table(self, project, uids)
-        return wide_table(self, names, project, uids)
+        return wide_table(self, names, project, uids, include_diverged=include_diverged)
 
     def logged_names(self, uid: str) -> list[str]:
         """The names run `uid` logged, forward or replayed, in first-logged order."""
@@ -502,6 +619,26 @@ class Store:
                 return pd.read_sql_query(text(sql), conn)
         except pd.errors.DatabaseError as exc:  # bad SQL is the user's input: no traceback
             raise StoreError(f"query failed: {getattr(exc.__cause__, 'orig', exc)}") from exc
+
+
+def _delete_replayed(conn: Any, run_id: int, replay_id: int, logs: Sequence[tuple]) -> None:
+    """Delete the values other replays stored for the (context, name) pairs of `logs`."""
+    contexts: dict[str, set[int | None]] = {}
+    for row in logs:  # LOG_COLUMNS order: run_id, name, source, ctx_id, ...
+        contexts.setdefault(row[1], set()).add(row[3])
+    table = s.Log.__table__
+    for name, ctx_ids in contexts.items():
+        ids = sorted(c for c in ctx_ids if c is not None)
+        base = delete(table).where(
+            table.c.run_id == run_id,
+            table.c.name == name,
+            table.c.source == "replay",
+            or_(table.c.replay_id != replay_id, table.c.replay_id.is_(None)),
+        )
+        if None in ctx_ids:
+            conn.execute(base.where(table.c.ctx_id.is_(None)))
+        for start in range(0, len(ids), 500):
+            conn.execute(base.where(table.c.ctx_id.in_(ids[start : start + 500])))
 
 
 def _get_or_create(conn: Any, query: Any, statement: Any) -> Any:

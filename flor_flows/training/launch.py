@@ -5,12 +5,20 @@ code and the data before anything runs (a broken repository or a bad URI fails h
 `run` executes the script in a child interpreter under the record API with everything it
 needs in its run context, and `account` makes sure the store tells the truth about the
 outcome even when the script died before it could say anything itself.
+
+Every script `run` starts (training runs and replays alike) is registered here until it
+ends, so a launcher that is told to stop can stop them all (`stop_children`) and tell a
+stopped run from a failed one (`stopping`). A child also gets SIGTERM when the thread that
+started it dies, even by SIGKILL (Linux), so a killed launcher never leaves a script running.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +40,15 @@ from flor_flows.versioning.code import CodeVersion
 from flor_flows.versioning.data import Batch
 
 STDERR_TAIL_LINES = 40
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STOPPING_READ_GRACE = 0.5  # seconds to read a stopped script's last output lines
+
+stopping = threading.Event()
+"""Set once a stop of this process's scripts was requested (`stop_children`): from then on
+`run` starts nothing, and a script that ends is one that was stopped, not one that failed."""
+
+_children: set[subprocess.Popen[str]] = set()
+_children_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,7 @@ class Launch:
     project: Path  # the script's working directory
     script: Path
     entry_script: str  # relative to the repository root, as the store records it
+    argv: tuple[str, ...] = ()  # the script's own command-line arguments
 
 
 @dataclass(frozen=True)
@@ -61,7 +79,7 @@ def new_launch(request: TrainingRequest) -> Launch:
         raise FlorError(f"training script {request.script!r} not found in {project}")
     settings = load_settings(project)
     entry_script = os.path.relpath(script, settings.root)
-    return Launch(new_uid(), settings, project, script, entry_script)
+    return Launch(new_uid(), settings, project, script, entry_script, tuple(request.argv))
 
 
 def snapshot_code(launch: Launch) -> CodeVersion:
@@ -112,27 +130,52 @@ def run(
     context: RunContext,
     on_output: Callable[[str], Any] = print,
 ) -> Outcome:
-    """Run the script with this interpreter; its output lines go to `on_output` as they come."""
+    """Run the script with this interpreter; its output lines go to `on_output` as they come.
+
+    The command is `[sys.executable, script, *launch.argv]` in `launch.project`. Once a stop
+    was requested (`stopping`), nothing starts: the outcome is that of a script stopped by
+    SIGTERM before its first line.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOR_FLOWS_")}
     env |= context.to_env() | {"PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, str(launch.script)],
-        cwd=launch.project,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        bufsize=1,
-    )
+    with _children_lock:  # a stop either sees this child or prevents it
+        if stopping.is_set():
+            return Outcome(
+                launch.run_uid, -signal.SIGTERM, 0.0, "not started: a stop was requested"
+            )
+        proc = subprocess.Popen(
+            [sys.executable, str(launch.script), *launch.argv],
+            cwd=launch.project,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )
+        _children.add(proc)
+    try:
+        return _follow(launch, proc, on_output, start)
+    finally:
+        with _children_lock:
+            _children.discard(proc)
+
+
+def _follow(
+    launch: Launch, proc: subprocess.Popen[str], on_output: Callable[[str], Any], start: float
+) -> Outcome:
+    """Pump the script's output to `on_output` until it ends; stop it if we are interrupted."""
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    tail_lock = threading.Lock()  # a reader may outlive `_follow` (see below)
 
     def pump(stream: Any, keep: deque[str] | None) -> None:
         for line in stream:
             line = line.rstrip("\n")
             if keep is not None:
-                keep.append(line)
+                with tail_lock:
+                    keep.append(line)
             on_output(line)
 
     readers = [
@@ -146,9 +189,13 @@ def run(
     except BaseException:  # cancelled or interrupted: stop the script too, then re-raise
         _stop(proc)
         raise
+    # Read to EOF: the script's writer process holds its stderr open until it has stored
+    # everything. Once stopping, not for long: the launcher has seconds left, not minutes.
     for reader in readers:
-        reader.join()
-    return Outcome(launch.run_uid, returncode, time.perf_counter() - start, "\n".join(tail))
+        reader.join(STOPPING_READ_GRACE if stopping.is_set() else None)
+    with tail_lock:
+        stderr_tail = "\n".join(tail)
+    return Outcome(launch.run_uid, returncode, time.perf_counter() - start, stderr_tail)
 
 
 def _stop(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
@@ -159,6 +206,60 @@ def _stop(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def stop_children(grace: float = 5.0) -> int:
+    """Stop every script `run` started and start no more; returns how many were running.
+
+    Sets `stopping`, sends each running script SIGTERM (it records itself failed and flushes
+    what it logged), and SIGKILLs those still running after `grace` seconds.
+    """
+    with _children_lock:
+        stopping.set()
+        running = [proc for proc in _children if proc.poll() is None]
+    for proc in running:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for proc in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)  # SIGKILL is not refused; this only reaps
+    return len(running)
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl on Linux (loaded once, here: nothing is imported after a fork); else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A `preexec_fn` giving the child SIGTERM when its parent dies (Linux); else None.
+
+    The kernel sends it when the *thread* that started the child ends; `run`'s thread waits
+    for the child, so in practice that is when the process ends, SIGKILL included.
+    """
+    if _PRCTL is None:
+        return None
+    prctl, sigterm = _PRCTL, int(signal.SIGTERM)
+
+    def preexec() -> None:  # between fork and exec: no imports, no locks
+        prctl(PR_SET_PDEATHSIG, sigterm)
+        if os.getppid() != parent:  # the parent died before prctl took hold
+            os.kill(os.getpid(), sigterm)
+
+    return preexec
 
 
 def account(launch: Launch, context: RunContext, outcome: Outcome) -> None:

@@ -15,7 +15,8 @@ class TrainingRequest(BaseModel):
     batch: str | None = Field(
         None,
         description="URI of the new data batch (any fsspec URL; relative paths are taken from "
-        "the project). The script reads it through flor.data('batch', ...).",
+        "the project). The script reads it through flor.data('batch', ...). Leave it empty "
+        "for a script that reads its own data.",
     )
     data: dict[str, str] = Field(
         default_factory=dict,
@@ -24,6 +25,10 @@ class TrainingRequest(BaseModel):
     args: dict[str, str] = Field(
         default_factory=dict,
         description="Hyper-parameters by name, as with --kwargs name=value (flor.arg).",
+    )
+    argv: list[str] = Field(
+        default_factory=list,
+        description="The script's own command-line arguments, e.g. ['--epochs', '3'].",
     )
     warm_start: bool = Field(
         True,
@@ -50,6 +55,9 @@ class RetrainingRequest(BaseModel):
     args: dict[str, str] = Field(
         default_factory=dict, description=TrainingRequest.model_fields["args"].description
     )
+    argv: list[str] = Field(
+        default_factory=list, description=TrainingRequest.model_fields["argv"].description
+    )
     warm_start: bool = Field(
         True, description=TrainingRequest.model_fields["warm_start"].description
     )
@@ -70,5 +78,6 @@ class RetrainingRequest(BaseModel):
             script=self.script,
             batch=batch,
             args=self.args,
+            argv=self.argv,
             warm_start=self.warm_start,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 from pathlib import Path
 
@@ -126,3 +127,14 @@ def test_hindsight_fills_grad_norm_for_every_past_version(
     replays = project_store(workdir).query("select code_commit, status from replays")
     assert replays["status"].tolist() == ["completed"] * 4
     assert replays["code_commit"].nunique() == 4  # each run in its own code version
+
+
+def test_options_given_on_the_command_line_are_recorded_and_replayed_verified(
+    demo: tuple[Path, pd.DataFrame, str],
+) -> None:
+    workdir, _, printed = demo
+    assert "[day 4/4] v4, 2026-11-04.csv arrived (--weight-decay 1e-3 --smoothing 0.1)" in printed
+    runs = project_store(workdir).runs().sort_values("started_at")
+    assert runs.iloc[-1][["weight_decay", "smoothing"]].tolist() == [0.001, 0.1]  # argparse
+    checked = re.search(r"verified: the replays re-logged (\d+) values .*: all equal", printed)
+    assert checked and int(checked.group(1)) > 100, printed

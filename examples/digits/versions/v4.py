@@ -1,9 +1,11 @@
 """Train a small digit classifier on the newest batch of labelled images.
 
-v4: fight overfitting on the small daily batches: weight decay (new `weight_decay` arg) and
-label smoothing (new `smoothing` arg); the model is unchanged, so runs keep warm-starting.
-Run:  python train.py --data batch=data/batches/2026-11-04.csv --kwargs weight_decay=1e-3
+v4: fight overfitting on the small daily batches: weight decay and label smoothing, as
+command-line options; the model is unchanged, so runs keep warm-starting.
+Run:  python train.py --data batch=data/batches/2026-11-04.csv --weight-decay 1e-3
 """
+
+import argparse
 
 import pandas as pd
 import torch
@@ -43,13 +45,16 @@ def evaluate(model, x_test, y_test, loss_fn):
 
 
 def main():
+    parser = argparse.ArgumentParser(description="Train the digit classifier on one batch.")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--smoothing", type=float, default=0.05, help="label smoothing")
+    options = parser.parse_args()  # flor-flows records these as the run's args
     # Hyper-parameters; each can be overridden with --kwargs name=value.
     lr = flor.arg("lr", 0.1)
     epochs = flor.arg("epochs", 6)
     batch_size = flor.arg("batch_size", 32)
     seed = flor.arg("seed", 0)
-    weight_decay = flor.arg("weight_decay", 1e-4)
-    smoothing = flor.arg("smoothing", 0.05)
+    weight_decay, smoothing = options.weight_decay, options.smoothing
 
     torch.manual_seed(seed)  # the DataLoader shuffles with torch's global RNG
     torch.set_num_threads(1)

@@ -1,0 +1,149 @@
+"""The backfill flow reports what it cannot vouch for, touches only what the request needs,
+and writes each value once, even with two identical backfills running at the same time."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from datetime import timedelta
+
+import pytest
+
+from flor_flows.replay.backfill import BackfillRequest
+from flor_flows.store import Store
+from flor_flows.store.store import lease_holder, now
+from flows.backfill import backfill
+from tests.conftest import Project
+
+TRAIN = """
+import argparse
+import flor_flows as flor
+parser = argparse.ArgumentParser()
+parser.add_argument("--lr", type=float, default=1.0)
+args = parser.parse_args()
+state = {"w": 0.0}
+with flor.checkpointing(state=state):
+    for epoch in flor.loop("epoch", range(3)):
+        state["w"] += args.lr
+        flor.log("w", state["w"])
+"""
+NEW = TRAIN + '        flor.log("w2", state["w"] * 2)\n'
+# another entry script of the project, with big state and nothing to do with `w2`
+OTHER = """
+import flor_flows as flor
+state = {"v": 0}
+with flor.checkpointing(state=state):
+    for epoch in flor.loop("epoch", range(2)):
+        state["v"] += 1
+        flor.log("v", state["v"])
+"""
+
+
+def _replayed(store: Store, name: str) -> list[tuple[str, int, float]]:
+    frame = store.query(
+        "SELECT r.uid, l.i0, l.num FROM logs l JOIN runs r ON r.id = l.run_id "
+        f"WHERE l.name = '{name}' AND l.source = 'replay' ORDER BY r.uid, l.i0"
+    )
+    return [(u, int(i), float(v)) for u, i, v in frame.itertuples(index=False)]
+
+
+def test_runs_of_another_script_are_not_applicable(project: Project) -> None:
+    project.write("train.py", TRAIN)
+    project.write("other.py", OTHER)
+    project.commit("two scripts")
+    project.run("train.py", "--lr", "0.5")
+    project.run("other.py")
+    project.write("train.py", NEW)
+    state = backfill(BackfillRequest(project=str(project.root), names=["w2"]), return_state=True)
+    assert state.is_completed(), state.message
+    assert state.message.startswith("1 of 1 runs replayed; 1 not applicable")
+    store = project.store()
+    statuses = store.query("SELECT run_uid, status FROM backfill_items")["status"].tolist()
+    assert sorted(statuses) == ["not applicable", "replayed"]
+    # only train.py's run was replayed, with its own --lr 0.5
+    assert [v for _, _, v in _replayed(store, "w2")] == [1.0, 2.0, 3.0]
+    assert len(store.query("SELECT id FROM replays")) == 1
+
+
+def test_a_diverged_replay_fails_the_flow_with_the_first_difference(project: Project) -> None:
+    noisy = TRAIN.replace(
+        'flor.log("w", state["w"])', 'flor.log("w", __import__("random").random())'
+    )
+    project.write("train.py", noisy)
+    project.commit("logs an unseeded random number")
+    project.run("train.py")
+    project.write("train.py", noisy + '        flor.log("w2", state["w"] * 2)\n')
+    state = backfill(BackfillRequest(project=str(project.root), names=["w2"]), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("0 of 1 runs replayed")
+    assert "diverged: " in state.message and "w at epoch=0: recorded " in state.message
+    item = project.store().query("SELECT status, error FROM backfill_items").iloc[0]
+    assert item.status == "diverged" and "w at epoch=0" in item.error
+    assert project.store().dataframe(["w2"])["w2"].isna().all()
+
+
+def _run_backfill(project_dir: str, store_url: str, api: str, barrier, queue) -> None:  # noqa: ANN001
+    """One backfill flow run in its own process, started when the other one is."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    os.environ["FLOR_FLOWS_STORE_URL"] = store_url
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        barrier.wait(timeout=120)
+        state = backfill(BackfillRequest(project=project_dir, names=["w2"]), return_state=True)
+    queue.put((state.type.value, state.message))
+
+
+def test_two_identical_backfills_at_once_write_each_value_once(
+    project: Project, postgres_url: str, prefect_api: str
+) -> None:
+    env = {"FLOR_FLOWS_STORE_URL": postgres_url}
+    project.write("train.py", TRAIN)
+    project.commit("train")
+    for lr in ("0.5", "2"):
+        project.run("train.py", "--lr", lr, env=env)
+    project.write("train.py", NEW)
+    context = multiprocessing.get_context("spawn")
+    barrier, queue = context.Barrier(2), context.Queue()
+    workers = [
+        context.Process(
+            target=_run_backfill,
+            args=(str(project.root), postgres_url, prefect_api, barrier, queue),
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=280)
+    results = [queue.get(timeout=5) for _ in workers]
+    assert all(kind == "COMPLETED" for kind, _ in results), results
+    store = Store(postgres_url)
+    values = _replayed(store, "w2")
+    assert sorted(v for _, _, v in values) == [1.0, 2.0, 3.0, 4.0, 8.0, 12.0]  # each once
+    assert len(store.query("SELECT id FROM replays")) == 2  # each run replayed by one of them
+    replayed = store.query("SELECT status FROM backfill_items")["status"].tolist()
+    assert replayed == ["replayed", "replayed"]
+    # whichever backfill came second found the runs replayed, or left them to the first
+    assert any("2 of 2 runs replayed" in message for _, message in results)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_lease_keeps_a_second_holder_off_until_released_or_gone(
+    project: Project, postgres_url: str, backend: str
+) -> None:
+    store = Store(project.store_url if backend == "sqlite" else postgres_url)
+    backfill_id = store.backfill_id("key", ["w2"])
+    until = now() + timedelta(minutes=10)
+    first, second = lease_holder("flow-a"), lease_holder("flow-b")
+    assert store.lease_backfill(backfill_id, ["r1", "r2"], first, until) == {}
+    assert store.lease_backfill(backfill_id, ["r2", "r3"], second, until) == {"r2": first}
+    store.release_backfill(backfill_id, first)
+    assert store.lease_backfill(backfill_id, ["r1", "r2"], second, until) == {}
+    # a holder of this host whose process is gone loses its leases at once
+    gone = second.replace(f":{os.getpid()}:", ":999999999:")
+    store.release_backfill(backfill_id, second)
+    assert store.lease_backfill(backfill_id, ["r1"], gone, until) == {}
+    assert store.lease_backfill(backfill_id, ["r1"], first, until) == {}
+    # an expired lease is free
+    assert store.lease_backfill(backfill_id, ["r9"], second, now() - timedelta(seconds=1)) == {}
+    assert store.lease_backfill(backfill_id, ["r9"], first, until) == {}
