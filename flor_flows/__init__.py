@@ -98,9 +98,12 @@ def commit() -> None:
     _session.commit()
 
 
-def dataframe(*names: str) -> pd.DataFrame:
-    """The wide table over every run and version; with no names, one row per run."""
-    return _store().dataframe(names)
+def dataframe(*names: str, include_diverged: bool = False) -> pd.DataFrame:
+    """The wide table over every run and version; with no names, one row per run.
+
+    Values of replays that diverged from their run's record are left out unless asked for.
+    """
+    return _store().dataframe(names, include_diverged=include_diverged)
 
 
 def query(sql: str) -> pd.DataFrame:

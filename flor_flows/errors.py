@@ -9,10 +9,6 @@ class NotAGitRepository(FlorError):
     """The project is not inside a git working tree, so its code cannot be versioned."""
 
 
-class DetachedHead(FlorError):
-    """HEAD is detached; a run needs a branch so its code version has a clear lineage."""
-
-
 class ArgumentError(FlorError):
     """A `flor.arg` has no default and no value was given on the command line."""
 
@@ -31,3 +27,7 @@ class StoreError(FlorError):
 
 class TrainingFailed(FlorError):
     """A training script exited with an error (the message ends with its stderr tail)."""
+
+
+class DirtySubmodule(UserWarning):
+    """A submodule has uncommitted edits, which a run's code version does not hold."""

@@ -218,3 +218,24 @@ def test_the_view_links_untracked_files_and_the_parents_siblings(
     assert (tree / "data" / "x.csv").read_text() == "1\n"
     assert (tree.parent / "beside.txt").read_text() == "here"  # ../beside.txt as the run saw it
     assert git(project.root, "status", "--porcelain") == "?? data/"  # nothing written there
+
+
+def test_values_logged_several_times_in_one_context_are_all_shown(project: Project) -> None:
+    """A plain `for` over batches inside a flor.loop epoch: every value, in order."""
+    project.write(
+        "train.py",
+        """
+        import flor_flows as flor
+        for epoch in flor.loop("epoch", range(2)):
+            for batch in range(3):
+                flor.log("loss", 10.0 * epoch + batch)
+            flor.log("acc", epoch / 10)
+        """,
+    )
+    project.commit("plain inner loop")
+    project.run("train.py")
+    table = project.store().dataframe(["loss", "acc"])
+    assert table[["epoch", "seq", "loss", "acc"]].values.tolist() == [
+        [0, 0, 0.0, 0.0], [0, 1, 1.0, 0.0], [0, 2, 2.0, 0.0],
+        [1, 0, 10.0, 0.1], [1, 1, 11.0, 0.1], [1, 2, 12.0, 0.1],
+    ]  # fmt: skip

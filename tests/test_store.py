@@ -81,3 +81,31 @@ def test_bad_store_url_is_a_clear_error(tmp_path) -> None:
         Store("nosuchdialect://x")
     with pytest.raises(StoreError, match="cannot use store"):
         Store("postgresql+psycopg://postgres@127.0.0.1:5432/flor_no_such_database_xyz")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_query_reads_and_can_write_nothing(
+    project: Project, postgres_url: str, backend: str
+) -> None:
+    url = project.store_url if backend == "sqlite" else postgres_url
+    project.write("train.py", "import flor_flows as flor\nflor.log('x', 1.0)\n")
+    project.commit("x")
+    project.run("train.py", env={"FLOR_FLOWS_STORE_URL": url})
+    store = Store(url)
+    hostile = [
+        "DROP TABLE logs",
+        "DELETE FROM logs",
+        "select 1 as a; DROP TABLE logs CASCADE; COMMIT; select 1 as b",
+        "UPDATE runs SET status = 'x'",
+        "CREATE TABLE t (x int)",
+    ]
+    if backend == "sqlite":
+        hostile += [f"ATTACH DATABASE '{project.root / 'evil.db'}' AS e", "PRAGMA query_only = OFF"]
+    for sql in hostile:
+        with pytest.raises(
+            StoreError, match=r"^query failed: .*\(queries read, one statement each\)$"
+        ):
+            store.query(sql)
+    assert store.query("SELECT name, num FROM logs").values.tolist() == [["x", 1.0]]
+    assert store.runs()["status"].tolist() == ["completed"]
+    assert not (project.root / "evil.db").exists()

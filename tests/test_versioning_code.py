@@ -6,13 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from flor_flows.config import find_root
-from flor_flows.errors import DetachedHead, FlorError, NotAGitRepository
+from flor_flows.errors import DirtySubmodule, FlorError, NotAGitRepository
 from flor_flows.versioning.code import (
     CodeVersion,
     read_file,
@@ -339,13 +340,71 @@ def test_works_from_another_branch(repo: Path) -> None:
     assert git(repo, "symbolic-ref", "HEAD") == "refs/heads/feature/x"
 
 
-def test_detached_head_is_refused(repo: Path) -> None:
-    git(repo, "checkout", "-q", "--detach")
-    with pytest.raises(DetachedHead) as err:
-        snapshot(repo, "run1")
-    assert "detached" in str(err.value).lower()
-    assert "git switch" in str(err.value)
-    assert git(repo, "for-each-ref", "refs/flor") == ""
+def test_detached_head_records_on_the_commit_it_points_to(repo: Path) -> None:
+    """Every CI checkout is detached: the snapshot's parent is that commit, no branch."""
+    first = head(repo)
+    (repo / "pkg" / "model.py").write_bytes(b"W = 2\n")
+    git(repo, "-c", "user.name=U", "-c", "user.email=u@x", "commit", "-qam", "second")
+    git(repo, "checkout", "-q", "--detach", first)
+    (repo / "train.py").write_bytes(b"print('edited on a detached HEAD')\n")
+    before = UserState(repo)
+    head_file = (repo / ".git" / "HEAD").read_bytes()
+
+    v = snapshot(repo, "run1", entry_script=Path("train.py"))
+
+    before.assert_unchanged()
+    assert (repo / ".git" / "HEAD").read_bytes() == head_file
+    assert (v.base, v.branch, v.dirty) == (first, None, True)
+    assert git(repo, "rev-parse", f"{v.commit}^") == first
+    assert read_file(repo, v.commit, "train.py") == b"print('edited on a detached HEAD')\n"
+    assert read_file(repo, v.commit, "pkg/model.py") == b"W = 1\n"  # the detached commit's
+    # the snapshot copies the detached commit's dates, like a branch snapshot does
+    dates = "%at %ai %ct %ci"
+    assert git(repo, "show", "-s", f"--format={dates}", v.commit) == git(
+        repo, "show", "-s", f"--format={dates}", first
+    )
+    git(repo, "checkout", "-q", "main")
+    (repo / "train.py").write_bytes(b"print('train v1')\n")
+    clean = snapshot(repo, "run2")  # and a clean detached checkout is the commit itself
+    git(repo, "checkout", "-q", "--detach", first)
+    assert snapshot(repo, "run3") == CodeVersion(
+        commit=first, tree=git(repo, "rev-parse", f"{first}^{{tree}}"), base=first,
+        branch=None, dirty=False,
+    )  # fmt: skip
+    assert clean.branch == "main"
+
+
+def _submodule_repo(repo: Path, tmp_path: Path) -> Path:
+    """`repo` with a real submodule at `sub` (committed), from a local repository."""
+    init_repo(tmp_path / "upstream", {"lib.py": b"X = 1\n"})
+    ident = ["-c", "user.name=U", "-c", "user.email=u@x"]
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q",
+        str(tmp_path / "upstream"), "sub")  # fmt: skip
+    git(repo, *ident, "commit", "-qm", "add submodule")
+    return repo / "sub"
+
+
+def test_dirty_submodule_is_named_in_a_warning(repo: Path, tmp_path: Path) -> None:
+    sub = _submodule_repo(repo, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean submodule: no warning at all
+        snapshot(repo, "clean")
+    (sub / "lib.py").write_bytes(b"X = 2  # uncommitted, inside the submodule\n")
+    before = UserState(repo)
+    sub_index = (repo / ".git" / "modules" / "sub" / "index").read_bytes()
+
+    with pytest.warns(DirtySubmodule) as caught:
+        v = snapshot(repo, "run1", entry_script=Path("train.py"))
+
+    assert len(caught) == 1  # once per run, naming the submodule and what is missing
+    message = str(caught[0].message)
+    assert "run run1" in message and "'sub'" in message
+    assert "uncommitted edits that are not part of the run's code version" in message
+    before.assert_unchanged()
+    assert (repo / ".git" / "modules" / "sub" / "index").read_bytes() == sub_index
+    assert v.dirty is False  # the superproject itself is clean: the gitlink is unchanged
+    with pytest.warns(DirtySubmodule, match="run run2"):  # every run says it again
+        snapshot(repo, "run2")
 
 
 def test_not_a_repo_is_refused(tmp_path: Path) -> None:

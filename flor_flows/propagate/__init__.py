@@ -135,7 +135,7 @@ def _propagate(
                 raise Refused("its place is a one-line block", placer.line(spot))
             for member in members:
                 placer.check_loops(member, spot)
-            node, shares, renamed = placer.renamed(unit)
+            node, shares, renamed = placer.renamed(unit, spot, alias_root)
             placer.check_names(node, spot, allowed=alias_root)
         except Refused as exc:
             where = f"at line {exc.line} of" if exc.line else "in"

@@ -22,12 +22,16 @@ SIMILAR = 0.6  # least similarity of two statements' shapes to pair them inside 
 SHAPE_MATCH = 0.9  # the similarity credited to a match by shape (a rename)
 MOVED = 0.85  # the similarity credited to a statement matched out of order
 CONTAINER_DICE = 0.5  # least share of matched children to pair two compound statements
+UPDATE_MIN = 0.3  # least token similarity for an update (same place between matched neighbours)
+UPDATE = 0.8  # the similarity credited to an update, plus UPDATE_GAIN x its token similarity
+UPDATE_GAIN = 0.15
 
 
 @dataclass(frozen=True)
 class Match:
     old: Statement
     similarity: float
+    update: bool = False  # the same statement edited (GumTree's update): its text differs
 
 
 class Matching:
@@ -53,6 +57,7 @@ class Matching:
         rest_left = [s for s in left if s.blocks and id(s) not in self.pairs]
         rest_right = [s for s in right if s.blocks and id(s) not in self._taken]
         self._similar(rest_left, rest_right)  # compound headers left over: by similarity
+        self._updates(left)
         self.votes = self._votes()
         self.renames = self._one_to_one()
 
@@ -135,6 +140,65 @@ class Matching:
             if dice >= CONTAINER_DICE:
                 self._pair(a, b, SHAPE_MATCH * dice)
 
+    def image_block(self, stmt: Statement) -> object | None:
+        """The old block that corresponds to the block holding `stmt` (None: unknown)."""
+        owner = stmt.parent
+        if owner is None:
+            return self.old.top
+        match = self.pairs.get(id(owner))
+        if match is None:
+            return None
+        position = owner.blocks.index(stmt.block)
+        return match.old.blocks[position] if position < len(match.old.blocks) else None
+
+    def _window(self, stmt: Statement, block: object) -> tuple[int, int]:
+        """The positions of `block` between the images of `stmt`'s matched neighbours."""
+        siblings = stmt.block.statements
+        low, high = 0, len(block.statements)
+        for s in reversed(siblings[: stmt.index]):
+            match = self.pairs.get(id(s))
+            if match is not None and match.old.block is block:
+                low = match.old.index + 1
+                break
+        for s in siblings[stmt.index + 1 :]:
+            match = self.pairs.get(id(s))
+            if match is not None and match.old.block is block:
+                high = match.old.index
+                break
+        return low, high
+
+    def _updates(self, left: list[Statement]) -> None:
+        """GumTree's update: a statement whose parent matches and which sits between the images
+        of its matched neighbours, with similar text, is that old statement edited. Pairs the
+        unmatched ones, and marks the similar pairs that satisfy it (a surer match)."""
+        for a in left:  # source order: parents first
+            if a.log_name is not None:
+                continue
+            match = self.pairs.get(id(a))
+            if match is not None and a.shape == match.old.shape:
+                continue  # identical, or renamed
+            block = self.image_block(a)
+            if block is None:
+                continue
+            low, high = self._window(a, block)
+            if match is not None:
+                if match.old.block is block and low <= match.old.index < high:
+                    ratio = _ratio(a.text, match.old.text)
+                    similarity = max(match.similarity, UPDATE + UPDATE_GAIN * ratio)
+                    self.pairs[id(a)] = Match(match.old, similarity, update=True)
+                continue
+            best, best_ratio = None, UPDATE_MIN
+            for b in block.statements[low:high]:
+                if id(b) in self._taken or b.log_name is not None:
+                    continue
+                ratio = _ratio(a.text, b.text)
+                if ratio >= best_ratio:
+                    best, best_ratio = b, ratio
+            if best is not None:
+                self._pair(a, best, UPDATE + UPDATE_GAIN * best_ratio)
+                if id(a) in self.pairs:
+                    self.pairs[id(a)] = Match(best, self.pairs[id(a)].similarity, update=True)
+
     def _votes(self) -> dict[object, dict[str, Counter[str]]]:
         """Per new function (None: module), for each new name, the old names in its place."""
         votes: dict[object, dict[str, Counter[str]]] = defaultdict(lambda: defaultdict(Counter))
@@ -182,6 +246,10 @@ class Matching:
         if not overall or old not in overall:
             return old, 1.0
         return old, overall[old] / sum(overall.values())
+
+
+def _ratio(a: str, b: str) -> float:
+    return SequenceMatcher(None, a.split(), b.split(), autojunk=False).ratio()
 
 
 def _gaps(left: list, right: list, pairs: list[tuple[int, int]]) -> list[tuple[list, list]]:

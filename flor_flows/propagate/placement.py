@@ -20,6 +20,7 @@ import libcst as cst
 
 from flor_flows.propagate.codemod import RenameNames
 from flor_flows.propagate.matching import Matching
+from flor_flows.propagate.renaming import UNSURE, attributes, binding, compare, neighbour_evidence
 from flor_flows.propagate.scope import bound_at, free_names
 from flor_flows.propagate.statements import Module, Statement
 
@@ -86,9 +87,15 @@ class Placer:
             anchor = before[-1]
             match = self.matching.get(anchor)
             if match is not None:
-                return Spot(
+                spot = Spot(
                     match.old.block, match.old.index + 1, confidence * match.similarity, match.old
                 )
+                if match.update:
+                    spot.notes.append(f"anchor updated: `{match.old.display}` -> `{anchor.display}`")
+                return spot
+            wrapped = self._wrapped(anchor, after, confidence)
+            if wrapped is not None:
+                return wrapped
             try:
                 return self._between(unit, before, after, confidence)
             except Refused:
@@ -114,6 +121,25 @@ class Placer:
         if after:
             return self._before_next(unit, after, confidence)
         raise Refused(f"its block `{owner.display}` has no counterpart")
+
+    def _wrapped(self, anchor: Statement, after: list[Statement], confidence: float) -> Spot | None:
+        """A new compound anchor that wraps old statements of the image block (a new
+        `if amp: ... else: <the old code>`): the spot follows the last of them."""
+        if not anchor.blocks:
+            return None
+        inner = [self.matching.get(s) for s in self.new.statements if anchor.encloses(s)]
+        images = [m.old for m in inner if m is not None]
+        later = next((m for s in after if (m := self.matching.get(s))), None)
+        block = images[-1].block if images else None
+        home = self.matching.image_block(anchor)
+        if block is None or home not in (None, block) or any(s.block is not block for s in images):
+            return None
+        last = max(images, key=lambda s: s.index)
+        if later is not None and (later.old.block is not block or later.old.index <= last.index):
+            return None
+        spot = Spot(block, last.index + 1, confidence * FALLBACK_BETWEEN, last)
+        spot.notes.append(f"its anchor `{anchor.display}` is new and wraps old `{last.display}`")
+        return spot
 
     def _block_end(self, unit: Statement, confidence: float) -> Spot:
         """Last in the image of its block, when it is last in its block and no statement
@@ -198,28 +224,80 @@ class Placer:
                     self.old.line(loop),
                 )
 
-    def renamed(self, unit: Statement) -> tuple[cst.CSTNode, dict[str, float], list[str]]:
-        """The unit with the new version's names replaced by the old version's.
+    def renamed(
+        self, unit: Statement, spot: Spot, allowed: set[str]
+    ) -> tuple[cst.CSTNode, dict[str, float], list[str]]:
+        """The unit with the new version's names replaced by the old version's, each rename
+        checked for soundness at the spot (see `renaming`).
 
-        Returns the node, the vote share behind each rename, and notes saying what changed.
+        Returns the node, the confidence behind each rename, and notes saying what changed.
         """
-        renames, shares = {}, {}
+        bound = bound_at(self.old, spot.block.owner, _order(spot)) | allowed
+        renames, shares, notes = {}, {}, []
         for name in sorted(free_names(unit.node)):
-            old_name, share = self.matching.rename(name, unit)
+            old_name, share, note = self._choose(name, unit, spot, bound)
             if old_name != name:
                 renames[name], shares[name] = old_name, share
+                notes.append(f"renamed {name} -> {old_name}" + (f" ({note})" if note else ""))
         node = unit.node.visit(RenameNames(renames)) if renames else unit.node
-        return node, shares, [f"renamed {new} -> {old}" for new, old in renames.items()]
+        return node, shares, notes
+
+    def _candidates(self, name: str, unit: Statement) -> list[tuple[str, float, bool]]:
+        """(old name, vote share, implied by the statement's neighbours), nearest evidence first."""
+        found = [(o, 1.0, True) for o in neighbour_evidence(self.matching, unit, name)]
+        local = self.matching.votes.get(id(unit.scope), {}).get(name)
+        if local:
+            total = sum(local.values())
+            found += [(o, count / total, False) for o, count in local.most_common()]
+        found.append((*self.matching.rename(name, unit), False))
+        found.append((name, 1.0, False))
+        seen: set[str] = set()
+        return [c for c in found if not (c[0] in seen or seen.add(c[0]))]
+
+    def _choose(
+        self, name: str, unit: Statement, spot: Spot, bound: set[str]
+    ) -> tuple[str, float, str | None]:
+        """The first sound candidate bound at the spot; refused when every bound one is unsound."""
+        problems, fallback = [], None
+        for old_name, share, near in self._candidates(name, unit):
+            if old_name not in bound:
+                continue
+            if old_name == name:
+                return name, 1.0, None
+            problem = self._unsound(name, old_name, unit, spot, near)
+            if problem is None:
+                return old_name, share, None
+            reason, certain = problem
+            if certain:
+                problems.append(f"`{old_name}` cannot stand for it: {reason}")
+            elif fallback is None:
+                fallback = (old_name, min(share, UNSURE), reason)
+        if fallback is not None:
+            return fallback
+        if problems:
+            used = attributes(unit.node, name)
+            uses = f" (the statement uses {', '.join(f'`{name}.{a}`' for a in used)})" if used else ""
+            raise Refused(f"name {name!r} is not defined; {'; '.join(problems)}{uses}", self.line(spot))
+        return name, 1.0, None  # unbound: `check_names` says so
+
+    def _unsound(
+        self, name: str, old_name: str, unit: Statement, spot: Spot, near: bool
+    ) -> tuple[str, bool] | None:
+        """Why `name -> old_name` would change the name's role (and whether that is certain)."""
+        new_binding = binding(self.new, name, unit.scope, unit.order)
+        owner = spot.block.owner
+        old_binding = binding(self.old, old_name, owner.scope if owner else None, _order(spot))
+        differ = compare(new_binding, old_binding, self.matching.renames)
+        if not near and (new_binding is None or new_binding.kind != "param"):
+            others = [n for n, o in self.matching.renames.items() if o == old_name and n != name]
+            if others:
+                taken = f"it is the counterpart of `{others[0]}`"
+                return (f"{taken}, and {differ[0]}" if differ else taken), True
+        return differ
 
     def check_names(self, node: cst.CSTNode, spot: Spot, allowed: set[str]) -> None:
         """Every name the statement reads must be bound at the spot in the old version."""
-        block = spot.block
-        order = (
-            block.statements[spot.index].order
-            if spot.index < len(block.statements)
-            else end_order(block)
-        )
-        bound = bound_at(self.old, block.owner, order) | allowed
+        bound = bound_at(self.old, spot.block.owner, _order(spot)) | allowed
         missing = sorted(free_names(node) - bound)
         if missing:
             raise Refused(f"name {missing[0]!r} is not defined", self.line(spot))
@@ -230,6 +308,14 @@ class Placer:
             return self.old.line(spot.anchor)
         owner = spot.block.owner
         return self.old.line(owner) if owner is not None else 1
+
+
+def _order(spot: Spot) -> int:
+    """The source order of the point a spot stands for."""
+    block = spot.block
+    if spot.index < len(block.statements):
+        return block.statements[spot.index].order
+    return end_order(block)
 
 
 def end_order(block: object) -> int:

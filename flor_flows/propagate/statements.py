@@ -49,10 +49,13 @@ class Statement:
     blocks: list[Block] = field(default_factory=list)  # its bodies, when compound
     log_name: str | None = None  # the name a `flor.log("name", ...)` statement logs
     bound: frozenset[str] | None = None  # the names it binds, once `scope.bound_by` asked
+    first_line: str | None = None  # its first line as written, when read by `fastread`
 
     @property
     def display(self) -> str:
         """Its first line as written (the header of a compound statement), for messages."""
+        if self.first_line is not None:
+            return self.first_line.strip() or self.text
         code = _EMPTY.code_for_node(self.node.with_changes(leading_lines=()))
         return code.strip().splitlines()[0] if code.strip() else self.text
 

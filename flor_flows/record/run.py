@@ -78,6 +78,7 @@ class Run:
         self.outer_checkpoint: dict[str, Any] | None = None  # replay: the one ending it
         self.args: dict[str, Any] = {}  # flor.arg values
         self.options: dict[str, Any] = {}  # the script's argparse options
+        self.names: set[str] = set()  # logged names, checked once each
         self.batches: dict[str, str] = {}
         self.failure: str | None = None
         self.finished = False
@@ -95,6 +96,8 @@ class Run:
 
     # -- API --------------------------------------------------------------------------------
     def log(self, name: str, value: Any) -> Any:
+        if name not in self.names:
+            self.names.add(_valid_name(name))
         if self.muted:
             return value
         if self.buffer.error is not None:
@@ -359,6 +362,20 @@ class Run:
 
 
 _SKIP = object()
+MAX_NAME = 255  # the store's column width for names
+
+
+def _valid_name(name: Any) -> str:
+    """A logged name the store can hold, or a FlorError at the `flor.log` that used it."""
+    if not isinstance(name, str) or not name:
+        raise FlorError(f"flor.log name must be a non-empty string, got {name!r}")
+    if len(name) > MAX_NAME:
+        raise FlorError(
+            f"flor.log name {name[:40]!r}... is {len(name)} characters; at most {MAX_NAME}"
+        )
+    if values.storable(name) != name:
+        raise FlorError(f"flor.log name {name!r} holds a NUL or a lone surrogate")
+    return name
 
 
 def _option(value: Any) -> Any:

@@ -38,13 +38,33 @@ def encode(value: Any) -> Encoded:
             return (INT, None, value, None)
         return (TEXT, None, None, str(value))
     if kind is str:
-        return (TEXT, None, None, value)
+        return (TEXT, None, None, storable(value))
     if value is None:
         return (NONE, None, None, None)
     try:
         return (JSON, None, None, json.dumps(value, allow_nan=True))
-    except (TypeError, ValueError):
-        return (TEXT, None, None, str(value))
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        text = str(value)
+    except Exception as exc:  # noqa: BLE001 - a user's __str__ may raise anything; logging must not
+        text = f"<unprintable {type(value).__name__}: {type(exc).__name__}>"
+    return (TEXT, None, None, storable(text))
+
+
+def storable(text: str) -> str:
+    """`text` as every store can hold it: NUL and lone surrogates escaped (`\\x00`, `\\ud800`).
+
+    Such text is rare; the escaped form keeps what it was readable.
+    """
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def decode(vtype: int, num: float | None, ival: int | None, txt: str | None) -> Any:

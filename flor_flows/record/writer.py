@@ -65,6 +65,7 @@ class Session:
         self.checkpoints: list[dict[str, Any]] = []
         self.warm_start: dict[str, Any] | None = None
         self.verifier: Verifier | None = None
+        self.escaped: set[str] = set()  # names whose text values were stored escaped
         if self.replaying:
             self.source = "replay"
             self.history = self.store.run_record(context.run_uid)
@@ -134,6 +135,7 @@ class Session:
             for why in divergences:
                 self.verifier.diverge(why)
             self.verifier.check(checks)
+        self._warn_escaped(logs)
         run_id, source, replay_id = self.run_id, self.source, self.replay_id
         signature = self.store.signature_id
         for batch in data:
@@ -174,6 +176,18 @@ class Session:
             heartbeat=not self.replaying,
             replacing=replay_id,
         )
+
+    def _warn_escaped(self, logs: list) -> None:
+        """Say once per name that text values were stored escaped (NUL, lone surrogates)."""
+        for _, _, _, name, value in logs:
+            if type(value) is str and name not in self.escaped and values.storable(value) != value:
+                self.escaped.add(name)
+                print(
+                    f"flor-flows: warning: a text value of {name!r} holds characters a store "
+                    "cannot keep (NUL or lone surrogates); stored with them escaped",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def finish(self, status: str, error: str | None) -> None:
         if self.verifier is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -21,7 +22,6 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -612,13 +612,45 @@ class Store:
             return list(conn.scalars(query))
 
     def query(self, sql: str) -> pd.DataFrame:
+        """Run one SQL statement, read-only, on the store: a write or a second statement is
+        refused by the database itself (SQLite's authorizer allows reading only; PostgreSQL
+        runs it in a READ ONLY transaction as a prepared statement, which holds one command)."""
         import pandas as pd
 
-        try:
-            with self.engine.connect() as conn:
-                return pd.read_sql_query(text(sql), conn)
-        except pd.errors.DatabaseError as exc:  # bad SQL is the user's input: no traceback
-            raise StoreError(f"query failed: {getattr(exc.__cause__, 'orig', exc)}") from exc
+        dialect = self.engine.dialect
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            cursor = raw.cursor()
+            try:
+                if dialect.name == "sqlite":
+                    raw.set_authorizer(_read_only_sqlite)
+                    cursor.execute(sql)
+                elif dialect.name == "postgresql":
+                    cursor.execute("SET TRANSACTION READ ONLY")
+                    cursor.execute(sql, prepare=True)
+                else:
+                    raise StoreError(f"read-only queries are not supported on {dialect.name} yet")
+                columns = [d[0] for d in cursor.description or ()]
+                rows = cursor.fetchall() if cursor.description else []
+            except dialect.dbapi.Error as exc:  # bad SQL is the user's input: no traceback
+                why = str(exc).strip().splitlines()[0]
+                raise StoreError(f"query failed: {why} (queries read, one statement each)") from exc
+            finally:
+                raw.rollback()
+                if dialect.name == "sqlite":
+                    raw.set_authorizer(None)
+                cursor.close()
+        return pd.DataFrame.from_records(rows, columns=columns)
+
+
+_SQLITE_READS = {
+    sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE,
+}  # fmt: skip
+
+
+def _read_only_sqlite(action: int, *_: object) -> int:
+    """A SQLite authorizer that lets a statement read and nothing else (no ATTACH, no PRAGMA)."""
+    return sqlite3.SQLITE_OK if action in _SQLITE_READS else sqlite3.SQLITE_DENY
 
 
 def _delete_replayed(conn: Any, run_id: int, replay_id: int, logs: Sequence[tuple]) -> None:

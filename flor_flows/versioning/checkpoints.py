@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import fsspec
 
 from flor_flows.errors import CheckpointError
+from flor_flows.versioning import paths
 
 _TORCH_STATEFUL = ("state_dict", "load_state_dict")
 
@@ -189,17 +190,23 @@ class Written:
 
 
 class CheckpointStore:
-    """Content files under one fsspec URL: `<root>/<run uid>/<loop>-<iteration>.ckpt`."""
+    """Content files under one fsspec URL: `<root>/<run uid>/<loop>-<iteration>.ckpt`.
+
+    The run uid and loop name are encoded into single path segments (`paths.segment`), so
+    no name can place a file outside the root; each file appears whole or not at all.
+    """
 
     def __init__(self, root: str) -> None:
         self.root = root.rstrip("/")
         self.fs, self._path = fsspec.core.url_to_fs(self.root)
+        self._path = self._path.rstrip("/")
+        self._tidied: set[str] = set()  # run directories cleaned of killed writes' leftovers
 
     def probe(self) -> None:
         """Fail early, with a clear message, when the location cannot be written."""
         try:
             self.fs.makedirs(self._path, exist_ok=True)
-            probe = f"{self._path}/.probe"
+            probe = paths.temp_name(f"{self._path}/probe")
             self.fs.pipe_file(probe, b"")
             self.fs.rm_file(probe)
         except OSError as exc:
@@ -207,14 +214,22 @@ class CheckpointStore:
                 f"checkpoint location {self.root!r} is not writable: {exc}"
             ) from exc
 
+    def key(self, run_uid: str, loop: str, iteration: int) -> str:
+        """The file's path relative to the root: always exactly one directory below it."""
+        return f"{paths.segment(run_uid)}/{paths.segment(loop)}-{int(iteration)}.ckpt"
+
     def write(self, run_uid: str, loop: str, iteration: int, payload: dict[str, Any]) -> Written:
         """Serialise and store a `snapshot` (safe to call from a background thread)."""
         start = time.perf_counter()
-        uri = f"{self.root}/{run_uid}/{loop}-{iteration}.ckpt"
+        key = self.key(run_uid, loop, iteration)
+        uri, path = f"{self.root}/{key}", f"{self._path}/{key}"
         digest, size = hashlib.sha256(), 0
         try:
-            self.fs.makedirs(f"{self._path}/{run_uid}", exist_ok=True)
-            with self.fs.open(f"{self._path}/{run_uid}/{loop}-{iteration}.ckpt", "wb") as out:
+            directory = path.rsplit("/", 1)[0]
+            self.fs.makedirs(directory, exist_ok=True)
+            tidy = directory not in self._tidied  # the first write of this store there
+            self._tidied.add(directory)
+            with paths.atomic(self.fs, path, tidy) as tmp, self.fs.open(tmp, "wb") as out:
                 for piece in serialize(payload):
                     out.write(piece)
                     digest.update(piece)

@@ -11,13 +11,14 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import git
 
-from flor_flows.errors import DetachedHead, FlorError, NotAGitRepository
+from flor_flows.errors import DirtySubmodule, FlorError, NotAGitRepository
 
 __all__ = ["CodeVersion", "read_file", "run_ref", "snapshot"]
 
@@ -35,7 +36,7 @@ class CodeVersion:
     commit: str  # hexsha of the snapshot commit (the code version id)
     tree: str  # hexsha of its tree
     base: str | None  # HEAD commit the snapshot was taken on; None on an unborn branch
-    branch: str | None  # branch checked out at snapshot time
+    branch: str | None  # branch checked out at snapshot time; None on a detached HEAD
     dirty: bool  # True when the snapshot differs from HEAD's tree
 
 
@@ -103,6 +104,64 @@ def _stderr(exc: git.GitCommandError) -> str:
     return (match.group(1) if match else text).strip()
 
 
+def _head_info(repo: git.Repo, head_ref: str, env: dict[str, str]) -> list[str]:
+    """[commit, tree, author time, tz, committer time, tz] of HEAD; [] on an unborn branch."""
+    if head_ref != "HEAD":
+        return _git(
+            repo,
+            "for-each-ref",
+            "--format=%(objectname) %(tree) %(authordate:raw) %(committerdate:raw)",
+            head_ref,
+            env=env,
+            what="read HEAD",
+        ).split()
+    commit = _git(repo, "rev-parse", "--verify", "HEAD^{commit}", env=env, what="read HEAD")
+    raw = _git(repo, "cat-file", "commit", commit, env=env, what="read HEAD")
+    fields = {}
+    for line in raw.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(" ")
+        fields.setdefault(key, value)
+    author, committer = fields["author"].split()[-2:], fields["committer"].split()[-2:]
+    return [commit, fields["tree"], *author, *committer]
+
+
+def _warn_dirty_submodules(repo: git.Repo, top: Path, run_uid: str, env: dict[str, str]) -> None:
+    """Say, once per run, which submodules have edits the code version does not hold.
+
+    A snapshot records a submodule as the commit its HEAD is on; uncommitted edits inside
+    it are not part of the code version, and that must not be silent. Read-only: runs on
+    the snapshot's temporary index, with optional locks off.
+    """
+    if not (top / ".gitmodules").is_file():
+        return
+    status = _git(
+        repo,
+        "status",
+        "--porcelain=v2",
+        "-z",
+        "--untracked-files=no",
+        "--ignore-submodules=none",
+        env=env | {"GIT_OPTIONAL_LOCKS": "0"},
+        what="read the submodules' status",
+    )
+    dirty = []
+    for entry in status.split("\0"):
+        parts = entry.split(" ", 8)
+        # "1 <XY> <sub> ... <path>": <sub> is "S<c><m><u>", <m> = "M" for tracked changes
+        if parts[0] == "1" and len(parts) == 9 and parts[2][:1] == "S" and parts[2][2] == "M":
+            dirty.append(parts[8])
+    if dirty:
+        listed = ", ".join(repr(path) for path in dirty)
+        warnings.warn(
+            f"run {run_uid}: submodule{'s' if len(dirty) > 1 else ''} {listed} in {top} "
+            "has uncommitted edits that are not part of the run's code version (a snapshot "
+            "records a submodule at its HEAD commit); commit them in the submodule to "
+            "version them.",
+            DirtySubmodule,
+            stacklevel=3,
+        )
+
+
 def snapshot(
     root: Path,
     run_uid: str,
@@ -122,28 +181,17 @@ def snapshot(
     try:
         top = Path(repo.working_tree_dir)
         head = repo.head
-        if head.is_detached:
-            raise DetachedHead(
-                f"HEAD is detached in {top}, so the run's code has no branch to belong to. "
-                "Check out a branch first, e.g. `git switch <branch>` or "
-                "`git switch -c <new-branch>`."
-            )
-        head_ref = head.reference.path  # e.g. refs/heads/main; readable even when unborn
-        branch = head_ref.removeprefix("refs/heads/")
+        detached = head.is_detached
+        # A detached HEAD (every CI checkout) records on the commit it points to, no branch.
+        head_ref = "HEAD" if detached else head.reference.path  # readable even when unborn
+        branch = None if detached else head_ref.removeprefix("refs/heads/")
         forced = [
             _repo_relative(top, root, p, "Entry script")
             for p in ([entry_script] if entry_script is not None else [])
         ] + [_repo_relative(top, root, p, "Included path") for p in include]
 
         env = {"GIT_LITERAL_PATHSPECS": "1"}
-        info = _git(
-            repo,
-            "for-each-ref",
-            "--format=%(objectname) %(tree) %(authordate:raw) %(committerdate:raw)",
-            head_ref,
-            env=env,
-            what="read HEAD",
-        ).split()
+        info = _head_info(repo, head_ref, env)
         base = base_tree = None
         if info:  # [commit, tree, a_time, a_tz, c_time, c_tz]
             base, base_tree = info[0], info[1]
@@ -172,6 +220,7 @@ def snapshot(
                     what="add the entry script and includes",
                 )
             tree = _git(repo, "write-tree", env=env, what="write the snapshot tree")
+            _warn_dirty_submodules(repo, top, run_uid, env)
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
 

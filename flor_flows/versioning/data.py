@@ -6,15 +6,18 @@ works as a source and as the data store; the script always gets a local path bac
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-import tempfile
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import fsspec
 
 from flor_flows.errors import DataError
+from flor_flows.versioning import paths
 
 CHUNK = 1 << 20
 NO_COPY = ("", "none")
@@ -30,12 +33,16 @@ class Batch:
     local_path: str  # what the script reads
 
 
+_SUFFIX = re.compile(r"(\.[A-Za-z0-9_-]{1,16}){0,2}")
+
+
 def _suffix(uri: str) -> str:
-    return "".join(PurePosixPath(uri.split("?")[0]).suffixes[-2:])
+    """The batch's extension(s), kept on its copies when they are plain (else none)."""
+    suffix = "".join(PurePosixPath(uri.split("?")[0]).suffixes[-2:])
+    return suffix if _SUFFIX.fullmatch(suffix) else ""
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return "file" in fs.protocol if isinstance(fs.protocol, tuple) else fs.protocol == "file"
+_is_local = paths.is_local
 
 
 def resolve(base: Path, uri: str) -> str:
@@ -45,42 +52,55 @@ def resolve(base: Path, uri: str) -> str:
     return str(base / uri)
 
 
+def _store(tmp: str, dst_fs: fsspec.AbstractFileSystem, dst_path: str) -> None:
+    """Put the local file `tmp` at `dst_path`, whole or not at all (`tmp` may be consumed)."""
+    dst_fs.makedirs(str(PurePosixPath(dst_path).parent), exist_ok=True)
+    with paths.atomic(dst_fs, dst_path) as part:
+        if _is_local(dst_fs):
+            try:
+                os.replace(tmp, part)  # same filesystem: no copy
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.copyfile(tmp, part)
+        else:
+            dst_fs.put_file(tmp, part)
+
+
 def version(name: str, uri: str, store_url: str, cache_dir: Path) -> Batch:
     """Hash the batch at `uri`, copy it into `store_url` (unless "none"), return its record.
 
-    The file is read once: hashing and copying share one streaming pass.
+    The file is read once: hashing and copying share one streaming pass. Every copy (the
+    store's and the local cache's) appears whole under its final name or not at all.
     """
     src_fs, src_path = fsspec.core.url_to_fs(uri)
     if not src_fs.isfile(src_path):
         raise DataError(f"data batch {name!r}: {uri!r} does not exist or is not a file")
     digest = hashlib.sha256()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
+    cache = fsspec.filesystem("file")
+    paths.clean(cache, str(cache_dir))
+    tmp = paths.temp_name(f"{cache_dir}/batch")
     size = 0
     try:
-        with src_fs.open(src_path, "rb") as src, os.fdopen(fd, "wb") as out:
+        with src_fs.open(src_path, "rb") as src, open(tmp, "wb") as out:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
         sha = digest.hexdigest()
+        local = cache_dir / f"{sha}{_suffix(uri)}"
         if store_url.lower() in NO_COPY:
             if _is_local(src_fs):
                 return Batch(name, uri, sha, size, None, str(Path(src_path).resolve()))
-            local = cache_dir / f"{sha}{_suffix(uri)}"
             os.replace(tmp, local)
             return Batch(name, uri, sha, size, None, str(local))
         stored = f"{store_url.rstrip('/')}/{sha[:2]}/{sha}{_suffix(uri)}"
         dst_fs, dst_path = fsspec.core.url_to_fs(stored)
         if not dst_fs.exists(dst_path):
-            dst_fs.makedirs(str(PurePosixPath(dst_path).parent), exist_ok=True)
-            if _is_local(dst_fs):
-                os.replace(tmp, dst_path)  # atomic: concurrent writers of one batch agree
-            else:
-                dst_fs.put_file(tmp, dst_path)
+            _store(tmp, dst_fs, dst_path)
         if _is_local(dst_fs):
             return Batch(name, uri, sha, size, stored, dst_path)
-        local = cache_dir / f"{sha}{_suffix(uri)}"
         if not local.exists():
             os.replace(tmp, local)
         return Batch(name, uri, sha, size, stored, str(local))
@@ -102,7 +122,8 @@ def fetch(stored_uri: str, sha256: str, cache_dir: Path) -> str:
         local = str(cache_dir / f"{sha256}{_suffix(stored_uri)}")
         if not os.path.exists(local):
             cache_dir.mkdir(parents=True, exist_ok=True)
-            fs.get_file(path, local)
+            with paths.atomic(fsspec.filesystem("file"), local) as part:
+                fs.get_file(path, part)
     digest = hashlib.sha256()
     with open(local, "rb") as handle:
         while chunk := handle.read(CHUNK):

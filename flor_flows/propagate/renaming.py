@@ -1,0 +1,164 @@
+"""Which old name a name of the new statement becomes, and whether that rename is sound.
+
+Evidence comes nearest first: the statement's own neighbours (its anchor, the statement after
+it, its block's header), whose matches say what a name is at that very point; then the votes
+of the enclosing function; then the whole file's. A rename `new -> old` is sound only when the
+two names play the same role: `old` is bound at the spot, it is not already the image of
+another name, and its binding has the shape of the new name's (the same constructor or call,
+or at least the same kind of binding). Which attributes the statement uses on the name is
+reported with a refusal, so the user sees what would have crashed (`opt.get_last_lr`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import libcst as cst
+
+from flor_flows.propagate.matching import Matching
+from flor_flows.propagate.scope import bound_by
+from flor_flows.propagate.statements import Module, Statement
+
+UNSURE = 0.7  # confidence cap for a rename whose bindings differ in shape (below the warning)
+_EMPTY = cst.Module(body=[])
+
+
+@dataclass(frozen=True)
+class Binding:
+    """How a name got its value: an assignment's expression, or another kind of binding."""
+
+    kind: str  # "assign", "param", "import", "def", "for", "with", "other"
+    value: cst.BaseExpression | None = None
+
+    def describe(self) -> str:
+        if self.value is None:
+            return {"param": "a parameter", "import": "an import"}.get(self.kind, self.kind)
+        return f"`{_short(self.value)}`"
+
+
+def _short(node: cst.CSTNode) -> str:
+    if isinstance(node, cst.Call):
+        return _EMPTY.code_for_node(node.func) + "(...)"
+    code = " ".join(_EMPTY.code_for_node(node).split())
+    return code if len(code) <= 40 else code[:37] + "..."
+
+
+def _binding_of(stmt: Statement, name: str) -> Binding | None:
+    """The binding of `name` by `stmt`, if it binds it."""
+    if name not in bound_by(stmt):
+        return None
+    node = stmt.node
+    if stmt.kind == "def":
+        return Binding("def")
+    if stmt.kind in ("for", "with", "class"):
+        return Binding(stmt.kind)
+    for small in getattr(node, "body", ()):
+        if isinstance(small, cst.Assign) and len(small.targets) == 1:
+            target = small.targets[0].target
+            if isinstance(target, cst.Name) and target.value == name:
+                return Binding("assign", small.value)
+        if isinstance(small, cst.AnnAssign) and small.value is not None:
+            return Binding("assign", small.value)
+        if isinstance(small, cst.AugAssign):
+            return None  # `x += ...` keeps the kind of an earlier binding: look further back
+        if isinstance(small, cst.Import | cst.ImportFrom):
+            return Binding("import")
+    return Binding("other")
+
+
+def _scopes(scope: Statement | None) -> Iterator[Statement | None]:
+    while scope is not None:
+        yield scope
+        scope = scope.function
+    yield None
+
+
+def binding(module: Module, name: str, scope: Statement | None, order: int) -> Binding | None:
+    """The binding of `name` seen at a point: the last one before it in the innermost scope
+    that binds it (any earlier one in an enclosing scope), a parameter, or None."""
+    for level in _scopes(scope):
+        if level is not None and name in _parameters(level):
+            found = _last(module, name, level, order)
+            return found or Binding("param")
+        found = _last(module, name, level, order)
+        if found is not None:
+            return found
+    return None
+
+
+def _parameters(function: Statement) -> set[str]:
+    params = function.node.params
+    found = [*params.posonly_params, *params.params, *params.kwonly_params]
+    return {p.name.value for p in found}
+
+
+def _last(module: Module, name: str, level: Statement | None, order: int) -> Binding | None:
+    for stmt in reversed(module.statements[:order]):
+        if stmt.function is level:
+            found = _binding_of(stmt, name)
+            if found is not None:
+                return found
+    return None
+
+
+def _callee(node: cst.BaseExpression) -> str:
+    return _EMPTY.code_for_node(node.func) if isinstance(node, cst.Call) else ""
+
+
+_LOOSE = {"for", "with"}  # bindings whose value cannot be told statically
+
+
+def compare(
+    new: Binding | None, old: Binding | None, renames: dict[str, str]
+) -> tuple[str, bool] | None:
+    """None when the bindings agree or cannot be told apart; else how they differ, and whether
+    that is certain (another constructor, another call, another kind of value)."""
+    if new is None or old is None or {new.kind, old.kind} & {"param", "other"}:
+        return None  # a parameter takes whatever its caller passes
+    differ = f"it is {new.describe()} in the new version, {old.describe()} in the old"
+    if new.kind != old.kind:
+        return differ, new.kind not in _LOOSE and old.kind not in _LOOSE
+    if new.kind != "assign":
+        return None
+    a, b = _callee(new.value), _callee(old.value)
+    if a and b:
+        same = a.split(".")[-1] == b.split(".")[-1] or renames.get(a, a) == b
+        return None if same else (differ, True)
+    return (differ, True) if type(new.value) is not type(old.value) else None
+
+
+class _Attributes(cst.CSTVisitor):
+    def __init__(self, name: str) -> None:
+        self.name, self.found = name, []
+
+    def visit_Attribute(self, node: cst.Attribute) -> bool:
+        if isinstance(node.value, cst.Name) and node.value.value == self.name:
+            self.found.append(node.attr.value)
+        return True
+
+
+def attributes(node: cst.CSTNode, name: str) -> list[str]:
+    """The attributes and methods a statement uses on `name` (`scheduler.get_last_lr`)."""
+    visitor = _Attributes(name)
+    node.visit(visitor)
+    return sorted(set(visitor.found))
+
+
+def neighbour_evidence(matching: Matching, unit: Statement, name: str) -> list[str]:
+    """Old names for `name` that the matches right around the statement imply: its anchor,
+    the statement after it, and its block's header."""
+    siblings = [s for s in unit.block.statements if s.log_name is None]
+    before = [s for s in siblings if s.index < unit.index][-1:]
+    after = [s for s in siblings if s.index > unit.index][:1]
+    around = [*before, *after, *([unit.parent] if unit.parent is not None else [])]
+    found = []
+    for stmt in around:
+        match = matching.get(stmt)
+        if match is None or name not in stmt.names:
+            continue
+        if stmt.shape == match.old.shape:
+            found += [o for n, o in zip(stmt.names, match.old.names, strict=True) if n == name]
+        elif name in match.old.names:  # an update that kept the name
+            found.append(name)
+    return list(dict.fromkeys(found))
