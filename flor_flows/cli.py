@@ -49,9 +49,22 @@ def _print_frame(frame, as_csv: bool) -> None:  # noqa: ANN001 - pandas is impor
 
 
 def _store(args: argparse.Namespace):  # noqa: ANN202
-    from flor_flows.store import open_store, project_store
+    """The store to read; a SQLite store that does not exist yet is an error, not created."""
+    from sqlalchemy.engine import make_url
 
-    return open_store(args.store) if args.store else project_store(args.project_dir)
+    from flor_flows.config import load_settings
+    from flor_flows.store import open_store
+
+    url = args.store or load_settings(args.project_dir).store_url
+    parsed = make_url(url)
+    on_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
+        None,
+        "",
+        ":memory:",
+    )
+    if on_file and not Path(parsed.database).exists():
+        raise FlorError(f"no runs recorded yet: there is no store at {parsed.database}")
+    return open_store(url)
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
@@ -66,7 +79,8 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 def cmd_dataframe(args: argparse.Namespace) -> None:
     names = [n for n in args.names.split(",") if n] if args.names else []
-    _print_frame(_store(args).dataframe(names), args.csv)
+    frame = _store(args).dataframe(names, include_diverged=args.include_diverged)
+    _print_frame(frame, args.csv)
 
 
 def cmd_query(args: argparse.Namespace) -> None:
@@ -318,6 +332,11 @@ def parser() -> argparse.ArgumentParser:
     runs.set_defaults(func=cmd_runs)
     frame = reader("dataframe", "Print the wide table of logged names over every run.")
     frame.add_argument("names", nargs="?", help="comma-separated names, e.g. loss,acc; none: runs")
+    frame.add_argument(
+        "--include-diverged",
+        action="store_true",
+        help="also show values of replays that diverged from their run's record (untrusted)",
+    )
     frame.set_defaults(func=cmd_dataframe)
     query = reader("query", "Run SQL on the store.")
     query.add_argument("sql")

@@ -66,3 +66,23 @@ def test_bad_input_is_a_clear_error_not_a_traceback(project: Project) -> None:
         invalid = cli(project, "replay", *args, "--dry-run")
         assert invalid.returncode == 2 and why in invalid.stderr, invalid.stderr
         assert "Traceback" not in invalid.stderr
+
+
+def test_reading_a_project_without_runs_creates_nothing(project: Project) -> None:
+    for args in (("runs",), ("dataframe", "loss"), ("query", "select 1")):
+        empty = cli(project, *args)
+        assert empty.returncode == 2, empty.stderr
+        assert empty.stderr.startswith("flor-flows: error: no runs recorded yet: there is no store")
+    assert not (project.root / ".flor-flows").exists()
+
+
+def test_query_cannot_change_the_store(project: Project) -> None:
+    project.write("train.py", SCRIPT)
+    project.run("train.py")
+    dropped = cli(project, "query", "DROP TABLE logs")
+    assert dropped.returncode == 2 and len(dropped.stderr.splitlines()) == 1, dropped.stderr
+    assert "query failed: not authorized" in dropped.stderr
+    assert cli(project, "query", "select count(*) as n from logs", "--csv").stdout.split() == [
+        "n",
+        "4",
+    ]

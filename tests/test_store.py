@@ -109,3 +109,23 @@ def test_query_reads_and_can_write_nothing(
     assert store.query("SELECT name, num FROM logs").values.tolist() == [["x", 1.0]]
     assert store.runs()["status"].tolist() == ["completed"]
     assert not (project.root / "evil.db").exists()
+
+
+def test_reading_shows_a_dead_run_failed_and_writes_nothing(project: Project) -> None:
+    """A run whose process and writer both died stays `running` in the store; readers show it
+    failed without writing, and the next run recorded on this host marks it."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    store = Store(project.store_url)
+    project_id = store.project_id("proj", project.root)
+    store.start_run(uid="killed", project_id=project_id, entry_script="t.py", pid=int(dead.stdout))
+    shown = store.runs().set_index("run_uid").loc["killed"]
+    assert (shown.status, shown.error) == ("failed", "process ended without finishing the run")
+    assert store.dataframe(["x"]).empty
+    assert store.query("SELECT status FROM runs")["status"].tolist() == ["running"]  # unchanged
+    project.write("train.py", "import flor_flows as flor\nflor.log('x', 1.0)\n")
+    project.commit("x")
+    project.run("train.py")
+    stored = store.query("SELECT uid, status FROM runs ORDER BY id").values.tolist()
+    assert stored == [["killed", "failed"], [store.runs()["run_uid"].iloc[-1], "completed"]]

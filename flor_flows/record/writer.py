@@ -88,6 +88,7 @@ class Session:
         from flor_flows.versioning import code
 
         self.source, self.replay_id = "forward", None
+        self.store.mark_dead_runs()  # readers only show them failed; a writer records it
         root = self.settings.root
         if context.code_version is not None:  # the launcher took the snapshot
             version = code.CodeVersion(**context.code_version)

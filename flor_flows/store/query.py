@@ -77,6 +77,8 @@ def _runs(store: Store, project: str | None, uids: Sequence[str] | None = None) 
             s.Run.prefect_flow_run_id,
             resumed.uid.label("resumed_from"),
             s.Run.error,
+            s.Run.host,
+            s.Run.pid,
         )
         .join(s.Project, s.Project.id == s.Run.project_id)
         .outerjoin(s.CodeVersion, s.CodeVersion.id == s.Run.code_version_id)
@@ -98,10 +100,23 @@ def _runs(store: Store, project: str | None, uids: Sequence[str] | None = None) 
         )
     runs["started_at"] = pd.to_datetime(runs["started_at"], utc=True)
     runs["ended_at"] = pd.to_datetime(runs["ended_at"], utc=True)
+    _show_dead_runs(runs)
     if not data.empty:
         uris = data.pivot(index="run_id", columns="name", values="uri").add_prefix("data.")
         runs = runs.merge(uris, left_on="run_id", right_index=True, how="left")
     return runs
+
+
+def _show_dead_runs(runs: pd.DataFrame) -> None:
+    """Show runs of this host whose process is gone as failed (reading writes nothing: the
+    next run recorded on this host marks them in the store)."""
+    from flor_flows.store.store import DIED, HOST, pid_alive
+
+    host, pid = runs.pop("host"), runs.pop("pid")
+    running = (runs["status"] == "running") & (host == HOST)
+    dead = [bool(r) and not pid_alive(int(p)) for r, p in zip(running, pid, strict=True)]
+    runs.loc[dead, "status"] = "failed"
+    runs.loc[dead, "error"] = runs.loc[dead, "error"].fillna(DIED)
 
 
 def _expand_args(runs: pd.DataFrame) -> pd.DataFrame:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from flor_flows.versioning.code import CodeVersion
 
 HOST = socket.gethostname()
+DIED = "process ended without finishing the run"
 
 
 def now() -> datetime:
@@ -61,10 +62,10 @@ def _holder_gone(holder: str) -> bool:
     """Whether a lease's holder was a process of this host that no longer runs."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    return host == HOST and pid.isdigit() and not _pid_alive(int(pid))
+    return host == HOST and pid.isdigit() and not pid_alive(int(pid))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -284,12 +285,10 @@ class Store:
             rows = conn.execute(
                 select(s.Run.id, s.Run.pid).where(s.Run.status == "running", s.Run.host == HOST)
             ).all()
-            dead = [rid for rid, pid in rows if not _pid_alive(pid)]
+            dead = [rid for rid, pid in rows if not pid_alive(pid)]
             if dead:
                 conn.execute(
-                    update(s.Run)
-                    .where(s.Run.id.in_(dead))
-                    .values(status="failed", error="process ended without finishing the run")
+                    update(s.Run).where(s.Run.id.in_(dead)).values(status="failed", error=DIED)
                 )
         return len(dead)
 
@@ -580,7 +579,6 @@ class Store:
         """One row per run: uid, status, code version, times, entry script, args, batches."""
         from flor_flows.store.query import run_table
 
-        self.mark_dead_runs()
         return run_table(self, project, uids)
 
     def dataframe(
@@ -594,7 +592,6 @@ class Store:
         diverged from their run's record are left out unless `include_diverged`."""
         from flor_flows.store.query import run_table, wide_table
 
-        self.mark_dead_runs()
         names = list(dict.fromkeys(names))
         if not names:
             return run_table(self, project, uids)
