@@ -30,7 +30,9 @@ With --database postgresql://user[:password]@host[:port]/dbname it uses PostgreS
 (the database must exist; Prefect creates its tables): use it when several flows,
 workers or users share the server, as SQLite answers concurrent writers with
 "database is locked" errors. postgres://, postgresql+psycopg:// and sqlite:///path URLs
-are accepted too; they are converted to the async drivers Prefect needs.
+are accepted too; they are converted to the async drivers Prefect needs. Keep a
+password out of the command line (where `ps` shows it): give the URL in the environment
+variable FLOR_FLOWS_SERVER_DATABASE instead of --database.
 
 Then point flow processes at it: export PREFECT_API_URL=http://HOST:PORT/api
 """
@@ -282,9 +284,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_server(args: argparse.Namespace) -> int:
     """Prefect's server in the foreground; its exit code is ours."""
+    from flor_flows.secrets import redact_url
     from flor_flows.server import run_server
 
-    return run_server(args.database, args.host, args.port)
+    database = args.database or os.environ.get("FLOR_FLOWS_SERVER_DATABASE") or None
+    if args.database and redact_url(args.database) != args.database:
+        print(
+            "flor-flows: warning: a password on the command line is visible to every user "
+            "(ps); set FLOR_FLOWS_SERVER_DATABASE=URL instead of --database",
+            file=sys.stderr,
+        )
+    return run_server(database, args.host, args.port)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

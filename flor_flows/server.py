@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from flor_flows.errors import FlorError
+from flor_flows.secrets import redact_url
 
 ASYNC_DRIVERS = {
     "postgresql": "postgresql+asyncpg",
@@ -34,11 +35,13 @@ def async_database_url(url: str) -> str:
     driver = ASYNC_DRIVERS.get(scheme.lower()) if sep else None
     if driver is None:
         raise FlorError(
-            f"unsupported database URL {url!r} for the Prefect server: use "
+            f"unsupported database URL {redact_url(url)!r} for the Prefect server: use "
             "postgresql://user[:password]@host[:port]/dbname or sqlite:///path/to/prefect.db"
         )
     if driver.startswith("sqlite") and rest in ("", "/"):
-        raise FlorError(f"{url!r} names no database file: use sqlite:///path/to/prefect.db")
+        raise FlorError(
+            f"{redact_url(url)!r} names no database file: use sqlite:///path/to/prefect.db"
+        )
     return f"{driver}://{rest}"
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from flor_flows.errors import StoreError
+from flor_flows.secrets import redact_url
 from flor_flows.store import schema as s
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class Store:
             pool = {"poolclass": NullPool} if on_file and not pooled else {}
             self.engine: Engine = create_engine(url, future=True, **pool)
         except Exception as exc:  # noqa: BLE001 - any driver/URL error becomes one clear message
-            raise StoreError(f"cannot open store {url!r}: {exc}") from exc
+            raise StoreError(f"cannot open store {redact_url(url)!r}: {exc}") from exc
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._signatures: dict[tuple[str, ...], int] = {}
@@ -124,7 +125,9 @@ class Store:
             except (OperationalError, ProgrammingError, IntegrityError) as exc:
                 # Another process may be creating the same tables right now: look again.
                 if attempt == 4:
-                    raise StoreError(f"cannot use store {self.url!r}: {exc.orig}") from exc
+                    raise StoreError(
+                        f"cannot use store {redact_url(self.url)!r}: {exc.orig}"
+                    ) from exc
                 time.sleep(0.05 * (attempt + 1))
         version = select(s.Meta.value).where(s.Meta.key == "schema_version")
         try:
@@ -139,7 +142,7 @@ class Store:
             found = conn.scalar(select(s.Meta.value).where(s.Meta.key == "schema_version"))
         if found != str(s.SCHEMA_VERSION):
             raise StoreError(
-                f"store {self.url!r} has schema version {found}, this flor-flows expects "
+                f"store {redact_url(self.url)!r} has schema version {found}, this flor-flows expects "
                 f"{s.SCHEMA_VERSION}; upgrade flor-flows or point FLOR_FLOWS_STORE_URL at a new store"
             )
 
@@ -195,7 +198,7 @@ class Store:
         else:
             found = conn.scalar(query)
         if found is None:
-            raise StoreError(f"no run {uid!r} in store {self.url!r}")
+            raise StoreError(f"no run {uid!r} in store {redact_url(self.url)!r}")
         return found
 
     def run_record(self, uid: str) -> dict[str, Any]:
@@ -203,7 +206,7 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(select(s.Run).where(s.Run.uid == uid)).mappings().first()
             if row is None:
-                raise StoreError(f"no run {uid!r} in store {self.url!r}")
+                raise StoreError(f"no run {uid!r} in store {redact_url(self.url)!r}")
             batches = conn.execute(select(s.DataBatch).where(s.DataBatch.run_id == row["id"]))
             record = dict(row)
             record["data"] = {b["name"]: dict(b) for b in batches.mappings()}
@@ -700,7 +703,7 @@ def _insert_sql(table: str, columns: Sequence[str], engine: Engine, ignore: bool
     elif style == "numeric":
         marks = [f":{k + 1}" for k in range(len(columns))]
     else:
-        raise StoreError(f"unsupported DB-API paramstyle {style!r} for {engine.url}")
+        raise StoreError(f"unsupported DB-API paramstyle {style!r} for {engine.url!r}")
     sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
     if not ignore:
         return sql

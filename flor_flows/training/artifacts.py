@@ -14,6 +14,7 @@ from uuid import UUID
 
 import pandas as pd
 
+from flor_flows.secrets import mask_secrets
 from flor_flows.store import Store
 
 MAX_METRIC_ROWS = 5_000  # the UI struggles long before Prefect's (absent) size limit
@@ -25,8 +26,10 @@ def key_prefix(project_name: str) -> str:
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """JSON-ready rows: missing cells become None, timestamps ISO strings."""
-    return json.loads(frame.to_json(orient="records", date_format="iso"))
+    """JSON-ready rows: missing cells become None, timestamps ISO strings, the values of
+    secret-looking columns (args named like passwords, tokens, keys) masked."""
+    rows = json.loads(frame.to_json(orient="records", date_format="iso"))
+    return [mask_secrets(row) for row in rows]
 
 
 def run_row(store: Store, uid: str) -> dict[str, Any]:
