@@ -239,3 +239,21 @@ def test_values_logged_several_times_in_one_context_are_all_shown(project: Proje
         [0, 0, 0.0, 0.0], [0, 1, 1.0, 0.0], [0, 2, 2.0, 0.0],
         [1, 0, 10.0, 0.1], [1, 1, 11.0, 0.1], [1, 2, 12.0, 0.1],
     ]  # fmt: skip
+
+
+def test_a_dry_run_plans_and_writes_nothing(recorded) -> None:  # noqa: ANN001
+    project, uid = recorded
+    project.write("train.py", NEW)
+    store = project.store()
+    before = {t: store.query(f"SELECT COUNT(*) AS n FROM {t}")["n"][0] for t in ("backfills", "backfill_items", "replays", "logs")}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "flor_flows.cli", "replay", "--apply", "w2", "--dry-run"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert uid in proc.stdout and "1 replay(s)" in proc.stdout
+    after = {t: store.query(f"SELECT COUNT(*) AS n FROM {t}")["n"][0] for t in before}
+    assert after == before and before["backfills"] == 0

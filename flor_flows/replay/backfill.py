@@ -56,7 +56,8 @@ class Resolved:
     names: tuple[str, ...]
     new_files: dict[str, str]
     statements_sha256: str
-    backfill_id: int
+    key: str  # the request's identity: names, statements, selection
+    backfill_id: int | None  # its record in the store, once a flow run created it
     items: list[planning.Item]
     done: list[str]  # runs a previous attempt of this request replayed already
 
@@ -112,8 +113,8 @@ def resolve(request: BackfillRequest) -> Resolved:
         ).encode()
     ).hexdigest()
     store = open_store(settings.store_url)
-    backfill_id = store.backfill_id(key, names)
-    status = store.backfill_status(backfill_id)
+    backfill_id = store.find_backfill(key)  # created by the flow run: a dry run writes nothing
+    status = {} if backfill_id is None else store.backfill_status(backfill_id)
     where = parse_where(request.where) if request.where else None
     iters = parse_iter(request.iterations) if request.iterations else None
     items = planning.plan(
@@ -127,7 +128,7 @@ def resolve(request: BackfillRequest) -> Resolved:
     )
     done = [i.run_uid for i in items if status.get(i.run_uid) == "replayed"]
     todo = [i for i in items if status.get(i.run_uid) != "replayed"]
-    return Resolved(settings, names, files, digest, backfill_id, todo, done)
+    return Resolved(settings, names, files, digest, key, backfill_id, todo, done)
 
 
 def plan_rows(items: list[planning.Item]) -> list[dict[str, object]]:

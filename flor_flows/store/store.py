@@ -112,7 +112,22 @@ class Store:
         )
         # A loop that runs twice under one parent (same name) revisits its contexts: keep the first.
         self._insert_contexts = _insert_sql("contexts", s.CONTEXT_COLUMNS, self.engine, ignore=True)
-        self._ensure_schema()
+        from sqlalchemy.exc import DatabaseError
+
+        try:
+            self._ensure_schema()
+        except DatabaseError as exc:
+            # The sqlite3 module reports a damaged file only as this broad class; its result
+            # code tells "not a database" (26) and "malformed" (11) apart from other errors,
+            # which go on as they were.
+            code = getattr(exc.orig, "sqlite_errorcode", None)  # None: not sqlite3's error
+            if code is None or code & 0xFF not in (11, 26):
+                raise
+            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else "corrupt"
+            raise StoreError(
+                f"the store {make_url(url).database} is not a readable SQLite database "
+                f"({reason}): restore it from a backup or point FLOR_FLOWS_STORE_URL at a new store"
+            ) from exc
 
     # -- schema ---------------------------------------------------------------------------
     def _ensure_schema(self) -> None:
@@ -472,6 +487,11 @@ class Store:
                 select(s.Backfill.id).where(s.Backfill.key == key),
                 insert(s.Backfill).values(key=key, names=list(names), created_at=now()),
             )
+
+    def find_backfill(self, key: str) -> int | None:
+        """The id of the hindsight request `key`, if a flow run ever ran it."""
+        with self.engine.connect() as conn:
+            return conn.scalar(select(s.Backfill.id).where(s.Backfill.key == key))
 
     def backfill_status(self, backfill_id: int) -> dict[str, str]:
         """run uid -> status of every run the request has touched."""
