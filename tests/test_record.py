@@ -222,7 +222,9 @@ def test_code_version_is_a_hidden_ref_and_the_user_tree_is_untouched(project: Pr
     assert "scratch.txt" not in git(project.root, "ls-tree", "-r", "--name-only", ref)
 
 
-def test_not_a_git_repository_and_detached_head(tmp_path, project: Project) -> None:
+def test_not_a_git_repository_is_an_error_a_detached_head_is_not(
+    tmp_path, project: Project
+) -> None:
     loose = tmp_path / "loose"
     loose.mkdir()
     (loose / "t.py").write_text("import flor_flows as flor\nflor.log('x', 1)\n")
@@ -232,9 +234,9 @@ def test_not_a_git_repository_and_detached_head(tmp_path, project: Project) -> N
     assert proc.returncode != 0 and "not inside a git repository" in proc.stderr
     project.write("t.py", "import flor_flows as flor\nflor.log('x', 1)\n")
     project.commit()
-    git(project.root, "checkout", "-q", "--detach")
-    proc = project.run("t.py", check=False)
-    assert proc.returncode != 0 and "detached" in proc.stderr.lower()
+    git(project.root, "checkout", "-q", "--detach")  # as CI checkouts are: records normally
+    project.run("t.py")
+    assert project.store().runs()["status"].tolist() == ["completed"]
 
 
 def test_data_batches_are_hashed_copied_and_overridable(project: Project) -> None:
@@ -336,24 +338,30 @@ def test_run_table_and_version_columns(project: Project) -> None:
     pd.testing.assert_frame_equal(df, reordered[df.columns])
 
 
-def test_a_dead_writer_process_is_a_clear_error(project: Project) -> None:
+def test_training_goes_on_when_its_writer_process_is_killed(project: Project) -> None:
+    """A new writer resumes the run and gets what the killed one had not acknowledged."""
     project.write(
         "t.py",
         """
         import os, signal, time
         import flor_flows as flor
         from flor_flows.record import session
-        flor.log("x", 1)
-        writer = session.active().buffer
-        writer.wait_ready()
-        os.kill(writer._writer.process.pid, signal.SIGKILL)
-        for step in flor.loop("step", range(50)):
+        buffer = session.current().buffer
+        buffer.wait_ready()  # the run is open in the store
+        for step in flor.loop("step", range(40)):
             flor.log("x", step)
-            time.sleep(0.1)
+            if step in (10, 25):  # values in flight, some in the pipe, some not yet sent
+                os.kill(buffer._writer.process.pid, signal.SIGKILL)
+            time.sleep(0.05)
+        flor.commit()
+        print("restarts", buffer.restarts)
         """,
     )
-    proc = project.run("t.py", check=False)
-    assert proc.returncode != 0 and "writer process exited" in proc.stderr
+    proc = project.run("t.py")
+    assert proc.stdout.split() == ["restarts", "2"]
+    store = project.store()
+    assert store.dataframe(["x"])["x"].tolist() == list(range(40))  # each value once
+    assert store.runs()["status"].tolist() == ["completed"]
 
 
 def test_a_loop_name_reused_in_one_run_is_recorded(project: Project) -> None:

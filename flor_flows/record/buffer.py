@@ -3,10 +3,16 @@
 Records wait in queues that the training thread appends to; a background thread pickles
 them down a pipe to `flor_flows.record.writer` at least once a second. The store, git and
 SQL live in that process, so training pays only for the append and the pickling.
+
+Each batch is kept until the writer acknowledges it (written, or kept on its disk); if the
+writer process dies, a new one resumes the run and gets the unacknowledged batches again,
+so training goes on and nothing is lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import pickle
 import queue
@@ -118,9 +124,14 @@ class Buffer:
         self._ready = threading.Event()
         self._replies: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._stop = threading.Event()
+        self._session = (context, settings, entry_script, pid)
+        self._seq = 0
+        self._unacked: deque[tuple[int, tuple[Any, ...]]] = deque()  # batches not written yet
+        self._lost = False  # the writer process died: start another before sending
+        self.restarts = 0
         self._writer = writer_process()
         self._writer.listener = self._on_message
-        self._send(("start", context, settings, entry_script, pid))
+        self._send(("start", *self._session))
         self._flusher = threading.Thread(
             target=self._flush_loop, name="flor-flows-flush", daemon=True
         )
@@ -129,14 +140,21 @@ class Buffer:
     # -- background threads -------------------------------------------------------------
     def _on_message(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
+        if kind == "ack":
+            while self._unacked and self._unacked[0][0] <= message[1]:
+                self._unacked.popleft()
+            return
         if kind == "ready":
-            self.info = message[1]
+            self.info = self.info or message[1]  # a resumed writer's answer changes nothing
             self._ready.set()
             return
         if kind == "error":
             self.error = _error(message[1], message[2])
-        elif kind == "closed" and self.error is None and not self._stop.is_set():
-            self.error = errors.StoreError("the flor-flows writer process exited")
+        elif kind == "closed" and self.error is None:
+            if self._ready.is_set():
+                self._lost = True  # the next send starts another writer
+            else:
+                self.error = errors.StoreError("the flor-flows writer process exited")
         if kind in ("error", "closed"):
             self._ready.set()
         self._replies.put(message)
@@ -156,7 +174,36 @@ class Buffer:
         try:
             self._writer.send(message)
         except (BrokenPipeError, OSError) as exc:
-            raise self.error or errors.StoreError(f"the flor-flows writer is gone: {exc}") from exc
+            if not self._ready.is_set():
+                raise self.error or errors.StoreError(
+                    f"the flor-flows writer is gone: {exc}"
+                ) from exc
+            self._lost = True  # what it did not acknowledge goes to the next writer
+
+    def _send_batch(self, payload: tuple[Any, ...]) -> None:
+        self._seq += 1
+        message = ("batch", self._seq, *payload)
+        self._unacked.append((self._seq, message))
+        self._send(message)
+
+    def _restart(self) -> None:
+        """Start a new writer for this run and send it the batches the lost one did not
+        acknowledge (it skips any the lost one wrote after all)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._writer.process.wait(timeout=5)
+        self.restarts += 1
+        while not self._replies.empty():  # the lost writer's "closed"
+            self._replies.get_nowait()
+        self._lost = False
+        context, *rest = self._session
+        if context.replay is not None:  # the same replay, not a new one
+            spec = dataclasses.replace(context.replay, replay_id=self.info.get("replay_id"))
+            context = dataclasses.replace(context, replay=spec)
+        self._writer = writer_process()
+        self._writer.listener = self._on_message
+        self._send(("resume", context, *rest))
+        for _, message in list(self._unacked):
+            self._send(message)
 
     @staticmethod
     def take(pending: deque, limit: int | None = None) -> list:
@@ -167,10 +214,12 @@ class Buffer:
     def flush(self) -> None:
         """Send everything queued now to the writer process."""
         with self._send_lock:
+            if self._lost:
+                self._restart()
             count = len(self.logs)
             while count > self.CHUNK:
                 chunk = _logs(self.take(self.logs, self.CHUNK))
-                self._send(("batch", chunk, [], [], [], None, [], []))
+                self._send_batch((chunk, [], [], [], None, [], []))
                 count -= self.CHUNK
             args, self.args = self.args, None
             batch = (
@@ -183,7 +232,7 @@ class Buffer:
                 self.take(self.divergences),
             )
             if any(batch) or args is not None:
-                self._send(("batch", *batch))
+                self._send_batch(batch)
 
     # -- synchronisation -------------------------------------------------------------------
     def check(self) -> None:
@@ -196,25 +245,31 @@ class Buffer:
         self.check()
         return self.info
 
-    def _request(self, message: tuple[Any, ...], answer: str) -> None:
+    def _request(self, message: tuple[Any, ...], answer: str) -> tuple[Any, ...]:
         self.wait_ready()
-        self.flush()
-        with self._send_lock:
-            self._send(message)
-        reply = self._replies.get()
-        if reply[0] != answer:
-            self.check()
-            raise errors.StoreError(f"unexpected reply from the flor-flows writer: {reply[0]}")
+        for _ in range(3):  # a writer lost meanwhile is replaced and asked again
+            self.flush()
+            with self._send_lock:
+                self._send(message)
+            reply = self._replies.get()
+            if reply[0] == answer:
+                return reply
+            if reply[0] != "closed":
+                self.check()
+                raise errors.StoreError(f"unexpected reply from the flor-flows writer: {reply[0]}")
+            self._lost = True
+        raise errors.StoreError("the flor-flows writer process exited three times in a row")
 
     def sync(self) -> None:
-        """Block until everything sent so far is in the store."""
+        """Block until everything sent so far is in the store (or kept for it)."""
         self._request(("sync",), "synced")
 
-    def close(self, status: str, error: str | None) -> None:
+    def close(self, status: str, error: str | None) -> str | None:
         """Send what is left and record the outcome; the writer stays for the next run.
 
-        The writer process exits by itself when this process ends and the pipe closes.
+        Returns the writer's note when the store could not take the end of the run. The
+        writer process exits by itself when this process ends and the pipe closes.
         """
         self._stop.set()
         self._flusher.join()
-        self._request(("finish", status, error), "finished")
+        return self._request(("finish", status, error), "finished")[1]

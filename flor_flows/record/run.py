@@ -358,7 +358,9 @@ class Run:
         if self.finished:
             return
         self.finished = True
-        self.buffer.close("failed" if self.failure else "completed", self.failure)
+        note = self.buffer.close("failed" if self.failure else "completed", self.failure)
+        if note:
+            print(f"flor-flows: warning: {note}", file=sys.stderr, flush=True)
 
 
 _SKIP = object()

@@ -77,7 +77,12 @@ def _at_exit() -> None:
     try:
         run.commit()  # a no-op when the script committed already
     except FlorError as exc:
-        print(f"flor-flows: the run was not recorded: {exc}", file=sys.stderr, flush=True)
+        what = (
+            f"the end of the run was not recorded: {exc} (what it logged before is in the store)"
+            if run.buffer.info  # the store had opened the run
+            else f"the run was not recorded: {exc}"
+        )
+        print(f"flor-flows: {what}", file=sys.stderr, flush=True)
         os._exit(1)
     if run.replaying:
         # A replay is done once its values are stored: skip the interpreter's teardown (about

@@ -5,16 +5,22 @@ store, versions the code and inserts rows. Training never waits on SQL, git or t
 (which would otherwise compete for its GIL), and if the training process dies, even by
 SIGKILL, this process sees the pipe close, writes what it received and marks the run failed.
 
+A store that fails for a while (a dropped connection, a restarting server, a full disk)
+costs nothing: batches wait in a spill file on local disk until it is back (`spill`). If
+this process is killed, the training process starts another, which resumes the run and
+gets the batches this one had not acknowledged again.
+
 Protocol: pickled messages on stdin, replies on stdout.
-  ("start", context, settings, entry_script, pid) -> ("ready", info) | ("error", type, message)
-  ("batch", logs, contexts, checkpoints, data, args, checks, divergences)
+  ("start" | "resume", context, settings, entry_script, pid) -> ("ready", info) | ("error", ...)
+  ("batch", seq, logs, contexts, checkpoints, data, args, checks, divergences) -> ("ack", seq)
   ("sync",)                               -> ("synced",)
-  ("finish", status, error)               -> ("finished",)   then the next "start" may follow
-A failed write answers ("error", type, message) and stops the process.
+  ("finish", status, error)               -> ("finished", note)   then the next "start" may follow
+An error that is not the store's answers ("error", type, message) and stops the process.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -25,11 +31,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from flor_flows.config import Settings
-from flor_flows.record import values
+from flor_flows.record import spill, values
 from flor_flows.record.context import RunContext
 from flor_flows.record.verify import Verifier
 
 DIED = "process ended without finishing the run"
+# Seconds a run's end waits for an unreachable store before leaving its last values on disk.
+FINISH_PATIENCE = float(os.environ.get("FLOR_FLOWS_STORE_PATIENCE", "30"))
+MAX_BACKOFF = 10.0  # seconds between tries of an unreachable store
 
 
 _STARTED: set[int] = set()  # training processes whose first run this writer recorded
@@ -54,11 +63,17 @@ class Session:
     """The store side of one run (record) or one replay of a historical run."""
 
     def __init__(
-        self, context: RunContext, settings: Settings, entry_script: str | None, pid: int
+        self,
+        context: RunContext,
+        settings: Settings,
+        entry_script: str | None,
+        pid: int,
+        resume: bool = False,
     ) -> None:
         from flor_flows.store import open_store
 
         self.context, self.settings = context, settings
+        self.header = (context, settings, entry_script, pid)
         self.replaying = context.mode == "replay"
         self.store = open_store(settings.store_url, pooled=True)  # this process never reads
         self.history: dict[str, Any] = {}
@@ -66,7 +81,14 @@ class Session:
         self.warm_start: dict[str, Any] | None = None
         self.verifier: Verifier | None = None
         self.escaped: set[str] = set()  # names whose text values were stored escaped
-        if self.replaying:
+        self.written = 0  # the sequence number of the last batch in the store
+        self.spilled: spill.SpillFile | None = None
+        self.backoff, self.next_try = 0.5, 0.0
+        if not resume:
+            recover(settings)  # what earlier writers could not write comes first
+        if resume:
+            self._attach()
+        elif self.replaying:
             self.source = "replay"
             self.history = self.store.run_record(context.run_uid)
             self.run_id = self.history["id"]
@@ -84,7 +106,25 @@ class Session:
             self.checkpoints = self.store.checkpoints_of(self.run_id)
             if self.history["resumed_from_id"] is not None:
                 self.warm_start = self.store.final_checkpoint(self.history["resumed_from_id"])
-            return
+        else:
+            self._start(context, entry_script, pid)
+
+    def _attach(self) -> None:
+        """Go on with a run (or replay) another writer started: it is in the store."""
+        self.history = {}
+        self.run_id = self.store.run_id(self.context.run_uid)
+        spec = self.context.replay
+        self.source = "replay" if self.replaying else "forward"
+        self.replay_id = spec.replay_id if self.replaying and spec else None
+        if self.replaying:
+            record = self.store.run_record(self.context.run_uid)
+            self.verifier = Verifier(
+                self.store, self.run_id, float(self.settings.replay_rtol),
+                completed=record["status"] == "completed",
+            )  # fmt: skip
+        self.written = self.store.batches_written(self.run_id, self.replay_id)
+
+    def _start(self, context: RunContext, entry_script: str | None, pid: int) -> None:
         from flor_flows.versioning import code
 
         self.source, self.replay_id = "forward", None
@@ -117,13 +157,65 @@ class Session:
     def ready(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
+            "replay_id": self.replay_id,
             "history": self.history,
             "checkpoints": self.checkpoints,
             "warm_start": self.warm_start,
         }
 
+    # -- batches: written, or kept on disk while the store is unreachable -------------------
+    def receive(self, seq: int, payload: tuple[Any, ...]) -> None:
+        """Write batch `seq` (once: a batch sent again after a writer restart is skipped)."""
+        if seq <= self.written:
+            return
+        if self.spilled is None:
+            try:
+                self.write(seq, *payload)
+                return
+            except Exception as exc:  # noqa: BLE001 - re-raised unless the store may come back
+                if not spill.transient(exc):
+                    raise
+                self._spill_from_now(exc)
+        self.spilled.append_batch(seq, payload)
+        if time.monotonic() >= self.next_try:
+            self.drain()
+
+    def _spill_from_now(self, exc: BaseException) -> None:
+        context, *rest = self.header
+        if self.replaying:  # a later writer resumes this replay, not a new one
+            spec = dataclasses.replace(context.replay, replay_id=self.replay_id)
+            context = dataclasses.replace(context, replay=spec)
+        header = (context, *rest)
+        self.spilled = spill.SpillFile.for_run(self.settings, self.context.run_uid, header)
+        why = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        _warn(
+            f"the store is unreachable ({why}); the run goes on and its values wait in "
+            f"{self.spilled.path} until the store is back"
+        )
+        self.next_try = time.monotonic() + self.backoff
+
+    def drain(self) -> bool:
+        """Write the spilled batches if the store answers; True once none are left."""
+        if self.spilled is None:
+            return True
+        try:
+            for record in spill.read(self.spilled.path):
+                if record[0] == "batch" and record[1] > self.written:
+                    self.write(record[1], *record[2])
+        except Exception as exc:  # noqa: BLE001 - re-raised unless the store may come back
+            if not spill.transient(exc):
+                raise
+            self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+            self.next_try = time.monotonic() + self.backoff
+            return False
+        _warn(f"the store is back: {self.spilled.batches} batches kept on disk are written")
+        self.spilled.path.unlink()
+        self.spilled, self.backoff = None, 0.5
+        return True
+
     def write(
         self,
+        seq: int,
         logs: list,
         contexts: list,
         checkpoints: list,
@@ -176,7 +268,9 @@ class Session:
             args=None if self.replaying else args,
             heartbeat=not self.replaying,
             replacing=replay_id,
+            seq=seq,
         )
+        self.written = seq
 
     def _warn_escaped(self, logs: list) -> None:
         """Say once per name that text values were stored escaped (NUL, lone surrogates)."""
@@ -190,7 +284,28 @@ class Session:
                     flush=True,
                 )
 
-    def finish(self, status: str, error: str | None) -> None:
+    def finish(self, status: str, error: str | None) -> str | None:
+        """Record the outcome; if the store stays unreachable, leave it and the batches not
+        written in the spill file for the next writer, and say so (the returned note)."""
+        deadline = time.monotonic() + FINISH_PATIENCE
+        while not self.drain() and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(self.next_try, deadline) - time.monotonic()))
+        if self.spilled is None:
+            try:
+                self._record_outcome(status, error)
+                return None
+            except Exception as exc:  # noqa: BLE001 - re-raised unless the store may come back
+                if not spill.transient(exc):
+                    raise
+                self._spill_from_now(exc)
+        self.spilled.append_finish(status, error)
+        return (
+            f"the store did not answer for {FINISH_PATIENCE:.0f} s: this run's last values and "
+            f"its outcome are kept in {self.spilled.path}; the next run that opens the store "
+            "writes them"
+        )
+
+    def _record_outcome(self, status: str, error: str | None) -> None:
         if self.verifier is not None:
             divergence = self.verifier.divergence
             if divergence is not None and status == "completed":
@@ -200,6 +315,44 @@ class Session:
             )
         else:
             self.store.finish_run(self.run_id, status, error)
+
+
+def _warn(message: str) -> None:
+    print(f"flor-flows: warning: {message}", file=sys.stderr, flush=True)
+
+
+def recover(settings: Settings) -> None:
+    """Write what writers that are gone left in spill files (see `spill`), oldest first.
+
+    A file without the run's outcome belongs to a writer killed before the run ended: if
+    no later writer finished the run, it is marked incomplete.
+    """
+    for path in spill.orphans(settings):
+        records = spill.read(path)
+        context, file_settings, entry_script, pid = next(records)
+        try:
+            session = Session(context, file_settings, entry_script, pid, resume=True)
+            outcome = None
+            for record in records:
+                if record[0] == "batch":
+                    session.receive(record[1], record[2])
+                else:
+                    outcome = record[1:]
+            if session.spilled is not None:  # the store failed again: try another time
+                session.spilled.path.unlink()
+                continue
+        except Exception as exc:  # noqa: BLE001 - recovery must not stop the run starting now
+            if not spill.transient(exc):
+                _warn(f"cannot write the values kept in {path} ({exc}); the file is left as is")
+            continue
+        if outcome is not None:
+            session._record_outcome(*outcome)
+        elif session.verifier is None:
+            session.store.mark_incomplete(
+                session.run_id, f"{DIED}; the values it kept on local disk were written later"
+            )
+        path.unlink()
+        _warn(f"wrote the values of run {context.run_uid} that were kept in {path}")
 
 
 def _reply(out: BinaryIO, *message: Any) -> None:
@@ -224,17 +377,19 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                     return 1
                 return 0
             kind = message[0]
-            if kind == "start":
-                session = Session(*message[1:])
+            if kind in ("start", "resume"):
+                session = Session(*message[1:], resume=kind == "resume")
                 _reply(out, "ready", session.ready())
             elif kind == "batch":
-                session.write(*message[1:])
+                session.receive(message[1], message[2:])
+                _reply(out, "ack", message[1])
             elif kind == "sync":
+                session.drain()
                 _reply(out, "synced")
             elif kind == "finish":  # the next run of the same process may follow
-                session.finish(*message[1:])
+                note = session.finish(*message[1:])
                 session = None
-                _reply(out, "finished")
+                _reply(out, "finished", note)
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the training process
         _reply(out, *_error(exc))
         return 1

@@ -70,7 +70,8 @@ class Run(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     code_version_id: Mapped[int | None] = mapped_column(ForeignKey("code_versions.id"))
     entry_script: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # running | completed | failed
+    # running | completed | failed | incomplete (its writer stopped; some values may be missing)
+    status: Mapped[str] = mapped_column(String(16), index=True)
     args: Mapped[dict] = mapped_column(JSON, default=dict)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -83,6 +84,8 @@ class Run(Base):
     # {"argv": [...], "cwd": relative to the project root, "python": "3.11.7"}: what a replay
     # starts again. None for runs recorded before flor-flows kept it.
     invocation: Mapped[dict | None] = mapped_column(JSON)
+    # The sequence number of the last batch of records written (see `record.spill`).
+    batches_written: Mapped[int | None] = mapped_column(Integer)
 
 
 class DataBatch(Base):
@@ -205,6 +208,7 @@ class Replay(Base):
     # the recorded ones, and why the replay diverged (the first difference), if it did.
     checked: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    batches_written: Mapped[int | None] = mapped_column(Integer)
 
 
 _COVERED = ("ctx_id", "sig_id", "vtype", "num", "ival", "i0", "i1", "i2")

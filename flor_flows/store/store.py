@@ -89,6 +89,11 @@ class Store:
         The writer process, which never reads that way, pools: a connection per write would
         checkpoint the WAL at every flush.
         """
+        # Imported here, not at the top, to keep this change inside the method.
+        from sqlalchemy.exc import DatabaseError
+
+        from flor_flows.errors import CorruptStore
+
         self.url = url
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +104,9 @@ class Store:
                 "",
                 ":memory:",
             )
-            pool = {"poolclass": NullPool} if on_file and not pooled else {}
+            # A pooled connection is checked before use, so one the server dropped (a
+            # restart, pg_terminate_backend) is replaced instead of failing a write.
+            pool = {"poolclass": NullPool} if on_file and not pooled else {"pool_pre_ping": True}
             self.engine: Engine = create_engine(url, future=True, **pool)
         except Exception as exc:  # noqa: BLE001 - any driver/URL error becomes one clear message
             raise StoreError(f"cannot open store {redact_url(url)!r}: {exc}") from exc
@@ -112,22 +119,15 @@ class Store:
         )
         # A loop that runs twice under one parent (same name) revisits its contexts: keep the first.
         self._insert_contexts = _insert_sql("contexts", s.CONTEXT_COLUMNS, self.engine, ignore=True)
-        from sqlalchemy.exc import DatabaseError
-
         try:
             self._ensure_schema()
         except DatabaseError as exc:
-            # The sqlite3 module reports a damaged file only as this broad class; its result
-            # code tells "not a database" (26) and "malformed" (11) apart from other errors,
-            # which go on as they were.
-            code = getattr(exc.orig, "sqlite_errorcode", None)  # None: not sqlite3's error
-            if code is None or code & 0xFF not in (11, 26):
+            # sqlite3 reports a damaged file only as this broad class: CorruptStore tells it
+            # apart by its result code; any other error goes on as it was.
+            corrupt = CorruptStore.from_error(str(parsed.database), exc)
+            if corrupt is None:
                 raise
-            reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else "corrupt"
-            raise StoreError(
-                f"the store {make_url(url).database} is not a readable SQLite database "
-                f"({reason}): restore it from a backup or point FLOR_FLOWS_STORE_URL at a new store"
-            ) from exc
+            raise corrupt from exc
 
     # -- schema ---------------------------------------------------------------------------
     def _ensure_schema(self) -> None:
@@ -297,6 +297,16 @@ class Store:
                 .values(status=status, ended_at=now(), heartbeat_at=now(), error=error)
             )
 
+    def mark_incomplete(self, run_id: int, why: str) -> None:
+        """A run whose writer stopped before its end: unless it finished after all (or failed
+        by itself), it is incomplete, with why."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.Run)
+                .where(s.Run.id == run_id, or_(s.Run.status == "running", s.Run.error == DIED))
+                .values(status="incomplete", error=why, ended_at=now())
+            )
+
     def mark_dead_runs(self) -> int:
         """Mark runs of this host whose process is gone (SIGKILL, power loss) as failed."""
         with self.engine.begin() as conn:
@@ -336,13 +346,15 @@ class Store:
         args: dict[str, Any] | None = None,
         heartbeat: bool = False,
         replacing: int | None = None,
+        seq: int | None = None,
     ) -> None:
         """Write one flush of a run's buffered records in a single transaction.
 
         Contexts and logs are positional tuples in `CONTEXT_COLUMNS` / `LOG_COLUMNS` order; a
         log row stops after its last loop level (`i0`.. as deep as its context). `replacing`:
         the replay writing these logs, whose values replace those other replays left for the
-        same (run, context, name), so a repeated request never appends.
+        same (run, context, name), so a repeated request never appends. `seq`: the batch's
+        sequence number, stored with it (on the replay's row when `replacing`).
         """
         with self.engine.begin() as conn:
             if replacing is not None and logs:
@@ -363,6 +375,12 @@ class Store:
                 values["args"] = args
             if heartbeat:
                 values["heartbeat_at"] = now()
+            if seq is not None and replacing is not None:
+                conn.execute(
+                    update(s.Replay).where(s.Replay.id == replacing).values(batches_written=seq)
+                )
+            elif seq is not None:
+                values["batches_written"] = seq
             if values:
                 conn.execute(update(s.Run).where(s.Run.id == run_id).values(**values))
 
@@ -487,6 +505,15 @@ class Store:
                 select(s.Backfill.id).where(s.Backfill.key == key),
                 insert(s.Backfill).values(key=key, names=list(names), created_at=now()),
             )
+
+    def batches_written(self, run_id: int, replay_id: int | None = None) -> int:
+        """The sequence number of the last batch written for a run (or one of its replays)."""
+        if replay_id is not None:
+            query = select(s.Replay.batches_written).where(s.Replay.id == replay_id)
+        else:
+            query = select(s.Run.batches_written).where(s.Run.id == run_id)
+        with self.engine.connect() as conn:
+            return conn.scalar(query) or 0
 
     def find_backfill(self, key: str) -> int | None:
         """The id of the hindsight request `key`, if a flow run ever ran it."""

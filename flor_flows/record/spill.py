@@ -1,0 +1,96 @@
+"""Batches the store could not take yet, kept on local disk until it can.
+
+When a write fails for a reason that passes (a dropped connection, a restarting database,
+a full disk), the writer appends the batch to a spill file under the project's state
+directory and goes on; it writes the file's batches, in order, once the store answers
+again. A spill file that outlives its writer (the store was still down when the run
+ended, or the writer was killed) is written by the next writer that opens the store
+(`recover`). Each batch carries its run's sequence number, stored with it, so a batch
+is never written twice.
+
+A file is a stream of pickles: the session's header (context, settings, entry script,
+pid), then ("batch", seq, payload) records and, if the run ended, ("finish", status, error).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from flor_flows.config import STATE_DIR, Settings
+
+HOST = socket.gethostname()
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a store error may pass if the write is tried again later."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def directory(settings: Settings) -> Path:
+    return settings.root / STATE_DIR / "spill"
+
+
+class SpillFile:
+    """One writer's spill file for one run: append-only, read back in order."""
+
+    def __init__(self, path: Path, header: tuple[Any, ...]) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.batches = 0
+        self._append(header)
+
+    @classmethod
+    def for_run(cls, settings: Settings, run_uid: str, header: tuple[Any, ...]) -> SpillFile:
+        name = f"{run_uid}.{HOST}.{os.getpid()}.spill"
+        return cls(directory(settings) / name, header)
+
+    def _append(self, record: tuple[Any, ...]) -> None:
+        with self.path.open("ab") as file:
+            pickle.dump(record, file, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def append_batch(self, seq: int, payload: tuple[Any, ...]) -> None:
+        self._append(("batch", seq, payload))
+        self.batches += 1
+
+    def append_finish(self, status: str, error: str | None) -> None:
+        self._append(("finish", status, error))
+
+
+def read(path: Path) -> Iterator[tuple[Any, ...]]:
+    """The records of a spill file; a record cut short by a kill ends it (it was never
+    acknowledged, so the training process sent it again)."""
+    with path.open("rb") as file:
+        while True:
+            try:
+                yield pickle.load(file)
+            except (EOFError, pickle.UnpicklingError):
+                return
+
+
+def orphans(settings: Settings) -> list[Path]:
+    """Spill files of this host whose writer process has gone, oldest first."""
+    found = []
+    for path in sorted(directory(settings).glob("*.spill"), key=lambda p: p.stat().st_mtime):
+        host, pid, _ = path.name.split(".", 1)[1].rsplit(".", 2)
+        if host == HOST and pid.isdigit() and not _alive(int(pid)):
+            found.append(path)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
