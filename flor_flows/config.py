@@ -20,6 +20,7 @@ ENV = {
     "data_url": "FLOR_FLOWS_DATA_URL",
     "checkpoint_policy": "FLOR_FLOWS_CHECKPOINT_POLICY",
     "replay_rtol": "FLOR_FLOWS_REPLAY_RTOL",
+    "batch_roots": "FLOR_FLOWS_BATCH_ROOTS",
 }
 
 
@@ -34,6 +35,19 @@ class Settings:
     checkpoint_policy: str  # "adaptive", "adaptive:<epsilon>" or "every"
     # Verification of replays: how far a re-logged float may be from the recorded one.
     replay_rtol: str = "1e-6"
+    # Where training flow runs may read batches from: local directories and URL prefixes,
+    # comma-separated; empty: local files under the project only (any URL of a filesystem).
+    batch_roots: str = ""
+
+    def batch_allowed(self, uri: str) -> bool:
+        """Whether a training flow run may read batch `uri` (a served deployment takes its
+        batches from anyone who reaches the server: not any file of the host)."""
+        roots = [r.strip() for r in self.batch_roots.split(",") if r.strip()]
+        if "://" in uri and not uri.startswith("file://"):
+            return not roots or any(uri.startswith(r) for r in roots if "://" in r)
+        path = Path(uri.removeprefix("file://")).resolve()
+        local = [Path(r).expanduser().resolve() for r in roots if "://" not in r]
+        return any(path.is_relative_to(root) for root in [self.root, *local])
 
     @property
     def project_name(self) -> str:
@@ -53,7 +67,10 @@ def _pyproject_settings(root: Path) -> dict[str, str]:
         raise FlorError(
             f"{path} [tool.flor-flows] has unknown keys {sorted(unknown)}; known: {sorted(ENV)}"
         )
-    return {key: str(value) for key, value in table.items()}
+    return {
+        key: ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        for key, value in table.items()
+    }
 
 
 def find_root(start: Path | str | None = None) -> Path:

@@ -55,3 +55,29 @@ def test_stopping_the_launcher_stops_the_script_and_fails_its_run(project: Proje
     assert len(project.store().dataframe(["loss"])) >= 2  # what it logged is kept
     script_alive = subprocess.run(["pgrep", "-f", str(project.root / "train.py")])
     assert script_alive.returncode == 1  # no orphaned training process
+
+
+def test_batches_are_read_only_under_the_project_or_configured_roots(
+    project: Project, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    import pytest
+
+    from flor_flows.errors import DataError
+    from flor_flows.training import launch
+    from flor_flows.training.request import TrainingRequest
+
+    project.write("train.py", "import flor_flows as flor\n")
+    project.write("data/b.csv", "x\n1\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "b.csv").write_text("x\n2\n")
+    run = launch.new_launch(TrainingRequest(project=str(project.root), script="train.py"))
+    assert launch.register_batches(run, {"batch": "data/b.csv"})["batch"].bytes == 4
+    for uri in ("/etc/passwd", str(outside / "b.csv"), "data/../../elsewhere/b.csv"):
+        with pytest.raises(DataError, match="outside the project and the configured batch roots"):
+            launch.register_batches(run, {"batch": uri})
+    monkeypatch.setenv("FLOR_FLOWS_BATCH_ROOTS", f"{outside}, s3://bucket/incoming/")
+    run = launch.new_launch(TrainingRequest(project=str(project.root), script="train.py"))
+    assert launch.register_batches(run, {"batch": str(outside / "b.csv")})["batch"].bytes == 4
+    assert not run.settings.batch_allowed("s3://other-bucket/b.csv")
+    assert run.settings.batch_allowed("s3://bucket/incoming/b.csv")

@@ -416,3 +416,19 @@ def test_a_run_starts_when_its_process_does_and_times_its_nested_loops(project: 
     assert epochs["started_at"].iloc[0] - run["started_at"].timestamp() >= 1.0
     assert epochs["inner_seconds"].tolist() == pytest.approx([0.6, 0.6], abs=0.1)  # both loops
     assert (epochs["seconds"] >= epochs["inner_seconds"]).all()
+
+
+def test_a_misspelled_kwargs_name_is_warned_about(project: Project) -> None:
+    project.write(
+        "t.py",
+        """
+        import flor_flows as flor
+        flor.log("lr", flor.arg("lr", 0.1) * flor.arg("epochs", 2))
+        """,
+    )
+    proc = project.run("t.py", "--kwargs", "epoch=5", "lr=0.5")
+    assert proc.stderr.strip() == (
+        "flor-flows: warning: --kwargs epoch: no flor.arg of that name was read "
+        "(declared: epochs, lr)"
+    )
+    assert project.store().dataframe(["lr"])["lr"].tolist() == [1.0]

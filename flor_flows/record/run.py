@@ -358,6 +358,15 @@ class Run:
         if self.finished:
             return
         self.finished = True
+        unused = sorted(set(self.context.kwargs) - set(self.args))
+        if unused and not self.replaying:
+            declared = ", ".join(sorted(self.args)) or "none"
+            print(
+                f"flor-flows: warning: --kwargs {', '.join(unused)}: no flor.arg of that name "
+                f"was read (declared: {declared})",
+                file=sys.stderr,
+                flush=True,
+            )
         note = self.buffer.close("failed" if self.failure else "completed", self.failure)
         if note:
             print(f"flor-flows: warning: {note}", file=sys.stderr, flush=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flor_flows.config import STATE_DIR, Settings, load_settings
-from flor_flows.errors import FlorError, StoreError, TrainingFailed
+from flor_flows.errors import DataError, FlorError, StoreError, TrainingFailed
 from flor_flows.record.context import RunContext
 from flor_flows.record.run import new_uid
 from flor_flows.store import open_store
@@ -90,9 +90,17 @@ def snapshot_code(launch: Launch) -> CodeVersion:
 def register_batches(launch: Launch, batches: dict[str, str]) -> dict[str, Batch]:
     """Hash and copy each batch (relative paths are the project's) before the run starts."""
     cache = launch.settings.root / STATE_DIR / "cache"
+    resolved = {name: data.resolve(launch.project, uri) for name, uri in batches.items()}
+    for name, uri in resolved.items():
+        if not launch.settings.batch_allowed(uri):
+            raise DataError(
+                f"batch {name}={uri!r} is outside the project and the configured batch roots: "
+                "a training flow reads batches only there (set batch_roots in "
+                "[tool.flor-flows] or FLOR_FLOWS_BATCH_ROOTS to allow more)"
+            )
     return {
-        name: data.version(name, data.resolve(launch.project, uri), launch.settings.data_url, cache)
-        for name, uri in batches.items()
+        name: data.version(name, uri, launch.settings.data_url, cache)
+        for name, uri in resolved.items()
     }
 
 
