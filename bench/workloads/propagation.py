@@ -2,7 +2,8 @@
 
 Run by bench/run.py (`--only propagation`) on the main venv, in a scratch git repo like every
 workload. BENCH_PARAMS: `cases` (the folder of tests/data/propagation), `reps` (repetitions of the
-~500-line timing case) and `flordb_python` (null: the FlorDB side is skipped). flor_flows runs
+~500-line timing case) and `flordb_python` (null: the FlorDB side is skipped). The large-script
+timing (LARGE_CASE, timm's train.py, ~1,450 lines) runs flor_flows alone, LARGE_REPS times. flor_flows runs
 in this process; FlorDB runs in workloads/propagation_flordb.py on its own venv's python.
 
 Each case folder holds new.py, old.py, case.toml (`description`, optional `names`) and either
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchlib import emit, params
+from propagation_large import large_lines, time_large
 
 from flor_flows.propagate import propagate
 
@@ -219,9 +221,16 @@ def after_imports(source: str, padding: str) -> str:
 
 def timing_case(cases: list[Case]) -> Case:
     """The longest insertion case, padded with helper functions to ~TIMING_LINES lines. Not a
-    `newblock` case: FlorDB cannot map a new block, so its time would be that of a failure."""
+    `newblock` case: FlorDB cannot map a new block, so its time would be that of a failure; not
+    LARGE_CASE, which is timed on its own (`propagation_large`)."""
     base = max(
-        (c for c in cases if c.expects == "insertion" and c.family != "newblock"),
+        (
+            c
+            for c in cases
+            if c.expects == "insertion"
+            and c.family != "newblock"
+            and len(c.new.splitlines()) < 2 * TIMING_LINES  # not a large case (LARGE_CASE)
+        ),
         key=lambda c: (len(c.new.splitlines()), c.name),
     )
     others = [c for c in cases if c is not base]
@@ -427,8 +436,9 @@ def failures(scored: list[Scored]) -> list[str]:
     return out or ["- none"]
 
 
-def markdown(by_tool: dict[str, list[Scored]]) -> str:
+def markdown(by_tool: dict[str, list[Scored]], large: dict | None = None) -> str:
     lines = [
+        *large_lines(large),
         "### Per family (each cell: FlorDB / flor_flows)",
         "",
         *family_table(by_tool),
@@ -461,6 +471,7 @@ def main() -> None:
     run_ours(cases[0])  # warm-up, uncounted: libcst's first parse
     ours = [judge(c, run_ours(c), any_reason=False) for c in cases]
     timed_ours = judge(timed, run_ours(timed, p["reps"]), any_reason=False)
+    large = time_large(cases, lambda c: judge(c, run_ours(c), any_reason=False).verdict)
     by_tool = {"flor_flows": ours}
     results: dict = {"cases": len(cases), "skipped": skipped}
     if p["flordb_python"]:
@@ -480,7 +491,8 @@ def main() -> None:
         "timing_case": timed.name,
         "timing_lines": [len(timed.new.splitlines()), len(timed.old.splitlines())],
         "timing_flor_flows": timing(timed_ours),
-        "markdown": markdown(by_tool),
+        "timing_large": large,
+        "markdown": markdown(by_tool, large),
     }
     emit(**results)
 

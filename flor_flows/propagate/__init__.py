@@ -3,7 +3,10 @@
 `propagate(new_source, old_source)` returns the old source with each log statement it lacks
 inserted after the image of its anchor, its names renamed to the old version's, every
 other byte unchanged; or a refusal that names the statement and the reason. Nothing is
-placed on hope: see `placement` for the checks and the confidence each placement carries.
+placed on hope: see `placement` for the checks and the confidence each placement carries,
+`renaming` for when a rename is sound. The new version is read once with libcst (its
+statements are re-printed); each old version is read with CPython's parser (`fastread`) and
+written back by lines (`splice`), which keeps a 1,300-line version well under 0.2 s.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from functools import lru_cache
 import libcst as cst
 
 from flor_flows.propagate.codemod import InsertStatements
+from flor_flows.propagate.fastread import AstBlock, FastModule, read_fast
 from flor_flows.propagate.matching import Matching
 from flor_flows.propagate.placement import Placer, Refused, code_of, end_order
 from flor_flows.propagate.scope import bound_at, bound_by
+from flor_flows.propagate.splice import splice
 from flor_flows.propagate.statements import Module, Statement, Unparsable, read
 
 __all__ = ["Placement", "Propagation", "Refusal", "propagate", "propagate_files"]
@@ -89,7 +94,8 @@ def propagate(
     `Refusal`; the others are still placed.
     """
     wanted = set(names) if names is not None else None
-    return _propagate(_read_new(new_source), _try_read(old_source), old_source, wanted, version)
+    old = _try_read(old_source, read_fast)
+    return _propagate(_read_new(new_source), old, old_source, wanted, version)
 
 
 def _try_read(source: str, reader: Callable[[str], Module] = read) -> Module | Unparsable:
@@ -131,7 +137,7 @@ def _propagate(
             continue  # placed (or refused) with the block it shares with an earlier target
         try:
             spot = placer.spot(unit)
-            if not isinstance(spot.block.node, cst.IndentedBlock | cst.Module):
+            if not _insertable(spot.block.node):
                 raise Refused("its place is a one-line block", placer.line(spot))
             for member in members:
                 placer.check_loops(member, spot)
@@ -157,9 +163,12 @@ def _propagate(
         return result
     if not (alias_root & bound_at(old, None, len(old.statements))):
         _add_import(new, old, alias_root, insertions)
-    path = _path_to(old, set(insertions))
-    result.source = old.tree.visit(InsertStatements(insertions, path)).code
-    lines = _first_lines(old, insertions, old_source, result.source)
+    if isinstance(old, FastModule):
+        result.source, lines = splice(old, insertions)
+    else:
+        path = _path_to(old, set(insertions))
+        result.source = old.tree.visit(InsertStatements(insertions, path)).code
+        lines = _first_lines(old, insertions, old_source, result.source)
     for target, inserted, confidence, notes in accepted:
         result.placements.append(
             Placement(
@@ -171,6 +180,13 @@ def _propagate(
             )
         )
     return result
+
+
+def _insertable(node: object) -> bool:
+    """A block a statement can go into on its own line (not `if x: y`, not a clause)."""
+    if isinstance(node, AstBlock):
+        return not (node.one_line or node.clause)
+    return isinstance(node, cst.IndentedBlock | cst.Module)
 
 
 def _path_to(module: Module, block_ids: set[int]) -> set[int]:
@@ -242,7 +258,8 @@ def _add_import(new: Module, old: Module, aliases: set[str], insertions: dict) -
             after = position + 1
         elif after:
             break
-    insertions[id(old.tree)][after].append(_statement(line))
+    top = old.top.node if isinstance(old, FastModule) else old.tree
+    insertions[id(top)][after].append(_statement(line))
 
 
 def _counterpart(
@@ -295,7 +312,7 @@ def propagate_files(
     """
     wanted = set(names) if names is not None else None
     new_read = {path: _try_read(text, _read_new) for path, text in new.items()}  # once per backfill
-    old_read = {path: (_try_read(text), text) for path, text in old.items()}
+    old_read = {path: (_try_read(text, read_fast), text) for path, text in old.items()}
     logged_old = {n for module, _ in old_read.values() for n in _logged(module)}
     results: dict[str, Propagation] = {}
     for path, module in new_read.items():

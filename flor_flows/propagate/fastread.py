@@ -120,12 +120,10 @@ class _Reader:
                 self.indent_unit = marker.indent[len(outer) :] or "    "
         groups: list[list[ast.stmt]] = []
         for node in body:
-            simple = type(node) not in _COMPOUND
-            if grouped and simple and groups and type(groups[-1][-1]) not in _COMPOUND:
-                if groups[-1][-1].end_lineno == node.lineno:  # `a = 1; b = 2`: one line
-                    groups[-1].append(node)
-                    continue
-            groups.append([node])
+            if grouped and groups and _one_line(groups[-1][-1], node):
+                groups[-1].append(node)  # `a = 1; b = 2`: one statement line
+            else:
+                groups.append([node])
         for index, group in enumerate(groups):
             block.statements.append(self.statement(group, block, index))
         return block
@@ -135,16 +133,22 @@ class _Reader:
         kind = _COMPOUND.get(type(node), "simple")
         if kind == "simple":
             last = group[-1]
-            code = self.segment((node.lineno, node.col_offset), (last.end_lineno, last.end_col_offset))
+            code = self.segment(
+                (node.lineno, node.col_offset), (last.end_lineno, last.end_col_offset)
+            )
             toks = tokens(code)
         else:
             toks, header_end = self.compound_header(node, kind)
             if kind == "if" and self.lines[node.lineno - 1][node.col_offset :].startswith("elif"):
-                kind = "elif"
+                kind = "elif"  # read as `if ...:`, as libcst renders an elif on its own
+                toks[0] = toks[0]._replace(string="if")
         text, shape, names = normalise(toks)
         stmt = Statement(node, kind, block, index, len(self.statements), text, shape, names)
+        if len(group) > 1:
+            stmt.group = group  # `a = 1; b = 2`: the small statements of the line
         start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
-        stmt.first_line = self.lines[start - 1][node.col_offset if start == node.lineno else 0 :]
+        first = self.lines[start - 1][node.col_offset if start == node.lineno else 0 :]
+        stmt.first_line = "if" + first[4:] if kind == "elif" else first
         if kind == "simple" and "log" in text.split():
             stmt.log_name = self.log_name(group)
         self.statements.append(stmt)
@@ -202,6 +206,12 @@ class _Reader:
                     if isinstance(first, ast.Constant) and isinstance(first.value, str):
                         return first.value
         return None
+
+
+def _one_line(previous: ast.stmt, node: ast.stmt) -> bool:
+    """Two small statements on one line, separated by `;`."""
+    simple = type(node) not in _COMPOUND and type(previous) not in _COMPOUND
+    return simple and previous.end_lineno == node.lineno
 
 
 def _calls(node: ast.AST) -> list[ast.Call]:

@@ -91,7 +91,9 @@ class Placer:
                     match.old.block, match.old.index + 1, confidence * match.similarity, match.old
                 )
                 if match.update:
-                    spot.notes.append(f"anchor updated: `{match.old.display}` -> `{anchor.display}`")
+                    spot.notes.append(
+                        f"anchor updated: `{match.old.display}` -> `{anchor.display}`"
+                    )
                 return spot
             wrapped = self._wrapped(anchor, after, confidence)
             if wrapped is not None:
@@ -276,8 +278,12 @@ class Placer:
             return fallback
         if problems:
             used = attributes(unit.node, name)
-            uses = f" (the statement uses {', '.join(f'`{name}.{a}`' for a in used)})" if used else ""
-            raise Refused(f"name {name!r} is not defined; {'; '.join(problems)}{uses}", self.line(spot))
+            uses = (
+                f" (the statement uses {', '.join(f'`{name}.{a}`' for a in used)})" if used else ""
+            )
+            raise Refused(
+                f"name {name!r} is not defined; {'; '.join(problems)}{uses}", self.line(spot)
+            )
         return name, 1.0, None  # unbound: `check_names` says so
 
     def _unsound(

@@ -11,17 +11,24 @@ reported with a refusal, so the user sees what would have crashed (`opt.get_last
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import libcst as cst
 
 from flor_flows.propagate.matching import Matching
-from flor_flows.propagate.scope import bound_by
+from flor_flows.propagate.scope import _parameters, bound_by
 from flor_flows.propagate.statements import Module, Statement
 
 UNSURE = 0.7  # confidence cap for a rename whose bindings differ in shape (below the warning)
 _EMPTY = cst.Module(body=[])
+
+
+_KINDS = {
+    "param": "a parameter", "import": "an import", "for": "a loop variable",
+    "with": "a `with` target", "def": "a function", "class": "a class",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -29,40 +36,50 @@ class Binding:
     """How a name got its value: an assignment's expression, or another kind of binding."""
 
     kind: str  # "assign", "param", "import", "def", "for", "with", "other"
-    value: cst.BaseExpression | None = None
+    value: ast.expr | None = None
 
     def describe(self) -> str:
         if self.value is None:
-            return {"param": "a parameter", "import": "an import"}.get(self.kind, self.kind)
-        return f"`{_short(self.value)}`"
+            return _KINDS.get(self.kind, self.kind)
+        if isinstance(self.value, ast.Call):
+            return f"`{ast.unparse(self.value.func)}(...)`"
+        code = ast.unparse(self.value)
+        return f"`{code if len(code) <= 40 else code[:37] + '...'}`"
 
 
-def _short(node: cst.CSTNode) -> str:
-    if isinstance(node, cst.Call):
-        return _EMPTY.code_for_node(node.func) + "(...)"
-    code = " ".join(_EMPTY.code_for_node(node).split())
-    return code if len(code) <= 40 else code[:37] + "..."
+def _expression(value: cst.BaseExpression | ast.expr) -> ast.expr | None:
+    """An assigned value as an `ast` expression, whichever reader read it."""
+    if isinstance(value, ast.expr):
+        return value
+    try:
+        return ast.parse("(" + _EMPTY.code_for_node(value) + ")", mode="eval").body
+    except SyntaxError:
+        return None
+
+
+def _small_statements(stmt: Statement) -> list:
+    node = stmt.node
+    if isinstance(node, cst.CSTNode):
+        return list(getattr(node, "body", ())) if stmt.kind == "simple" else []
+    return list(getattr(stmt, "group", None) or [node]) if stmt.kind == "simple" else []
 
 
 def _binding_of(stmt: Statement, name: str) -> Binding | None:
     """The binding of `name` by `stmt`, if it binds it."""
     if name not in bound_by(stmt):
         return None
-    node = stmt.node
-    if stmt.kind == "def":
-        return Binding("def")
-    if stmt.kind in ("for", "with", "class"):
+    if stmt.kind in ("def", "for", "with", "class"):
         return Binding(stmt.kind)
-    for small in getattr(node, "body", ()):
-        if isinstance(small, cst.Assign) and len(small.targets) == 1:
-            target = small.targets[0].target
-            if isinstance(target, cst.Name) and target.value == name:
-                return Binding("assign", small.value)
-        if isinstance(small, cst.AnnAssign) and small.value is not None:
-            return Binding("assign", small.value)
-        if isinstance(small, cst.AugAssign):
+    for small in _small_statements(stmt):
+        if isinstance(small, cst.Assign | ast.Assign) and len(small.targets) == 1:
+            target = small.targets[0]
+            target = target.target if isinstance(target, cst.AssignTarget) else target
+            if getattr(target, "value", getattr(target, "id", None)) == name:
+                value = _expression(small.value)
+                return Binding("assign", value) if value is not None else Binding("other")
+        if isinstance(small, cst.AugAssign | ast.AugAssign):
             return None  # `x += ...` keeps the kind of an earlier binding: look further back
-        if isinstance(small, cst.Import | cst.ImportFrom):
+        if isinstance(small, cst.Import | cst.ImportFrom | ast.Import | ast.ImportFrom):
             return Binding("import")
     return Binding("other")
 
@@ -78,19 +95,13 @@ def binding(module: Module, name: str, scope: Statement | None, order: int) -> B
     """The binding of `name` seen at a point: the last one before it in the innermost scope
     that binds it (any earlier one in an enclosing scope), a parameter, or None."""
     for level in _scopes(scope):
-        if level is not None and name in _parameters(level):
+        if level is not None and name in _parameters(level.node):
             found = _last(module, name, level, order)
             return found or Binding("param")
         found = _last(module, name, level, order)
         if found is not None:
             return found
     return None
-
-
-def _parameters(function: Statement) -> set[str]:
-    params = function.node.params
-    found = [*params.posonly_params, *params.params, *params.kwonly_params]
-    return {p.name.value for p in found}
 
 
 def _last(module: Module, name: str, level: Statement | None, order: int) -> Binding | None:
@@ -102,8 +113,8 @@ def _last(module: Module, name: str, level: Statement | None, order: int) -> Bin
     return None
 
 
-def _callee(node: cst.BaseExpression) -> str:
-    return _EMPTY.code_for_node(node.func) if isinstance(node, cst.Call) else ""
+def _callee(node: ast.expr | None) -> str:
+    return ast.unparse(node.func) if isinstance(node, ast.Call) else ""
 
 
 _LOOSE = {"for", "with"}  # bindings whose value cannot be told statically

@@ -10,8 +10,11 @@ first iteration would fail.
 
 from __future__ import annotations
 
+import ast
+
 import libcst as cst
 
+from flor_flows.propagate.astscope import ast_bound_by, ast_parameters
 from flor_flows.propagate.statements import BUILTINS, Module, Statement
 
 
@@ -125,13 +128,18 @@ def _names_in(target: cst.CSTNode) -> list[str]:
 def bound_by(stmt: Statement) -> set[str]:
     """The names a statement binds (cached: a module is checked once per statement placed)."""
     if stmt.bound is None:
-        visitor = _Bindings()
-        stmt.node.visit(visitor)
-        stmt.bound = frozenset(visitor.names)
+        if isinstance(stmt.node, cst.CSTNode):
+            visitor = _Bindings()
+            stmt.node.visit(visitor)
+            stmt.bound = frozenset(visitor.names)
+        else:
+            stmt.bound = frozenset(ast_bound_by(stmt))
     return set(stmt.bound)
 
 
-def _parameters(node: cst.FunctionDef | cst.Lambda) -> set[str]:
+def _parameters(node: cst.FunctionDef | cst.Lambda | ast.AST) -> set[str]:
+    if isinstance(node, ast.AST):
+        return ast_parameters(node)
     params = node.params
     found = [*params.posonly_params, *params.params, *params.kwonly_params]
     names = {p.name.value for p in found}

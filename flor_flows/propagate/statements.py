@@ -136,14 +136,24 @@ def _header(toks: list[tokenize.TokenInfo]) -> list[tokenize.TokenInfo]:
     return toks
 
 
+def _one_quote_style(word: str) -> str:
+    """A string literal as `repr` writes its value (an f-string stays as written)."""
+    quote = word[:1]
+    plain = len(word) >= 2 and quote in "'\"" and word[-1] == quote and "\\" not in word
+    if plain and not word.startswith(quote * 3):
+        return repr(word[1:-1])  # the common case, without the cost of literal_eval
+    with contextlib.suppress(ValueError, SyntaxError):
+        return repr(ast.literal_eval(word))
+    return word
+
+
 def normalise(toks: list[tokenize.TokenInfo]) -> tuple[str, str, tuple[str, ...]]:
     """(text, shape, names): strings in one quote style, local names abstracted in `shape`."""
     text, shape, names = [], [], []
     for position, tok in enumerate(toks):
         word = tok.string
         if tok.type == tokenize.STRING:
-            with contextlib.suppress(ValueError, SyntaxError):  # an f-string stays as written
-                word = repr(ast.literal_eval(word))
+            word = _one_quote_style(word)
         text.append(word)
         after_dot = position > 0 and toks[position - 1].string == "."
         keyword_arg = position + 1 < len(toks) and toks[position + 1].string == "="
