@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import functools
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from deployments import serve as serving
-from flor_flows.errors import FlorError
-from flor_flows.server import ephemeral_defaults
+from flor_flows import errors
+from flor_flows.errors import CorruptStore, FlorError, TrainingFailed
+from flor_flows.server import check_api, ephemeral_defaults
 
 T = TypeVar("T")
 
@@ -69,8 +72,25 @@ def _store(args: argparse.Namespace):  # noqa: ANN202
     return open_store(url)
 
 
+def _read(args: argparse.Namespace, read: Callable[[Any], T]) -> T:
+    """`read(store)` on the store to read; a damaged SQLite file is a FlorError (see Store)."""
+    from sqlalchemy.exc import DatabaseError
+
+    store = _store(args)
+    try:
+        return read(store)
+    # sqlite3 reports a damaged file (whose pages past the schema are read only now) as the
+    # broad DatabaseError, connectorx (the wide table's reader) as RuntimeError: CorruptStore
+    # tells a damaged file apart; any other error goes on as it was.
+    except (DatabaseError, RuntimeError) as exc:
+        corrupt = CorruptStore.from_error(str(store.engine.url.database), exc)
+        if corrupt is None:
+            raise
+        raise corrupt from exc
+
+
 def cmd_runs(args: argparse.Namespace) -> None:
-    runs = _store(args).runs()
+    runs = _read(args, lambda store: store.runs())
     if not args.all_columns and len(runs):
         wanted = ["run_uid", "status", "code_version", "started_at", "entry_script"]
         wanted += ["prefect_flow_run_id", "resumed_from"]
@@ -81,12 +101,14 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 def cmd_dataframe(args: argparse.Namespace) -> None:
     names = [n for n in args.names.split(",") if n] if args.names else []
-    frame = _store(args).dataframe(names, include_diverged=args.include_diverged)
+    frame = _read(
+        args, lambda store: store.dataframe(names, include_diverged=args.include_diverged)
+    )
     _print_frame(frame, args.csv)
 
 
 def cmd_query(args: argparse.Namespace) -> None:
-    _print_frame(_store(args).query(args.sql), args.csv)
+    _print_frame(_read(args, lambda store: store.query(args.sql)), args.csv)
 
 
 def _dask_runner(address: str):  # noqa: ANN202 - prefect_dask is imported only here
@@ -126,6 +148,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.dry_run:  # the plan only: no flow run, no Prefect
         print(format_plan(resolve(request).items))
         return 0
+    check_api()
     from flows.backfill import backfill
 
     flow = backfill.with_options(task_runner=_dask_runner(args.dask)) if args.dask else backfill
@@ -235,11 +258,38 @@ def _request(model: type[T], **fields: object) -> T:
         raise FlorError(why) from exc
 
 
+# Source files larger than this are refused unread: no script is that long, and a log or data
+# file given by mistake would otherwise be read whole.
+MAX_SOURCE_BYTES = 10 * 1024 * 1024
+NOT_REGULAR = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a device"}
+
+
 def _read_text(path: Path) -> str:
+    """A source file's text: a regular file of UTF-8 (a BOM is dropped), universal newlines
+    as `Path.read_text`; anything else is a FlorError before it is read (never a hang)."""
     try:
-        return path.read_text()
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            kind = NOT_REGULAR.get(stat.S_IFMT(mode), "a special file")
+            raise FlorError(f"cannot read {path}: it is {kind}, not a regular file")
+        with path.open("rb") as file:
+            data = file.read(MAX_SOURCE_BYTES + 1)
     except OSError as exc:
         raise FlorError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > MAX_SOURCE_BYTES:
+        raise FlorError(
+            f"cannot read {path}: larger than {MAX_SOURCE_BYTES // 2**20} MB, too large for "
+            "a source file"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        hint = ": it looks like UTF-16; save it as UTF-8" if utf16 else ""
+        raise FlorError(
+            f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start}){hint}"
+        ) from exc
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def cmd_propagate(args: argparse.Namespace) -> int:
@@ -297,6 +347,12 @@ def cmd_server(args: argparse.Namespace) -> int:
     return run_server(database, args.host, args.port)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Serve the project's deployments, once the Prefect server they need answers."""
+    check_api(temporary_allowed=False)
+    serving.run(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """One training flow run; prints the run's uid, or its failure (exit code 1)."""
     ephemeral_defaults()
@@ -313,12 +369,49 @@ def cmd_train(args: argparse.Namespace) -> int:
         argv=args.script_argv,
         warm_start=not args.no_warm_start,
     )
+    check_api()
     state = train(request, return_state=True)
     if not state.is_completed():
+        _raise_input_error(state, args.script)
         print(f"flor-flows: training failed: {state.message}", file=sys.stderr)
         return 1
     print(state.result())
     return 0
+
+
+# The exception line of a traceback that ends in one of our errors.
+FLOR_ERROR_LINE = re.compile(r"flor_flows\.errors\.(\w+): (.+)")
+TRACEBACK = "Traceback (most recent call last):"
+
+
+def _raised_line(text: str) -> str:
+    """The exception line (`module.Class: message`) of the last traceback in `text`: the
+    first unindented line after its header, as warnings printed at exit may follow it."""
+    lines = text.splitlines()
+    if TRACEBACK not in lines:
+        return ""
+    start = len(lines) - lines[::-1].index(TRACEBACK)
+    return next((line for line in lines[start:] if line and not line[0].isspace()), "")
+
+
+def _raise_input_error(state: Any, script: str) -> None:  # noqa: ANN401 - a Prefect State
+    """The failed training flow's cause as a FlorError (exit 2, one line) when it was an
+    error of input, configuration or environment: the flow's own (a store, a batch, ...), or
+    the one the script stopped on (a `--kwargs` value flor.arg cannot convert, ...). A
+    script that failed for any other reason is a failed training run (exit 1, its tail)."""
+    from prefect.states import get_state_exception
+
+    if not state.is_failed():
+        return
+    cause = get_state_exception(state)
+    if not isinstance(cause, FlorError):
+        return
+    if not isinstance(cause, TrainingFailed):
+        raise FlorError(f"training failed: {cause}") from cause
+    found = FLOR_ERROR_LINE.fullmatch(_raised_line(str(cause)))
+    kind = getattr(errors, found[1], None) if found else None
+    if found and isinstance(kind, type) and issubclass(kind, FlorError):
+        raise FlorError(f"training failed: {script} stopped: {found[2]}") from cause
 
 
 def parser() -> argparse.ArgumentParser:
@@ -426,7 +519,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serving.add_arguments(serve)
-    serve.set_defaults(func=serving.run)
+    serve.set_defaults(func=cmd_serve)
 
     train = sub.add_parser(
         "train",

@@ -1,5 +1,7 @@
 """Exceptions raised by flor-flows. Every error a user can cause derives from `FlorError`."""
 
+from __future__ import annotations
+
 
 class FlorError(Exception):
     """Base class for errors caused by input, configuration or environment."""
@@ -23,6 +25,30 @@ class CheckpointError(FlorError):
 
 class StoreError(FlorError):
     """The relational store is unreachable or was written by an incompatible schema."""
+
+
+class CorruptStore(StoreError):
+    """A SQLite store file that is not a readable database (overwritten, truncated, damaged)."""
+
+    SQLITE_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+    SQLITE_MESSAGES = ("database disk image is malformed", "file is not a database")
+
+    @classmethod
+    def from_error(cls, path: str, exc: BaseException) -> CorruptStore | None:
+        """The error for sqlite3's `exc` (bare, or SQLAlchemy's wrapper of it) on the store file
+        at `path` when `exc` says the file is damaged; None for any other error."""
+        orig = getattr(exc, "orig", exc)
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is None:  # another SQLite library (connectorx's): only its message tells
+            if str(orig).strip() not in cls.SQLITE_MESSAGES:
+                return None
+        elif code & 0xFF not in cls.SQLITE_CODES:
+            return None
+        reason = (str(orig).strip().splitlines() or ["damaged"])[0]
+        return cls(
+            f"the store {path} is not a readable SQLite database ({reason}): restore it from "
+            "a backup or point FLOR_FLOWS_STORE_URL at a new store"
+        )
 
 
 class TrainingFailed(FlorError):

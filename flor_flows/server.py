@@ -101,3 +101,51 @@ def ephemeral_defaults() -> None:
         return
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+# Seconds the health check waits for the Prefect API: a server that is up answers /health
+# in milliseconds, so a few seconds only separates "down or unreachable" from "slow".
+API_CHECK_TIMEOUT = 3.0
+START_IT = "start it (flor-flows server)"
+
+
+def check_api(temporary_allowed: bool = True, timeout: float = API_CHECK_TIMEOUT) -> None:
+    """Fail at once, with the way out, when PREFECT_API_URL names an API that does not answer.
+
+    Every command that runs a flow calls this first: otherwise Prefect finds out only when
+    the flow run starts, after its retries, with a long traceback. Nothing to check without
+    PREFECT_API_URL (the flow starts a temporary API). Prefect's own client makes the
+    request, so its API key, auth string and TLS settings apply; its retries are off.
+    """
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    url = PREFECT_API_URL.value()  # the environment's, or the active Prefect profile's
+    if not url:
+        return
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+        client = get_client(sync_client=True, httpx_settings={"timeout": httpx.Timeout(timeout)})
+        with client:
+            problem = client.api_healthcheck()
+    if problem is None:
+        return
+    where = f"the Prefect API at {redact_url(url)}"
+    way_out = START_IT + (
+        " or unset PREFECT_API_URL to use a temporary one" if temporary_allowed else ""
+    )
+    if isinstance(problem, httpx.HTTPStatusError):
+        status = problem.response.status_code
+        if status < 500:  # it answers, but not to us: a key, an address or a proxy is wrong
+            raise FlorError(
+                f"{where} refused its health check (HTTP {status} "
+                f"{problem.response.reason_phrase}): check PREFECT_API_URL and PREFECT_API_KEY"
+            )
+        why = f"HTTP {status} {problem.response.reason_phrase}"
+    elif isinstance(problem, httpx.TimeoutException):
+        why = f"timed out after {timeout:g} s"
+    else:
+        why = (
+            str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+        )
+    raise FlorError(f"{where} does not answer ({why}): {way_out}")
