@@ -77,6 +77,7 @@ class Run:
         self.inner_seconds = 0.0  # of the current outer iteration: time in its nested loops
         self.outer_checkpoint: dict[str, Any] | None = None  # replay: the one ending it
         self.args: dict[str, Any] = {}  # flor.arg values
+        self.asked: set[str] = set()  # names flor.arg was called with
         self.options: dict[str, Any] = {}  # the script's argparse options
         self.names: set[str] = set()  # logged names, checked once each
         self.batches: dict[str, str] = {}
@@ -115,6 +116,7 @@ class Run:
     def arg(self, name: str, default: Any) -> Any:
         if name in self.args:
             return self.args[name]
+        self.asked.add(name)
         if self.replaying:
             historical = self.buffer.wait_ready()["history"]["args"]
             if name in historical:
@@ -358,9 +360,9 @@ class Run:
         if self.finished:
             return
         self.finished = True
-        unused = sorted(set(self.context.kwargs) - set(self.args))
+        unused = sorted(set(self.context.kwargs) - self.asked)
         if unused and not self.replaying:
-            declared = ", ".join(sorted(self.args)) or "none"
+            declared = ", ".join(sorted(self.asked)) or "none"
             print(
                 f"flor-flows: warning: --kwargs {', '.join(unused)}: no flor.arg of that name "
                 f"was read (declared: {declared})",

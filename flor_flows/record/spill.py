@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from flor_flows.config import STATE_DIR, Settings
+from flor_flows.process import alive
 
 HOST = socket.gethostname()
 
@@ -81,16 +82,6 @@ def orphans(settings: Settings) -> list[Path]:
     found = []
     for path in sorted(directory(settings).glob("*.spill"), key=lambda p: p.stat().st_mtime):
         host, pid, _ = path.name.split(".", 1)[1].rsplit(".", 2)
-        if host == HOST and pid.isdigit() and not _alive(int(pid)):
+        if host == HOST and pid.isdigit() and not alive(int(pid)):
             found.append(path)
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -293,6 +293,7 @@ class Session:
         if self.spilled is None:
             try:
                 self._record_outcome(status, error)
+                recover(self.settings)  # a writer that was still exiting when this run began
                 return None
             except Exception as exc:  # noqa: BLE001 - re-raised unless the store may come back
                 if not spill.transient(exc):

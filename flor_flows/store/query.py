@@ -110,11 +110,12 @@ def _runs(store: Store, project: str | None, uids: Sequence[str] | None = None) 
 def _show_dead_runs(runs: pd.DataFrame) -> None:
     """Show runs of this host whose process is gone as failed (reading writes nothing: the
     next run recorded on this host marks them in the store)."""
-    from flor_flows.store.store import DIED, HOST, pid_alive
+    from flor_flows.process import alive
+    from flor_flows.store.store import DIED, HOST
 
     host, pid = runs.pop("host"), runs.pop("pid")
     running = (runs["status"] == "running") & (host == HOST)
-    dead = [bool(r) and not pid_alive(int(p)) for r, p in zip(running, pid, strict=True)]
+    dead = [bool(r) and not alive(int(p)) for r, p in zip(running, pid, strict=True)]
     runs.loc[dead, "status"] = "failed"
     runs.loc[dead, "error"] = runs.loc[dead, "error"].fillna(DIED)
 

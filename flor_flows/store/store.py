@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from flor_flows.errors import StoreError
+from flor_flows.process import alive
 from flor_flows.secrets import redact_url
 from flor_flows.store import schema as s
 
@@ -63,17 +64,7 @@ def _holder_gone(holder: str) -> bool:
     """Whether a lease's holder was a process of this host that no longer runs."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    return host == HOST and pid.isdigit() and not pid_alive(int(pid))
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host == HOST and pid.isdigit() and not alive(int(pid))
 
 
 class Store:
@@ -313,7 +304,7 @@ class Store:
             rows = conn.execute(
                 select(s.Run.id, s.Run.pid).where(s.Run.status == "running", s.Run.host == HOST)
             ).all()
-            dead = [rid for rid, pid in rows if not pid_alive(pid)]
+            dead = [rid for rid, pid in rows if not alive(pid)]
             if dead:
                 conn.execute(
                     update(s.Run).where(s.Run.id.in_(dead)).values(status="failed", error=DIED)
