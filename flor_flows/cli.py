@@ -370,13 +370,94 @@ def cmd_train(args: argparse.Namespace) -> int:
         warm_start=not args.no_warm_start,
     )
     check_api()
-    state = train(request, return_state=True)
+    _reconcile(Path(request.project))
+    watch = _watch_api()
+    try:
+        state = train(request, return_state=True)
+    finally:
+        if watch is not None:
+            watch.stop()
     if not state.is_completed():
         _raise_input_error(state, args.script)
         print(f"flor-flows: training failed: {state.message}", file=sys.stderr)
         return 1
     print(state.result())
     return 0
+
+
+def _reconcile(project: Path) -> None:
+    """Settle the project's flow runs that a lost Prefect API left Running (see reconcile);
+    an API or a store that cannot be read for it is a warning: the training goes on."""
+    import httpx
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    from flor_flows.config import load_settings
+    from flor_flows.training.reconcile import reconcile
+
+    if not PREFECT_API_URL.value():  # a temporary API: no server outlived its flow runs
+        return
+    try:
+        settled = reconcile(load_settings(project))
+    except (httpx.HTTPError, ObjectNotFound) as exc:
+        print(f"flor-flows: warning: could not reconcile flow runs: {exc}", file=sys.stderr)
+        return
+    if settled:
+        print(
+            f"flor-flows: {len(settled)} flow run(s) left Running by a lost Prefect API now have "
+            "the state their runs have in the store",
+            file=sys.stderr,
+        )
+
+
+def _watch_api() -> Any:  # noqa: ANN401 - an ApiWatch, imported lazily
+    """Watch PREFECT_API_URL during the flow run (see ApiWatch); None without one."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flor_flows.training.reconcile import ApiWatch
+
+    if not PREFECT_API_URL.value():
+        return None
+    watch = ApiWatch(on_lost=_api_lost)
+    watch.start()
+    return watch
+
+
+def _api_lost(run: Any, down_for: float) -> None:  # noqa: ANN401 - a launch.Launch
+    """The Prefect API went away and `run` has settled in the store: say how it ended there
+    and exit at once (0 if it completed, 1 if not)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flor_flows.errors import StoreError
+    from flor_flows.secrets import redact_url
+    from flor_flows.store import open_store
+
+    try:
+        record = open_store(run.settings.store_url).run_record(run.run_uid)
+    except StoreError:  # the flow failed before its script recorded anything
+        record = {"status": "not recorded", "error": None}
+    status = record["status"]
+    if status == "completed":
+        print(run.run_uid)
+    where = redact_url(str(PREFECT_API_URL.value()))
+    print(
+        f"flor-flows: warning: the Prefect API at {where} went away during the flow run "
+        f"(no answer for {down_for:.0f} s); run {run.run_uid} {status} in the store; its "
+        "flow run stays Running in Prefect until the next `flor-flows train` of this project "
+        "once the API is back",
+        file=sys.stderr,
+    )
+    if status != "completed" and record["error"]:
+        error = record["error"].strip()
+        why = _raised_line(error) or error.splitlines()[0]  # the exception, not its header
+        print(f"flor-flows: training failed: {why}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit, not sys.exit: the flow (in the main thread) is still inside Prefect's client
+    # retries (about a minute per request), and an orderly exit would wait for them, then for
+    # Prefect's atexit hooks flushing logs and events to the API that is gone. The store
+    # already has everything the run recorded.
+    os._exit(0 if status == "completed" else 1)
 
 
 # The exception line of a traceback that ends in one of our errors.

@@ -109,27 +109,36 @@ API_CHECK_TIMEOUT = 3.0
 START_IT = "start it (flor-flows server)"
 
 
+def api_problem(timeout: float = API_CHECK_TIMEOUT) -> BaseException | None:
+    """Why the Prefect API at PREFECT_API_URL fails its health check; None if it answers or
+    none is set. Prefect's own client makes the request (its API key, auth string and TLS
+    settings apply) with its retries off, so a dead server is reported at once."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    if not PREFECT_API_URL.value():  # the environment's, or the active Prefect profile's
+        return None
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+        client = get_client(sync_client=True, httpx_settings={"timeout": httpx.Timeout(timeout)})
+        with client:
+            return client.api_healthcheck()
+
+
 def check_api(temporary_allowed: bool = True, timeout: float = API_CHECK_TIMEOUT) -> None:
     """Fail at once, with the way out, when PREFECT_API_URL names an API that does not answer.
 
     Every command that runs a flow calls this first: otherwise Prefect finds out only when
     the flow run starts, after its retries, with a long traceback. Nothing to check without
-    PREFECT_API_URL (the flow starts a temporary API). Prefect's own client makes the
-    request, so its API key, auth string and TLS settings apply; its retries are off.
+    PREFECT_API_URL (the flow starts a temporary API).
     """
     import httpx
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+    from prefect.settings import PREFECT_API_URL
 
-    url = PREFECT_API_URL.value()  # the environment's, or the active Prefect profile's
-    if not url:
-        return
-    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
-        client = get_client(sync_client=True, httpx_settings={"timeout": httpx.Timeout(timeout)})
-        with client:
-            problem = client.api_healthcheck()
+    problem = api_problem(timeout)
     if problem is None:
         return
+    url = PREFECT_API_URL.value()
     where = f"the Prefect API at {redact_url(url)}"
     way_out = START_IT + (
         " or unset PREFECT_API_URL to use a temporary one" if temporary_allowed else ""

@@ -67,14 +67,18 @@ def train(request: TrainingRequest = TrainingRequest()) -> State:  # noqa: B008 
     The final state's message sums the run up (its uid; that it had no batch, if so).
     """
     run = launch.new_launch(request)
-    if not request.batch:
-        get_run_logger().info(NO_BATCH)
-    code = snapshot_code(run)
-    batches = register_batches(run, request)
-    resumed_from = find_warm_start(run) if request.warm_start else None
+    script_started = False
     try:
+        if not request.batch:
+            get_run_logger().info(NO_BATCH)
+        code = snapshot_code(run)
+        batches = register_batches(run, request)
+        resumed_from = find_warm_start(run) if request.warm_start else None
+        script_started = True
         run_script(run, request, code, batches, resumed_from)
     finally:
-        publish(run)  # a failed run's partial logs are published too
+        launch.settle(run)  # the store has the run's last word; what follows informs Prefect
+        if script_started:
+            publish(run)  # a failed run's partial logs are published too
     summary = f"run {run.run_uid}" + ("" if request.batch else f"; {NO_BATCH}")
     return Completed(message=summary, data=run.run_uid)

@@ -88,7 +88,8 @@ def plan(
 ) -> list[Item]:
     """The replays that compute `names` over history, in run order, with estimated costs.
 
-    Candidates are finished runs (completed or failed) with a code version and a script.
+    Candidates are finished runs (completed, failed or incomplete) with a code version and a
+    script.
     `where` keeps the runs with a row that satisfies it; where those rows lie in outer
     iterations, only those iterations. `iters` narrows per outer loop name. With
     `only_missing`, iterations holding a value of every name already are left out.

@@ -26,7 +26,7 @@ def candidates(store: Store, project: str | None) -> pd.DataFrame:
     runs = store.runs(project)
     if runs.empty:
         return runs
-    keep = runs["status"].isin(["completed", "failed"]) & runs["code_version"].notna()
+    keep = runs["status"].isin(["completed", "failed", "incomplete"]) & runs["code_version"].notna()
     return runs[keep & runs["entry_script"].notna()].reset_index(drop=True)
 
 

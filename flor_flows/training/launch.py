@@ -10,6 +10,10 @@ Every script `run` starts (training runs and replays alike) is registered here u
 ends, so a launcher that is told to stop can stop them all (`stop_children`) and tell a
 stopped run from a failed one (`stopping`). A child also gets SIGTERM when the thread that
 started it dies, even by SIGKILL (Linux), so a killed launcher never leaves a script running.
+
+Every launch of this process is listed too (`launches`, the latest few), with whether it has
+settled (`settle`): from then on the store has the run's last word and whatever is left of
+its flow run only informs Prefect, so a launcher that loses its Prefect API can stop there.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ stopping = threading.Event()
 
 _children: set[subprocess.Popen[str]] = set()
 _children_lock = threading.Lock()
+RECENT_LAUNCHES = 64
+_launches: deque[tuple[Launch, threading.Event]] = deque(maxlen=RECENT_LAUNCHES)
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,21 @@ def new_launch(request: TrainingRequest) -> Launch:
         raise FlorError(f"training script {request.script!r} not found in {project}")
     settings = load_settings(project)
     entry_script = os.path.relpath(script, settings.root)
-    return Launch(new_uid(), settings, project, script, entry_script, tuple(request.argv))
+    launch = Launch(new_uid(), settings, project, script, entry_script, tuple(request.argv))
+    _launches.append((launch, threading.Event()))
+    return launch
+
+
+def settle(launch: Launch) -> None:
+    """Mark `launch` settled: the store has its run's last word (or it never got a run)."""
+    for known, settled in list(_launches):
+        if known is launch:
+            settled.set()
+
+
+def launches() -> list[tuple[Launch, bool]]:
+    """This process's latest launches, oldest first, each with whether it has settled."""
+    return [(known, settled.is_set()) for known, settled in list(_launches)]
 
 
 def snapshot_code(launch: Launch) -> CodeVersion:
