@@ -204,6 +204,7 @@ def _stop_and_exit(signum: int, _frame: object, worker: threading.Thread) -> Non
         return
     start = time.monotonic()
     stopped = launch.stop_children(grace=STOP_CHILDREN_GRACE)
+    _cancel_backfill_items()
     # The flow sees its replays end as stopped (launch.stopping), starts no more, and
     # records that; give it the time that is left, not more.
     worker.join(max(0.0, start + STOP_FLOW_UNTIL - time.monotonic()))
@@ -220,6 +221,16 @@ def _stop_and_exit(signum: int, _frame: object, worker: threading.Thread) -> Non
     # far longer than a user waits after Ctrl-C. Everything worth keeping is already in the
     # store: the replays flushed their values before exiting, and our output is flushed.
     os._exit(128 + signum)
+
+
+def _cancel_backfill_items() -> None:
+    """Mark the runs this process's backfill holds cancelled: the same request run again
+    resumes them."""
+    from flor_flows.replay.backfill import LEASES
+    from flor_flows.store import open_store
+
+    for store_url, backfill_id, holder in list(LEASES):
+        open_store(store_url).cancel_leased(backfill_id, holder)
 
 
 def _stop_temporary_servers(deadline: float) -> None:
@@ -369,6 +380,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         argv=args.script_argv,
         warm_start=not args.no_warm_start,
     )
+    _check_batches(request)
     check_api()
     _reconcile(Path(request.project))
     watch = _watch_api()
@@ -383,6 +395,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     print(state.result())
     return 0
+
+
+def _check_batches(request: Any) -> None:  # noqa: ANN401 - a TrainingRequest
+    """A local batch that is not there is an error now, before Prefect starts."""
+    uris = {"batch": request.batch, **request.data} if request.batch else dict(request.data)
+    for name, uri in uris.items():
+        if "://" in uri:
+            continue  # any other filesystem: checked when the flow reads it
+        path = Path(request.project) / uri
+        if not path.is_file():
+            raise FlorError(
+                f"--{'batch' if name == 'batch' else 'data ' + name}: {path} is not a file"
+            )
 
 
 def _reconcile(project: Path) -> None:

@@ -29,7 +29,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from flor_flows.replay import engine, plan
-from flor_flows.replay.backfill import BackfillRequest, Resolved, plan_rows, resolve
+from flor_flows.replay.backfill import LEASES, BackfillRequest, Resolved, plan_rows, resolve
 from flor_flows.store import open_store
 from flor_flows.store.store import lease_holder, now
 from flor_flows.training import launch
@@ -125,6 +125,8 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
         now() + timedelta(seconds=seconds),
     )
     resolved = replace(resolved, items=[i for i in resolved.items if i.run_uid not in held])
+    lease = (resolved.settings.store_url, resolved.backfill_id, holder)
+    LEASES.add(lease)
     try:
         with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
             propagating = {
@@ -134,6 +136,7 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
             versions = [f.result() for f in propagating.values()]
     finally:
         store.release_backfill(resolved.backfill_id, holder)
+        LEASES.discard(lease)
 
     for version in versions:
         create_markdown_artifact(_diff(version), key=f"{prefix}-backfill-diff")

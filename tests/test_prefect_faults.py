@@ -18,9 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flor_flows.training.reconcile import RECONCILE_GRACE
 from tests.conftest import Project
 
+GRACE = 3.0  # seconds after its run ended that a flow run is settled (FLOR_FLOWS_RECONCILE_GRACE)
 FLOR_FLOWS = str(Path(sys.executable).parent / "flor-flows")
 EPOCHS = 16
 
@@ -179,14 +179,14 @@ def test_a_server_killed_during_train_leaves_a_true_store_and_no_orphan(
         # The server again, on the same database: the flow run is still Running there ...
         second_start = server.start(tmp_path / "server-2.log")
         assert _flow_run_state(server.api, flow_run_id) == "RUNNING"
-        # ... until the next `flor-flows train` (once the run has ended RECONCILE_GRACE ago)
+        # ... until the next `flor-flows train` (once the run has ended GRACE ago)
         ended = run["ended_at"].to_pydatetime()
-        time.sleep(max(0.0, RECONCILE_GRACE - (datetime.now(UTC) - ended).total_seconds()))
+        time.sleep(max(0.0, GRACE - (datetime.now(UTC) - ended).total_seconds()))
         began = time.monotonic()
         quick = subprocess.run(
             [FLOR_FLOWS, "train", "quick.py"],
             cwd=project.root,
-            env=client_env,
+            env=client_env | {"FLOR_FLOWS_RECONCILE_GRACE": str(GRACE)},
             capture_output=True,
             text=True,
             timeout=120,

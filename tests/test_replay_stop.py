@@ -149,21 +149,21 @@ def test_a_signal_stops_the_replays_and_the_temporary_server(
 
     left = _wait(lambda: not _ours(home), 5.0, "the replays and the server to end")
     assert left and not _live_replays(markers)
-    run = project.store().runs().iloc[0]
-    assert run["status"] == "completed"  # a stopped replay leaves the recorded run alone
-
-
-@pytest.mark.timeout(420)
-def test_an_uninterrupted_replay_completes_through_the_command(
-    history: tuple[Project, Path], tmp_path: Path
-) -> None:
-    project, _ = history
-    home = tmp_path / "prefect-home"
-    replay = _replay(project, home, tmp_path)
-    assert replay.wait(timeout=400) == 0, (tmp_path / "stderr").read_text()[-3000:]
-    assert "1 of 1 runs replayed" in (tmp_path / "stdout").read_text()
-    table = project.store().dataframe(["loss", "twice"])
+    store = project.store()
+    assert store.runs().iloc[0]["status"] == "completed"  # the recorded run is left alone
+    assert store.query("SELECT status FROM backfill_items")["status"].tolist() == ["cancelled"]
+    if signum != signal.SIGTERM:
+        return
+    # the same command again resumes the cancelled run, to the end, each value once
+    (markers / "slow").unlink()
+    again = tmp_path / "again"
+    again.mkdir()
+    replay = _replay(project, home, again)
+    assert replay.wait(timeout=400) == 0, (again / "stderr").read_text()[-3000:]
+    assert "1 of 1 runs replayed" in (again / "stdout").read_text()
+    table = store.dataframe(["loss", "twice"])
     assert len(table) == 30 and table["twice"].tolist() == (2 * table["loss"]).tolist()
+    assert store.query("SELECT status FROM backfill_items")["status"].tolist() == ["replayed"]
     _wait(lambda: not _ours(home), 10.0, "the temporary server to end")
 
 

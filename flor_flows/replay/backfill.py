@@ -25,6 +25,10 @@ from flor_flows.replay.where import parse_where
 from flor_flows.replay.worktree import working_tree_files
 from flor_flows.store import open_store
 
+# The leases this process's backfill flow runs hold now: (store URL, backfill id, holder).
+# A stopped `flor-flows replay` marks their unfinished runs cancelled (see `Store.cancel_leased`).
+LEASES: set[tuple[str, int, str]] = set()
+
 
 class BackfillRequest(BaseModel):
     """Compute new logged values over historical runs (the form the Prefect UI renders)."""

@@ -577,6 +577,22 @@ class Store:
                     held[uid] = conn.scalar(select(item.holder).where(*mine))
         return held
 
+    def cancel_leased(self, backfill_id: int, holder: str) -> None:
+        """Mark the runs `holder` leases and has not finished cancelled, and end its leases."""
+        item = s.BackfillItem
+        unfinished = ("planned", "propagated", "replaying")
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(item)
+                .where(
+                    item.backfill_id == backfill_id,
+                    item.holder == holder,
+                    item.status.in_(unfinished),
+                )
+                .values(status="cancelled", updated_at=now())
+            )
+        self.release_backfill(backfill_id, holder)
+
     def release_backfill(self, backfill_id: int, holder: str) -> None:
         """End `holder`'s leases on the runs of a backfill."""
         item = s.BackfillItem

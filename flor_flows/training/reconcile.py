@@ -19,6 +19,7 @@ pieces keep that cheap:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from flor_flows.training import launch
 TRAINING_FLOW = "train"  # flows/training.py's flow name
 # A flow run is settled only this long after its run ended in the store: until then its
 # own process may still be publishing and about to set the final state itself.
-RECONCILE_GRACE = 30.0
+RECONCILE_GRACE = float(os.environ.get("FLOR_FLOWS_RECONCILE_GRACE", "30"))
 WATCH_INTERVAL = 1.0  # seconds between health checks of the API during a flow run
 WATCH_TIMEOUT = 2.0  # a health check's timeout: a live API answers in milliseconds
 

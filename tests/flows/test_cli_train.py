@@ -44,7 +44,9 @@ def test_train_runs_one_flow_with_its_kwargs_and_batch(digits: Project, prefect_
 
 def test_train_reports_failures_and_bad_input(digits: Project, prefect_api: str) -> None:
     missing = _train(digits, prefect_api, "--batch", "data/batches/nope.csv")
-    assert missing.returncode == 2 and "does not exist" in missing.stderr  # bad input: exit 2
+    assert missing.returncode == 2 and missing.stderr.splitlines() == [
+        f"flor-flows: error: --batch: {digits.root / 'data/batches/nope.csv'} is not a file"
+    ]  # at once, before Prefect starts
     malformed = _train(digits, prefect_api, "--batch", "x.csv", "--kwargs", "epochs")
     assert malformed.returncode == 2 and "NAME=VALUE" in malformed.stderr
     assert "Traceback" not in malformed.stderr
