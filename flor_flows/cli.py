@@ -132,7 +132,7 @@ def _dask_runner(address: str):  # noqa: ANN202 - prefect_dask is imported only 
 def cmd_replay(args: argparse.Namespace) -> int:
     """One backfill flow run: compute --apply names over the historical runs it selects."""
     ephemeral_defaults()
-    from flor_flows.replay.backfill import BackfillRequest, resolve
+    from flor_flows.replay.backfill import BackfillRequest, check_versions, resolve
     from flor_flows.replay.plan import format_plan
 
     request = _request(
@@ -145,8 +145,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         source_ref=args.source_ref,
         max_parallel=args.max_parallel,
     )
-    if args.dry_run:  # the plan only: no flow run, no Prefect
-        print(format_plan(resolve(request).items))
+    if args.dry_run:  # the plan, each version checked: no flow run, no Prefect, no writes
+        resolved = resolve(request)
+        print(format_plan(resolved.items, check_versions(resolved)))
         return 0
     check_api()
     from flows.backfill import backfill

@@ -257,3 +257,55 @@ def test_a_dry_run_plans_and_writes_nothing(recorded) -> None:  # noqa: ANN001
     assert uid in proc.stdout and "1 replay(s)" in proc.stdout
     after = {t: store.query(f"SELECT COUNT(*) AS n FROM {t}")["n"][0] for t in before}
     assert after == before and before["backfills"] == 0
+
+
+def test_a_dry_run_checks_each_version_it_plans(project: Project) -> None:
+    """The plan shows, per run, whether its version takes the statement, before any replay."""
+    old = SCRIPT.replace("../data/offset.txt", "offset.txt")
+    project.write("offset.txt", "0")
+    project.write("train.py", old)
+    project.write("other.py", NOISY)
+    project.commit("v1")
+    project.run("train.py", "--epochs", "1")
+    project.run("other.py")
+    today = old.replace('state = {"w": offset}', 'state = {"w": offset}\nscale = 3.0') + (
+        '        flor.log("w3", state["w"] * scale)\n'
+    )
+    project.write("train.py", today)
+    project.commit("v2: a scale")
+    project.run("train.py", "--epochs", "1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "flor_flows.cli", "replay", "--apply", "w3", "--dry-run", "--all"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[-1] == "propagation"
+    runs = project.store().runs()
+    checks = {uid: next(line for line in lines if line.startswith(uid)) for uid in runs["run_uid"]}
+    first, other, latest = (checks[uid] for uid in runs["run_uid"])
+    assert "refused: train.py: w3: name 'scale' is not defined" in first
+    assert "not applicable: other.py (with the modules it imports) logs none of w3" in other
+    assert latest.endswith(" ok")
+
+
+def test_a_propagated_file_that_does_not_compile_is_refused(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last check before a replay: whatever propagation wrote must compile."""
+    from flor_flows.propagate import Placement, Propagation
+    from flor_flows.replay import engine
+
+    project.write("train.py", NOISY)
+    commit = project.commit("noisy")
+    broken = Propagation(
+        NOISY + "        flor.log('w2', (\n", [Placement("w2", "flor.log('w2', (", 9, 1.0)]
+    )
+    monkeypatch.setattr(engine, "propagate_files", lambda *a, **k: {"train.py": broken})
+    version = engine.prepare_version(project.root, commit, {}, ["w2"], tmp_path, ["train.py"])
+    status, why = version.outcome("train.py")
+    assert status == "propagation failed"
+    assert why.startswith("train.py: w2: the file does not compile after the insertion: ")

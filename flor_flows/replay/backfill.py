@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +134,33 @@ def resolve(request: BackfillRequest) -> Resolved:
     done = [i.run_uid for i in items if status.get(i.run_uid) == "replayed"]
     todo = [i for i in items if status.get(i.run_uid) != "replayed"]
     return Resolved(settings, names, files, digest, key, backfill_id, todo, done)
+
+
+def check_versions(resolved: Resolved) -> dict[str, str]:
+    """Per planned run, what propagating the statements into its code version gives: `ok`,
+    `refused: <why>` (a placement refused, or a propagated file that does not compile) or
+    `not applicable: <why>`. Versions are materialised in a temporary directory only."""
+    from flor_flows.replay.engine import prepare_version
+
+    found: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="flor-flows-check-") as workdir:
+        for commit in resolved.commits:
+            items = [item for item in resolved.items if item.code_version == commit]
+            version = prepare_version(
+                resolved.settings.root,
+                commit,
+                resolved.new_files,
+                resolved.names,
+                Path(workdir),
+                {item.entry_script for item in items},
+            )
+            for item in items:
+                status, why = version.outcome(item.entry_script)
+                found[item.run_uid] = {
+                    "propagated": "ok",
+                    "propagation failed": f"refused: {why}",
+                }.get(status, f"{status}: {why}")
+    return found
 
 
 def plan_rows(items: list[planning.Item]) -> list[dict[str, object]]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from flor_flows.config import Settings
 from flor_flows.errors import FlorError
-from flor_flows.propagate import Propagation, propagate_files
+from flor_flows.propagate import Propagation, Refusal, propagate_files
 from flor_flows.propagate.statements import Unparsable, read
 from flor_flows.record.context import ReplaySpec, RunContext
 from flor_flows.replay.reach import reachable
@@ -87,6 +87,13 @@ def prepare_version(
                 f"b/{path}",
             )
             diffs[path] = "".join(lines)
+            try:
+                compile(result.source, path, "exec")
+            except SyntaxError as exc:  # a placement must never break the file
+                why = (
+                    f"the file does not compile after the insertion: {exc.msg} (line {exc.lineno})"
+                )
+                result.refusals.extend(Refusal(p.name, why) for p in result.placements)
     link_untracked(root, directory)
     scope = {entry: _scope(entry, replayed, results, names, commit[:10]) for entry in entry_scripts}
     return Version(commit, directory, results, diffs, skippable_loops(replayed, names), scope)

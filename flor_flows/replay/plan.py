@@ -362,11 +362,16 @@ def _describe(iterations: tuple[int, ...] | None) -> str:
     return compact(iterations) if iterations else "none (run level)"
 
 
-def format_plan(items: Sequence[Item]) -> str:
-    """The plan as a table for `--dry-run`: one replay a line, then the count and total."""
+def format_plan(items: Sequence[Item], checks: dict[str, str] | None = None) -> str:
+    """The plan as a table for `--dry-run`: one replay a line, then the count and total.
+
+    `checks`: per run, what propagating into its code version found (ok, refused: why,
+    not applicable: why), shown after the reason.
+    """
     if not items:
         return "nothing to replay"
     header = ("run", "version", "loop", "iterations", "est. s", "reason")
+    header += ("propagation",) if checks is not None else ()
     rows = [
         (
             item.run_uid,
@@ -375,6 +380,7 @@ def format_plan(items: Sequence[Item]) -> str:
             _describe(item.iterations),
             f"{item.estimated_seconds:.1f}",
             item.reason,
+            *((checks.get(item.run_uid, "-"),) if checks is not None else ()),
         )
         for item in items
     ]
