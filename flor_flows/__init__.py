@@ -113,10 +113,15 @@ def query(sql: str) -> pd.DataFrame:
 
 def _store() -> Any:
     """The store to read: the current run's (flushed first, so its values show), else the project's."""
-    from flor_flows.store import open_store, project_store
+    from flor_flows.config import load_settings
+    from flor_flows.errors import StoreError
+    from flor_flows.store import open_store, project_store, reader
 
     run = _session.active()
     if run is None:
-        return project_store()
+        try:
+            return reader(load_settings().store_url)  # read-only where it cannot be written
+        except StoreError:
+            return project_store()  # none yet: an empty one
     run.buffer.sync()
     return open_store(run.settings.store_url)

@@ -54,22 +54,12 @@ def _print_frame(frame, as_csv: bool) -> None:  # noqa: ANN001 - pandas is impor
 
 
 def _store(args: argparse.Namespace):  # noqa: ANN202
-    """The store to read; a SQLite store that does not exist yet is an error, not created."""
-    from sqlalchemy.engine import make_url
-
+    """The store to read: a store that does not exist yet is an error, not created; one this
+    process cannot write is read read-only."""
     from flor_flows.config import load_settings
-    from flor_flows.store import open_store
+    from flor_flows.store import reader
 
-    url = args.store or load_settings(args.project_dir).store_url
-    parsed = make_url(url)
-    on_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (
-        None,
-        "",
-        ":memory:",
-    )
-    if on_file and not Path(parsed.database).exists():
-        raise FlorError(f"no runs recorded yet: there is no store at {parsed.database}")
-    return open_store(url)
+    return reader(args.store or load_settings(args.project_dir).store_url)
 
 
 def _read(args: argparse.Namespace, read: Callable[[Any], T]) -> T:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -86,3 +87,30 @@ def test_query_cannot_change_the_store(project: Project) -> None:
         "n",
         "4",
     ]
+
+
+def test_a_store_on_read_only_storage_can_be_read(project: Project) -> None:
+    """A read-only bind mount of the store's directory (root, as in CI): every read works."""
+    project.write("train.py", SCRIPT)
+    project.run("train.py")
+    state = project.root / ".flor-flows"
+    subprocess.run(["mount", "--bind", str(state), str(state)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(state)], check=True)
+        assert not os.access(state, os.W_OK)
+        runs = cli(project, "runs")
+        assert runs.returncode == 0 and "completed" in runs.stdout, runs.stderr
+        frame = cli(project, "dataframe", "loss,acc", "--csv")
+        assert frame.returncode == 0 and frame.stdout.strip().splitlines()[2].endswith(",1,0.5,0.5")
+        query = cli(project, "query", "select count(*) as n from logs", "--csv")
+        assert query.stdout.split() == ["n", "4"], query.stderr
+        api = subprocess.run(
+            [sys.executable, "-c", "import flor_flows as flor; print(len(flor.dataframe('loss')))"],
+            cwd=project.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert api.stdout.split() == ["2"], api.stderr
+    finally:
+        subprocess.run(["umount", str(state)], check=True)

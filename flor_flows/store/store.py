@@ -25,10 +25,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
-from flor_flows.errors import StoreError
+from flor_flows.errors import CorruptStore, StoreError
 from flor_flows.process import alive
 from flor_flows.secrets import redact_url
 from flor_flows.store import schema as s
@@ -44,6 +44,30 @@ DIED = "process ended without finishing the run"
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def _read_only_connection(path: Path) -> sqlite3.Connection:
+    """A connection that can only read `path`, also on read-only storage.
+
+    SQLite opens a WAL-mode file read-only only where it may use its shared-memory file;
+    on read-only storage the file is read as immutable, which is exact only when no
+    changes wait in its `-wal` file: otherwise it is an error, not a stale view.
+    """
+    if not path.is_file():
+        raise StoreError(f"no runs recorded yet: there is no store at {path}")
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        return conn
+    except sqlite3.OperationalError:
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size:
+            raise StoreError(
+                f"the store {path} is on storage this process cannot write and holds changes "
+                f"not merged yet ({wal.name}): open it once where it can be written"
+            ) from None
+    uri = f"{path.as_uri()}?immutable=1"
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -70,7 +94,7 @@ def _holder_gone(holder: str) -> bool:
 class Store:
     """Runs, versions, batches, loop contexts, logs and checkpoints in one SQL database."""
 
-    def __init__(self, url: str, pooled: bool = False) -> None:
+    def __init__(self, url: str, pooled: bool = False, readonly: bool = False) -> None:
         """Open (and create if needed) the store at `url`.
 
         On a SQLite file, connections are not pooled unless `pooled`: the wide table reads
@@ -80,13 +104,8 @@ class Store:
         The writer process, which never reads that way, pools: a connection per write would
         checkpoint the WAL at every flush.
         """
-        # Imported here, not at the top, to keep this change inside the method.
-        from sqlalchemy.exc import DatabaseError
-
-        from flor_flows.errors import CorruptStore
-
-        self.url = url
-        if url.startswith("sqlite:///"):
+        self.url, self.readonly = url, readonly
+        if url.startswith("sqlite:///") and not readonly:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         try:
             parsed = make_url(url)
@@ -98,10 +117,16 @@ class Store:
             # A pooled connection is checked before use, so one the server dropped (a
             # restart, pg_terminate_backend) is replaced instead of failing a write.
             pool = {"poolclass": NullPool} if on_file and not pooled else {"pool_pre_ping": True}
-            self.engine: Engine = create_engine(url, future=True, **pool)
+            if readonly and on_file:
+                path = Path(parsed.database)
+                self.engine: Engine = create_engine(
+                    "sqlite://", creator=lambda: _read_only_connection(path), poolclass=NullPool
+                )
+            else:
+                self.engine = create_engine(url, future=True, **pool)
         except Exception as exc:  # noqa: BLE001 - any driver/URL error becomes one clear message
             raise StoreError(f"cannot open store {redact_url(url)!r}: {exc}") from exc
-        if self.engine.dialect.name == "sqlite":
+        if self.engine.dialect.name == "sqlite" and not readonly:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._signatures: dict[tuple[str, ...], int] = {}
         self._log_names: set[tuple[str, int, int, str]] = set()
@@ -122,6 +147,18 @@ class Store:
 
     # -- schema ---------------------------------------------------------------------------
     def _ensure_schema(self) -> None:
+        """Create the tables of a new store (add those an older one lacks); check the version."""
+        if not self.readonly:
+            self._create_schema()
+        with self.engine.connect() as conn:
+            found = conn.scalar(select(s.Meta.value).where(s.Meta.key == "schema_version"))
+        if found != str(s.SCHEMA_VERSION):
+            raise StoreError(
+                f"store {redact_url(self.url)!r} has schema version {found}, this flor-flows expects "
+                f"{s.SCHEMA_VERSION}; upgrade flor-flows or point FLOR_FLOWS_STORE_URL at a new store"
+            )
+
+    def _create_schema(self) -> None:
         for attempt in range(5):
             try:
                 with self.engine.begin() as conn:
@@ -144,13 +181,6 @@ class Store:
                     )
         except IntegrityError:
             pass  # another process recorded it first
-        with self.engine.connect() as conn:
-            found = conn.scalar(select(s.Meta.value).where(s.Meta.key == "schema_version"))
-        if found != str(s.SCHEMA_VERSION):
-            raise StoreError(
-                f"store {redact_url(self.url)!r} has schema version {found}, this flor-flows expects "
-                f"{s.SCHEMA_VERSION}; upgrade flor-flows or point FLOR_FLOWS_STORE_URL at a new store"
-            )
 
     # -- runs -----------------------------------------------------------------------------
     def project_id(self, name: str, root: Path) -> int:
@@ -677,7 +707,7 @@ class Store:
             cursor = raw.cursor()
             try:
                 if dialect.name == "sqlite":
-                    raw.set_authorizer(_read_only_sqlite)
+                    raw.set_authorizer(_authorize_reads)
                     cursor.execute(sql)
                 elif dialect.name == "postgresql":
                     cursor.execute("SET TRANSACTION READ ONLY")
@@ -702,7 +732,7 @@ _SQLITE_READS = {
 }  # fmt: skip
 
 
-def _read_only_sqlite(action: int, *_: object) -> int:
+def _authorize_reads(action: int, *_: object) -> int:
     """A SQLite authorizer that lets a statement read and nothing else (no ATTACH, no PRAGMA)."""
     return sqlite3.SQLITE_OK if action in _SQLITE_READS else sqlite3.SQLITE_DENY
 
@@ -769,9 +799,10 @@ def _insert_sql(table: str, columns: Sequence[str], engine: Engine, ignore: bool
 
 
 @cache
-def open_store(url: str, pooled: bool = False) -> Store:
-    """One `Store` per URL per process (see `Store` for `pooled`)."""
-    return Store(url, pooled)
+def open_store(url: str, pooled: bool = False, readonly: bool = False) -> Store:
+    """One `Store` per URL per process (see `Store` for `pooled`; `readonly`: only reads,
+    for a store on storage this process cannot write)."""
+    return Store(url, pooled, readonly)
 
 
 def _add_missing_columns(conn: Any) -> None:
