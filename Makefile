@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/flor-flows demo
 
+# The tests run on two workers, a test file each at a time (module fixtures stay in one
+# process): most tests wait on child processes, so this halves the wall time on 2 cores.
 test: $(STAMP)
 	$(BIN)/ruff check flor_flows flows deployments tests bench examples
 	$(BIN)/ruff format --check flor_flows flows deployments tests bench examples
-	# Two workers, a test file each at a time (module fixtures stay in one process): most
-	# tests wait on child processes, so this halves the wall time on 2 cores.
 	$(BIN)/pytest -n 2 --dist loadfile
 
 bench: $(STAMP)

@@ -83,11 +83,12 @@ def test_training_killed_at_a_random_point_keeps_what_it_logged(
     proc.kill()
     proc.wait()
     store = Store(script.store_url)
-    _wait_for(lambda: store.runs()["status"].tolist() == ["failed"], 30, "the run marked failed")
+    assert store.runs()["status"].tolist() == ["failed"]  # shown so at once: its process is gone
+    stored_status = lambda: store.query("SELECT status FROM runs")["status"].tolist()  # noqa: E731
+    _wait_for(lambda: stored_status() == ["failed"], 30, "its writer to mark the run failed")
     stored = set(store.dataframe(["x"])["x"])
     lost = [s for s, t in _logged(script) if t < killed_at - 1.5 and s not in stored]
     assert lost == []
-    assert store.query("SELECT status FROM runs")["status"].tolist() == ["failed"]
 
 
 @pytest.mark.parametrize("trial", range(3))
