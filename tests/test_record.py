@@ -351,7 +351,11 @@ def test_training_goes_on_when_its_writer_process_is_killed(project: Project) ->
         for step in flor.loop("step", range(40)):
             flor.log("x", step)
             if step in (10, 25):  # values in flight, some in the pipe, some not yet sent
+                restarts = buffer.restarts
                 os.kill(buffer._writer.process.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 30
+                while buffer.restarts == restarts and time.monotonic() < deadline:
+                    time.sleep(0.05)  # replaced at the next flush, within a second
             time.sleep(0.05)
         flor.commit()
         print("restarts", buffer.restarts)

@@ -13,7 +13,9 @@ SCRIPT = """
 import sys, time
 import psycopg
 import flor_flows as flor
+from flor_flows.record import session
 database, lock = sys.argv[1], sys.argv[2] == "lock"
+session.current().buffer.wait_ready()  # the run is open in the store
 for step in flor.loop("step", range(40)):
     flor.log("x", step)
     if step == 20:

@@ -76,6 +76,7 @@ class Session:
         self.header = (context, settings, entry_script, pid)
         self.replaying = context.mode == "replay"
         self.store = open_store(settings.store_url, pooled=True)  # this process never reads
+        self.patient = _Patient(self.store)  # for what a session must do before anything else
         self.history: dict[str, Any] = {}
         self.checkpoints: list[dict[str, Any]] = []
         self.warm_start: dict[str, Any] | None = None
@@ -90,56 +91,56 @@ class Session:
             self._attach()
         elif self.replaying:
             self.source = "replay"
-            self.history = self.store.run_record(context.run_uid)
+            self.history = self.patient.run_record(context.run_uid)
             self.run_id = self.history["id"]
-            self.history["iterations"] = self.store.outer_iterations(self.run_id)
+            self.history["iterations"] = self.patient.outer_iterations(self.run_id)
             spec = context.replay
             self.replay_id = spec.replay_id if spec and spec.replay_id else None
             if self.replay_id is None:
-                self.replay_id = self.store.start_replay(self.run_id)
+                self.replay_id = self.patient.start_replay(self.run_id)
             self.verifier = Verifier(
                 self.store,
                 self.run_id,
                 float(settings.replay_rtol),
                 completed=self.history["status"] == "completed",
             )
-            self.checkpoints = self.store.checkpoints_of(self.run_id)
+            self.checkpoints = self.patient.checkpoints_of(self.run_id)
             if self.history["resumed_from_id"] is not None:
-                self.warm_start = self.store.final_checkpoint(self.history["resumed_from_id"])
+                self.warm_start = self.patient.final_checkpoint(self.history["resumed_from_id"])
         else:
             self._start(context, entry_script, pid)
 
     def _attach(self) -> None:
         """Go on with a run (or replay) another writer started: it is in the store."""
         self.history = {}
-        self.run_id = self.store.run_id(self.context.run_uid)
+        self.run_id = self.patient.run_id(self.context.run_uid)
         spec = self.context.replay
         self.source = "replay" if self.replaying else "forward"
         self.replay_id = spec.replay_id if self.replaying and spec else None
         if self.replaying:
-            record = self.store.run_record(self.context.run_uid)
+            record = self.patient.run_record(self.context.run_uid)
             self.verifier = Verifier(
                 self.store, self.run_id, float(self.settings.replay_rtol),
                 completed=record["status"] == "completed",
             )  # fmt: skip
-        self.written = self.store.batches_written(self.run_id, self.replay_id)
+        self.written = self.patient.batches_written(self.run_id, self.replay_id)
 
     def _start(self, context: RunContext, entry_script: str | None, pid: int) -> None:
         from flor_flows.versioning import code
 
         self.source, self.replay_id = "forward", None
-        self.store.mark_dead_runs()  # readers only show them failed; a writer records it
+        self.patient.mark_dead_runs()  # readers only show them failed; a writer records it
         root = self.settings.root
         if context.code_version is not None:  # the launcher took the snapshot
             version = code.CodeVersion(**context.code_version)
         else:
             entry = Path(entry_script) if entry_script else None
             version = code.snapshot(root, context.run_uid, entry)
-        project_id = self.store.project_id(self.settings.project_name, root)
+        project_id = self.patient.project_id(self.settings.project_name, root)
         invocation = context.invocation
         if invocation is not None:  # the working directory as the project sees it
             invocation = invocation | {"cwd": os.path.relpath(invocation["cwd"], root)}
-        self.run_id = self.store.start_run(
+        self.run_id = self.patient.start_run(
             uid=context.run_uid,
             project_id=project_id,
             entry_script=os.path.relpath(entry_script, root) if entry_script else None,
@@ -150,9 +151,11 @@ class Session:
             started_at=None if pid in _STARTED else process_started(pid),
         )
         _STARTED.add(pid)  # a later run of the same process starts when it starts
-        self.store.set_code_version(self.run_id, project_id, version)
+        self.patient.set_code_version(self.run_id, project_id, version)
         if context.resumed_from is not None:
-            self.warm_start = self.store.final_checkpoint(self.store.run_id(context.resumed_from))
+            self.warm_start = self.patient.final_checkpoint(
+                self.patient.run_id(context.resumed_from)
+            )
 
     def ready(self) -> dict[str, Any]:
         return {
@@ -316,6 +319,30 @@ class Session:
             )
         else:
             self.store.finish_run(self.run_id, status, error)
+
+
+class _Patient:
+    """A store whose calls are tried again while it fails in a way that passes (a dropped
+    connection, a restarting server), for about 15 s: opening a session cannot wait in a
+    spill file as its batches can."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for delay in (0.5, 1.0, 2.0, 4.0, 8.0, None):
+                try:
+                    return method(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - re-raised unless the store may come back
+                    if delay is None or not spill.transient(exc):
+                        raise
+                    time.sleep(delay)
+            return None  # not reached: the last try returns or raises
+
+        return call
 
 
 def _warn(message: str) -> None:
