@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+DIED = "process ended without finishing the run"  # a run's error when its process vanished
+
 
 def alive(pid: int) -> bool:
     """True while process `pid` runs; a zombie (exited, not yet reaped) has gone."""

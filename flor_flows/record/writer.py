@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from flor_flows.config import Settings
+from flor_flows.process import DIED
 from flor_flows.record import spill, values
 from flor_flows.record.context import RunContext
 from flor_flows.record.verify import Verifier
 
-DIED = "process ended without finishing the run"
 # Seconds a run's end waits for an unreachable store before leaving its last values on disk.
 FINISH_PATIENCE = float(os.environ.get("FLOR_FLOWS_STORE_PATIENCE", "30"))
 MAX_BACKOFF = 10.0  # seconds between tries of an unreachable store

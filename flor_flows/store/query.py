@@ -110,8 +110,8 @@ def _runs(store: Store, project: str | None, uids: Sequence[str] | None = None) 
 def _show_dead_runs(runs: pd.DataFrame) -> None:
     """Show runs of this host whose process is gone as failed (reading writes nothing: the
     next run recorded on this host marks them in the store)."""
-    from flor_flows.process import alive
-    from flor_flows.store.store import DIED, HOST
+    from flor_flows.process import DIED, alive
+    from flor_flows.store.store import HOST
 
     host, pid = runs.pop("host"), runs.pop("pid")
     running = (runs["status"] == "running") & (host == HOST)

@@ -29,7 +29,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, Prog
 from sqlalchemy.pool import NullPool
 
 from flor_flows.errors import CorruptStore, StoreError
-from flor_flows.process import alive
+from flor_flows.process import DIED, alive
 from flor_flows.secrets import redact_url
 from flor_flows.store import schema as s
 
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from flor_flows.versioning.code import CodeVersion
 
 HOST = socket.gethostname()
-DIED = "process ended without finishing the run"
 
 
 def now() -> datetime:

@@ -152,7 +152,9 @@ def test_replay_of_an_argparse_script_matches_its_new_code_run_from_scratch(
         # the two new statements change nothing: the old values are the historical run's own
         assert old == _values(url, runs[k], "forward", ("loss", "acc")), f"v{k}"
 
-    shutil.copyfile(SCRIPTS / "today.py", proj / "train.py")  # today's code, not committed
+    shutil.copyfile(
+        SCRIPTS / "v3_expected.py", proj / "train.py"
+    )  # today: v3 + both statements, uncommitted
     state = backfill(BackfillRequest(project=str(proj), names=list(NAMES)), return_state=True)
     assert state.is_completed(), state.message
     assert "3 of 3 runs replayed" in state.message
