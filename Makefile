@@ -1,30 +1,46 @@
 # Two entry points, each creating what it needs on a fresh clone: `make demo`, `make test`.
+# `make demo` installs only what the demo needs; `make test` adds the test extras on top.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
+# No --quiet: pip prints a line per package it collects and installs.
+PIP := $(BIN)/pip install --progress-bar on
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/pip:
+	@echo "==> creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# The pinned CPU build first: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[torch,postgres,dask,examples,test]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo trains the digits example: torch and scikit-learn, no test, Dask or PostgreSQL
+# extras. The pinned CPU build of torch first: an unpinned torch would pull a multi-GB
+# CUDA build.
+$(DEMO_STAMP): pyproject.toml | $(BIN)/pip
+	@echo "==> [1/2] torch 2.13.0 (CPU build)"
+	$(PIP) torch==2.13.0
+	@echo "==> [2/2] flor-flows with the demo's extras (torch, examples)"
+	$(PIP) -e '.[torch,examples]'
+	touch $@
+
+$(TEST_STAMP): $(DEMO_STAMP)
+	@echo "==> the test extras on top (postgres, dask, test)"
+	$(PIP) -e '.[torch,postgres,dask,examples,test]'
+	touch $@
+
+demo: $(DEMO_STAMP)
 	$(BIN)/flor-flows demo
 
 # The tests run on two workers, a test file each at a time (module fixtures stay in one
 # process): most tests wait on child processes, so this halves the wall time on 2 cores.
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/ruff check flor_flows flows deployments tests bench examples
 	$(BIN)/ruff format --check flor_flows flows deployments tests bench examples
 	$(BIN)/pytest -n 2 --dist loadfile
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	bash bench/setup_flordb.sh
 	$(BIN)/python bench/run.py
 

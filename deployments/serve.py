@@ -8,6 +8,7 @@ when serving, so building the command line stays cheap.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,8 @@ server at PREFECT_API_URL. Three deployments, run in child processes as their ru
   (leave `batch` empty for a script that reads its own data).
 - `retrain/scheduled`: every 10 minutes (or on `--cron`/`--interval`), train on whatever
   arrived at the watched location. One run at a time: an overlapping run waits its turn.
+  Its schedule is active while this process serves (the work-pool recipe,
+  deployments/prefect.yaml, deploys it paused instead).
 - `backfill/hindsight`: hindsight logging. Add flor.log statements to the script in the
   project's working tree (no commit needed), then fill in their `names` in the Run form
   (optionally `where` and `iterations`): the historical runs are replayed from their
@@ -35,10 +38,18 @@ server at PREFECT_API_URL. Three deployments, run in child processes as their ru
 Everything after `--` is the script's own command line, given to every run (the form's
 `argv`), e.g. `flor-flows serve --script train.py -- --epochs 3 --lr 0.1`.
 
+A run may give part of a request, e.g. `prefect deployment run backfill/hindsight --params
+'{"request": {"names": ["grad_norm"]}}'`: Prefect then replaces the whole default request,
+so the other fields take the form's defaults, the project being this one (its runs have
+FLOR_FLOWS_PROJECT_DIR set).
+
 Stop with Ctrl-C or SIGTERM: the deployments' schedules pause until the next serve.
 """
 
 DEFAULT_INTERVAL = timedelta(minutes=10)
+# The deployments served, by flow name, in the order `deployments` makes them.
+DEPLOYMENTS = {"train": "on-demand", "retrain": "scheduled", "backfill": "hindsight"}
+SUMMARY = "Serve a project's flows: " + ", ".join(f"{f}/{d}" for f, d in DEPLOYMENTS.items())
 START_SERVER = (
     "start one with `flor-flows server` and point this process at it, e.g. "
     "`export PREFECT_API_URL=http://127.0.0.1:4200/api`"
@@ -78,7 +89,7 @@ def deployments(
         raise FlorError(f"training script {script!r} not found in {root}")
     args, argv = dict(args or {}), list(argv or [])
     on_demand = train.to_deployment(
-        name="on-demand",
+        name=DEPLOYMENTS[train.name],
         parameters={
             "request": TrainingRequest(
                 project=str(root), script=script, args=args, argv=argv
@@ -89,7 +100,7 @@ def deployments(
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     scheduled = retrain.to_deployment(
-        name="scheduled",
+        name=DEPLOYMENTS[retrain.name],
         cron=cron,
         interval=None if cron else (interval or DEFAULT_INTERVAL),
         parameters={
@@ -100,14 +111,15 @@ def deployments(
         concurrency_limit=ConcurrencyLimitConfig(
             limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
         ),
-        description=f"Retrain {script} of {root} on every new batch matching {watch}.",
+        description=f"Retrain {script} of {root} on every new batch matching {watch}; the "
+        "schedule is active while `flor-flows serve` runs (it pauses when serve stops).",
         tags=["flor-flows"],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
     # `names` is left out: the server accepts defaults missing required fields (it ignores
     # `required` when validating them) but not an empty list, which is below its min_length.
     hindsight = backfill.to_deployment(
-        name="hindsight",
+        name=DEPLOYMENTS[backfill.name],
         parameters={
             "request": BackfillRequest.model_construct(project=str(root)).model_dump(
                 exclude={"names"}
@@ -161,7 +173,8 @@ class ScriptArgvParser(argparse.ArgumentParser):
     ) -> tuple[argparse.Namespace, list[str]]:
         args = list(sys.argv[1:] if args is None else args)
         cut = args.index("--") if "--" in args else len(args)
-        namespace, extras = super().parse_known_args(args[:cut], namespace)
+        pairs = {flag for a in self._actions if a.type is name_value for flag in a.option_strings}
+        namespace, extras = super().parse_known_args(_one_pair_each(args[:cut], pairs), namespace)
         namespace.script_argv = args[cut + 1 :]
         return namespace, extras
 
@@ -217,14 +230,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pairs(parser: argparse.ArgumentParser, flag: str, metavar: str, help_: str) -> None:
-    """A `--flag NAME=VALUE ...` option, parsed into (name, value) pairs."""
-    parser.add_argument(flag, nargs="*", type=name_value, default=[], metavar=metavar, help=help_)
+    """A `--flag NAME=VALUE ...` option of a ScriptArgvParser, parsed into (name, value)
+    pairs; its values end at the first argument without `=` (see `_one_pair_each`)."""
+    parser.add_argument(
+        flag,
+        action="append",
+        type=name_value,
+        default=[],
+        metavar=metavar,
+        help=help_ + " (several after one flag, up to an argument without =; repeatable)",
+    )
+
+
+def _one_pair_each(args: list[str], flags: set[str]) -> list[str]:
+    """`--kwargs a=1 b=2 train.py` as `--kwargs=a=1 --kwargs=b=2 train.py`: the NAME=VALUE
+    arguments after a pair option are its values, the first one without `=` (a positional)
+    is not. A pair option with no NAME=VALUE after it stays, for argparse to judge."""
+    out: list[str] = []
+    flag = None
+    for at, arg in enumerate(args):
+        if flag is not None and "=" in arg and not arg.startswith("-"):
+            out.append(f"{flag}={arg}")
+            continue
+        flag = None
+        name, sep, _ = arg.partition("=")
+        following = args[at + 1] if at + 1 < len(args) else ""
+        if arg in flags and "=" in following and not following.startswith("-"):
+            flag = arg  # not kept: each value after it carries it
+            continue
+        out.append(arg)
+        if name in flags and sep:  # --kwargs=a=1 b=2
+            flag = name
+    return out
 
 
 def run(args: argparse.Namespace) -> None:
     """Serve with parsed command-line options."""
+    from flor_flows.training.request import PROJECT_DIR_ENV
+
     require_server()  # before building deployments: the first thing a user must fix
-    project = args.project_dir or Path.cwd()
+    project = (args.project_dir or Path.cwd()).expanduser().resolve()
+    # The served flow runs inherit this process's environment: the project of a partial request.
+    os.environ[PROJECT_DIR_ENV] = str(project)
     serve(
         deployments(
             project,

@@ -93,6 +93,17 @@ def warm_start(**objects: Any) -> str | None:
     return _session.current().warm_start(objects)
 
 
+def _replay_head() -> bool:
+    """Inserted by a replay in its copy of the code (`replay.shortcuts`): whether to run the
+    head of this outer iteration. Not for scripts."""
+    return _session.current().runs_head()
+
+
+def _replay_tail() -> bool:
+    """Inserted by a replay likewise: whether to run the tail of this outer iteration."""
+    return _session.current().runs_tail()
+
+
 def commit() -> None:
     """End the current run now (it also ends at exit); the next call starts a new run."""
     _session.commit()

@@ -14,13 +14,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
 from deployments import serve as serving
-from flor_flows import errors
-from flor_flows.errors import CorruptStore, FlorError, TrainingFailed
-from flor_flows.server import check_api, ephemeral_defaults
+from flor_flows import errors, read_commands
+from flor_flows.errors import FlorError, TrainingFailed
+from flor_flows.server import check_api, ephemeral_defaults, use_api
 
 T = TypeVar("T")
 
@@ -38,67 +39,14 @@ password out of the command line (where `ps` shows it): give the URL in the envi
 variable FLOR_FLOWS_SERVER_DATABASE instead of --database.
 
 Then point flow processes at it: export PREFECT_API_URL=http://HOST:PORT/api
+
+`flor-flows server start` runs the same server in the background instead (on a free port
+unless --port is given, its log in $PREFECT_HOME/flor-flows-server.log) and prints its API
+URL; `flor-flows server status` shows it (exit 1 if none answers), `flor-flows server stop`
+stops it. `flor-flows train` and `replay` without PREFECT_API_URL use that server, and start
+it when none runs (FLOR_FLOWS_SERVER_DATABASE applies); FLOR_FLOWS_PREFECT=temporary gives
+them Prefect's temporary server of each command instead.
 """
-
-
-def _print_frame(frame, as_csv: bool) -> None:  # noqa: ANN001 - pandas is imported lazily
-    import pandas as pd
-
-    if as_csv:
-        frame.to_csv(sys.stdout, index=False)
-        return
-    with pd.option_context(
-        "display.width", 200, "display.max_columns", 40, "display.max_rows", 200
-    ):
-        print(frame.to_string(index=False) if len(frame) else "(no rows)")
-
-
-def _store(args: argparse.Namespace):  # noqa: ANN202
-    """The store to read: a store that does not exist yet is an error, not created; one this
-    process cannot write is read read-only."""
-    from flor_flows.config import load_settings
-    from flor_flows.store import reader
-
-    return reader(args.store or load_settings(args.project_dir).store_url)
-
-
-def _read(args: argparse.Namespace, read: Callable[[Any], T]) -> T:
-    """`read(store)` on the store to read; a damaged SQLite file is a FlorError (see Store)."""
-    from sqlalchemy.exc import DatabaseError
-
-    store = _store(args)
-    try:
-        return read(store)
-    # sqlite3 reports a damaged file (whose pages past the schema are read only now) as the
-    # broad DatabaseError, connectorx (the wide table's reader) as RuntimeError: CorruptStore
-    # tells a damaged file apart; any other error goes on as it was.
-    except (DatabaseError, RuntimeError) as exc:
-        corrupt = CorruptStore.from_error(str(store.engine.url.database), exc)
-        if corrupt is None:
-            raise
-        raise corrupt from exc
-
-
-def cmd_runs(args: argparse.Namespace) -> None:
-    runs = _read(args, lambda store: store.runs())
-    if not args.all_columns and len(runs):
-        wanted = ["run_uid", "status", "code_version", "started_at", "entry_script"]
-        wanted += ["prefect_flow_run_id", "resumed_from"]
-        wanted += [c for c in runs.columns if c.startswith("data.")]
-        runs = runs[wanted].assign(code_version=runs["code_version"].str[:10])
-    _print_frame(runs, args.csv)
-
-
-def cmd_dataframe(args: argparse.Namespace) -> None:
-    names = [n for n in args.names.split(",") if n] if args.names else []
-    frame = _read(
-        args, lambda store: store.dataframe(names, include_diverged=args.include_diverged)
-    )
-    _print_frame(frame, args.csv)
-
-
-def cmd_query(args: argparse.Namespace) -> None:
-    _print_frame(_read(args, lambda store: store.query(args.sql)), args.csv)
 
 
 def _dask_runner(address: str):  # noqa: ANN202 - prefect_dask is imported only here
@@ -124,9 +72,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     ephemeral_defaults()
     from flor_flows.replay.backfill import BackfillRequest, check_versions, resolve
     from flor_flows.replay.plan import format_plan
+    from flor_flows.replay.selection import parse_iter
 
+    parse_iter(args.iter or [])  # its own message, before the form's pattern
     request = _request(
         BackfillRequest,
+        flags={"names": "--apply", "iterations": "--iter", "runs": "--runs"},
         project=str((args.project_dir or Path.cwd()).resolve()),
         names=[n for n in args.apply.split(",") if n],
         where=args.where,
@@ -134,16 +85,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
         only_missing=not args.all,
         source_ref=args.source_ref,
         max_parallel=args.max_parallel,
+        runs=[uid for uid in (args.runs or "").split(",") if uid],
     )
+    resolved = resolve(request)  # a bad name, filter or loop: an error before Prefect starts
     if args.dry_run:  # the plan, each version checked: no flow run, no Prefect, no writes
-        resolved = resolve(request)
         print(format_plan(resolved.items, check_versions(resolved)))
         return 0
-    check_api()
+    use_api(background=not args.dask)  # Dask workers cannot reach a server on 127.0.0.1
     from flows.backfill import backfill
 
     flow = backfill.with_options(task_runner=_dask_runner(args.dask)) if args.dask else backfill
-    state = _stoppable(lambda: flow(request, return_state=True))
+    _reconcile(Path(request.project))
+    watch = _watch_api(_backfill_api_lost, "backfill")
+    try:
+        state = _stoppable(lambda: flow(request, return_state=True))
+    finally:
+        if watch is not None:
+            watch.stop()
     print(state.message or state.name, file=sys.stderr if not state.is_completed() else sys.stdout)
     return 0 if state.is_completed() else 1
 
@@ -247,17 +205,30 @@ def _stop_temporary_servers(deadline: float) -> None:
                 proc.wait(timeout=0.5)
 
 
-def _request(model: type[T], **fields: object) -> T:
-    """A flow's typed request from the command line; its validation errors as a FlorError."""
+def _request(model: type[T], flags: dict[str, str] | None = None, **fields: object) -> T:
+    """A flow's typed request from the command line; its validation errors as a FlorError
+    naming the options (`flags`: field -> option where the two differ; else --field)."""
     from pydantic import ValidationError
 
+    flags = flags or {}
     try:
         return model(**fields)
     except ValidationError as exc:
         why = "; ".join(
-            f"{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()
+            f"{flags.get(str(e['loc'][0]), '--' + str(e['loc'][0]).replace('_', '-'))}: "
+            + _said(e)
+            for e in exc.errors()
         )
         raise FlorError(why) from exc
+
+
+def _said(error: Any) -> str:  # noqa: ANN401 - a pydantic ErrorDetails
+    """A validation error in words: a name pattern is explained, not shown."""
+    from flor_flows.training.request import NAME_PATTERN
+
+    if error["type"] == "string_pattern_mismatch" and error["ctx"]["pattern"] == NAME_PATTERN:
+        return f"{error['input']!r} is not a name (letters, digits and _, not first a digit)"
+    return error["msg"].removeprefix("Value error, ")
 
 
 # Source files larger than this are refused unread: no script is that long, and a log or data
@@ -335,10 +306,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    """Prefect's server in the foreground; its exit code is ours."""
+    """Prefect's server in the foreground (its exit code is ours), or start, stop or show the
+    background one."""
+    from flor_flows.background import server_action
     from flor_flows.secrets import redact_url
     from flor_flows.server import run_server
 
+    if args.action in ("stop", "status") and (args.database or args.host or args.port is not None):
+        raise FlorError(f"server {args.action} takes no --database, --host or --port")
     database = args.database or os.environ.get("FLOR_FLOWS_SERVER_DATABASE") or None
     if args.database and redact_url(args.database) != args.database:
         print(
@@ -346,7 +321,9 @@ def cmd_server(args: argparse.Namespace) -> int:
             "(ps); set FLOR_FLOWS_SERVER_DATABASE=URL instead of --database",
             file=sys.stderr,
         )
-    return run_server(database, args.host, args.port)
+    if args.action is None:
+        return run_server(database, args.host or "127.0.0.1", args.port or 4200)
+    return server_action(args.action, database, args.host or "127.0.0.1", args.port)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -371,10 +348,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         argv=args.script_argv,
         warm_start=not args.no_warm_start,
     )
-    _check_batches(request)
-    check_api()
+    _check_inputs(request)
+    use_api()
     _reconcile(Path(request.project))
-    watch = _watch_api()
+    watch = _watch_api(_api_lost, "training")
     try:
         state = train(request, return_state=True)
     finally:
@@ -388,8 +365,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_batches(request: Any) -> None:  # noqa: ANN401 - a TrainingRequest
-    """A local batch that is not there is an error now, before Prefect starts."""
+def _check_inputs(request: Any) -> None:  # noqa: ANN401 - a TrainingRequest
+    """A script or local batch that is not there is an error now, before Prefect starts."""
+    project = Path(request.project).expanduser().resolve()
+    if not (project / request.script).is_file():  # as the flow says it (launch.new_launch)
+        raise FlorError(f"training script {request.script!r} not found in {project}")
     uris = {"batch": request.batch, **request.data} if request.batch else dict(request.data)
     for name, uri in uris.items():
         if "://" in uri:
@@ -403,13 +383,13 @@ def _check_batches(request: Any) -> None:  # noqa: ANN401 - a TrainingRequest
 
 def _reconcile(project: Path) -> None:
     """Settle the project's flow runs that a lost Prefect API left Running (see reconcile);
-    an API or a store that cannot be read for it is a warning: the training goes on."""
+    an API or a store that cannot be read for it is a warning: the command goes on."""
     import httpx
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL
 
     from flor_flows.config import load_settings
-    from flor_flows.training.reconcile import reconcile
+    from flor_flows.reconcile import reconcile
 
     if not PREFECT_API_URL.value():  # a temporary API: no server outlived its flow runs
         return
@@ -421,20 +401,28 @@ def _reconcile(project: Path) -> None:
     if settled:
         print(
             f"flor-flows: {len(settled)} flow run(s) left Running by a lost Prefect API now have "
-            "the state their runs have in the store",
+            "the state their work has in the store",
             file=sys.stderr,
         )
 
 
-def _watch_api() -> Any:  # noqa: ANN401 - an ApiWatch, imported lazily
-    """Watch PREFECT_API_URL during the flow run (see ApiWatch); None without one."""
+def _watch_api(on_lost: Callable[[Any, float], None], kind: str) -> Any:  # noqa: ANN401
+    """Watch PREFECT_API_URL during a `kind` flow run, "training" or "backfill" (see
+    ApiWatch): `on_lost` once the API is down and the flow's work settled. None without one."""
     from prefect.settings import PREFECT_API_URL
 
-    from flor_flows.training.reconcile import ApiWatch
+    from flor_flows.reconcile import ApiWatch, settled_backfill, settled_launch
+    from flor_flows.replay.backfill import RELEASED
+    from flor_flows.training import launch
 
     if not PREFECT_API_URL.value():
         return None
-    watch = ApiWatch(on_lost=_api_lost)
+    if kind == "training":
+        before = {run.run_uid for run, _ in launch.launches()}
+        watch = ApiWatch(on_lost, lambda: settled_launch(before))
+    else:
+        released = len(RELEASED)
+        watch = ApiWatch(on_lost, lambda: settled_backfill(released))
     watch.start()
     return watch
 
@@ -459,21 +447,55 @@ def _api_lost(run: Any, down_for: float) -> None:  # noqa: ANN401 - a launch.Lau
     print(
         f"flor-flows: warning: the Prefect API at {where} went away during the flow run "
         f"(no answer for {down_for:.0f} s); run {run.run_uid} {status} in the store; its "
-        "flow run stays Running in Prefect until the next `flor-flows train` of this project "
-        "once the API is back",
+        "flow run stays Running in Prefect until the next `flor-flows train` or `replay` of "
+        "this project once the API is back",
         file=sys.stderr,
     )
     if status != "completed" and record["error"]:
         error = record["error"].strip()
         why = _raised_line(error) or error.splitlines()[0]  # the exception, not its header
         print(f"flor-flows: training failed: {why}", file=sys.stderr)
+    _exit_now(0 if status == "completed" else 1)
+
+
+def _backfill_api_lost(lease: tuple[str, int, str], down_for: float) -> None:
+    """The Prefect API went away and the backfill of `lease` ran to its end in the store
+    (its replays need no API): say what the store has and exit at once (0 if every run was
+    replayed, 1 if not)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flor_flows.reconcile import backfill_summary
+    from flor_flows.secrets import redact_url
+
+    summary, done = backfill_summary(lease)
+    where = redact_url(str(PREFECT_API_URL.value()))
+    print(
+        f"flor-flows: warning: the Prefect API at {where} went away during the flow run "
+        f"(no answer for {down_for:.0f} s); {summary} in the store; its flow run stays "
+        "Running in Prefect until the next `flor-flows train` or `replay` of this project "
+        "once the API is back",
+        file=sys.stderr,
+    )
+    if not done:
+        print(
+            f"flor-flows: {summary.split(':')[0]} did not replay every run: "
+            "`flor-flows replay` with the same options again retries the rest",
+            file=sys.stderr,
+        )
+    _exit_now(0 if done else 1)
+
+
+def _exit_now(code: int) -> None:
+    """Flush and exit at once, leaving a flow that lost its Prefect API behind.
+
+    os._exit, not sys.exit: the flow is still inside Prefect's client retries (about a
+    minute per request), and an orderly exit would wait for them, then for Prefect's atexit
+    hooks flushing logs and events to the API that is gone. The store already has
+    everything the flow's work recorded.
+    """
     sys.stdout.flush()
     sys.stderr.flush()
-    # os._exit, not sys.exit: the flow (in the main thread) is still inside Prefect's client
-    # retries (about a minute per request), and an orderly exit would wait for them, then for
-    # Prefect's atexit hooks flushing logs and events to the API that is gone. The store
-    # already has everything the run recorded.
-    os._exit(0 if status == "completed" else 1)
+    os._exit(code)
 
 
 # The exception line of a traceback that ends in one of our errors.
@@ -514,33 +536,13 @@ def _raise_input_error(state: Any, script: str) -> None:  # noqa: ANN401 - a Pre
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="flor-flows",
-        description="Multiversion hindsight logging for continuous training, on Prefect.",
+        description="Multiversion hindsight logging for continuous training, on Prefect. "
+        "Tables fit the terminal (COLUMNS); --csv and --json print every column in full.",
     )
+    top.add_argument("--version", action="version", version=f"%(prog)s {version('flor-flows')}")
     sub = top.add_subparsers(dest="command", required=True)
 
-    def reader(name: str, help_: str) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=help_, description=help_)
-        cmd.add_argument(
-            "--project-dir", type=Path, help="project (git repo) to read; default: cwd"
-        )
-        cmd.add_argument("--store", help="SQLAlchemy URL of the store (overrides the project's)")
-        cmd.add_argument("--csv", action="store_true", help="print CSV instead of a table")
-        return cmd
-
-    runs = reader("runs", "List recorded runs with status, code version and data batches.")
-    runs.add_argument("--all-columns", action="store_true", help="show every run column")
-    runs.set_defaults(func=cmd_runs)
-    frame = reader("dataframe", "Print the wide table of logged names over every run.")
-    frame.add_argument("names", nargs="?", help="comma-separated names, e.g. loss,acc; none: runs")
-    frame.add_argument(
-        "--include-diverged",
-        action="store_true",
-        help="also show values of replays that diverged from their run's record (untrusted)",
-    )
-    frame.set_defaults(func=cmd_dataframe)
-    query = reader("query", "Run SQL on the store.")
-    query.add_argument("sql")
-    query.set_defaults(func=cmd_query)
+    read_commands.add_commands(sub)
     rep = sub.add_parser(
         "replay",
         help="Compute new logged values over historical runs (one backfill flow run).",
@@ -556,6 +558,9 @@ def parser() -> argparse.ArgumentParser:
         default=[],
         metavar="LOOP=SEL",
         help="per outer loop: all, last, none or i,j (e.g. epoch=last); repeatable",
+    )
+    rep.add_argument(
+        "--runs", metavar="UIDS", help="only these of the selected runs (comma-separated uids)"
     )
     rep.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     rep.add_argument("--max-parallel", type=int, default=2, metavar="N", help="replays at once")
@@ -603,15 +608,23 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     server.add_argument(
+        "action",
+        nargs="?",
+        choices=["start", "stop", "status"],
+        help="start, stop or show the background server; none: run one in the foreground",
+    )
+    server.add_argument(
         "--database", metavar="URL", help="PostgreSQL or SQLite URL; default: Prefect's SQLite"
     )
-    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    server.add_argument("--port", type=int, default=4200, help="port to listen on")
+    server.add_argument("--host", help="address to listen on; default: 127.0.0.1")
+    server.add_argument(
+        "--port", type=int, help="port to listen on; default: 4200 (start: a free one)"
+    )
     server.set_defaults(func=cmd_server)
 
     serve = sub.add_parser(
         "serve",
-        help="Serve a project's training flows: train/on-demand and retrain/scheduled.",
+        help=serving.SUMMARY + ".",
         description=serving.DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -624,7 +637,8 @@ def parser() -> argparse.ArgumentParser:
         description="Run one training flow run of SCRIPT and print the run's uid.\n\n"
         "Everything after `--` is the script's own command line, passed through unchanged\n"
         "(its argparse options, say). Without --batch the script reads its own data.\n"
-        "Uses the Prefect server at PREFECT_API_URL, or a temporary one when it is unset.",
+        "Uses the Prefect server at PREFECT_API_URL, or else a local one in the background\n"
+        "(see `flor-flows server --help`; FLOR_FLOWS_PREFECT=temporary: one per command).",
         epilog="examples:\n"
         "  flor-flows train train.py -- --epochs 2 --lr 0.5\n"
         "  flor-flows train train.py --batch data/new.csv --kwargs lr=0.01\n"
@@ -654,12 +668,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code. A reader that closed our output (`| head`) ends the
+    command quietly with 141, as git and ls end (killed by SIGPIPE)."""
     args = parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()
     except FlorError as exc:
         print(f"flor-flows: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Python's recipe: output to devnull, so that the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code
 
 
 if __name__ == "__main__":

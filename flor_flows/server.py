@@ -103,6 +103,32 @@ def ephemeral_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def use_api(background: bool = True) -> None:
+    """Choose and check the Prefect API of a command that runs flows.
+
+    PREFECT_API_URL (from the environment or a Prefect profile) always wins. Otherwise, with
+    FLOR_FLOWS_PREFECT=background (the default), the background server of PREFECT_HOME is
+    found or started (see background.py) and this process's PREFECT_API_URL set to it;
+    FLOR_FLOWS_PREFECT=temporary, or `background=False` (a Dask cluster, whose workers
+    cannot reach a server on 127.0.0.1), leaves Prefect's temporary server of this process.
+    """
+    from flor_flows import background as bg
+
+    mode = bg.prefect_mode()
+    if background and mode == "background" and not os.environ.get("PREFECT_API_URL"):
+        import prefect.context
+        from prefect.settings import get_current_settings
+
+        if not get_current_settings().api.url:
+            database = os.environ.get("FLOR_FLOWS_SERVER_DATABASE") or None
+            state, started = bg.ensure_server(database)
+            bg.announce(state, started)
+            os.environ["PREFECT_API_URL"] = state.url
+            # Prefect read its settings at import: read them again, with the URL
+            prefect.context.refresh_global_settings_context()
+    check_api()
+
+
 # Seconds the health check waits for the Prefect API: a server that is up answers /health
 # in milliseconds, so a few seconds only separates "down or unreachable" from "slow".
 API_CHECK_TIMEOUT = 3.0
@@ -130,7 +156,7 @@ def check_api(temporary_allowed: bool = True, timeout: float = API_CHECK_TIMEOUT
 
     Every command that runs a flow calls this first: otherwise Prefect finds out only when
     the flow run starts, after its retries, with a long traceback. Nothing to check without
-    PREFECT_API_URL (the flow starts a temporary API).
+    PREFECT_API_URL (the flow starts a temporary API; see `use_api` for the background one).
     """
     import httpx
     from prefect.settings import PREFECT_API_URL
@@ -141,7 +167,7 @@ def check_api(temporary_allowed: bool = True, timeout: float = API_CHECK_TIMEOUT
     url = PREFECT_API_URL.value()
     where = f"the Prefect API at {redact_url(url)}"
     way_out = START_IT + (
-        " or unset PREFECT_API_URL to use a temporary one" if temporary_allowed else ""
+        " or unset PREFECT_API_URL to use a local one" if temporary_allowed else ""
     )
     if isinstance(problem, httpx.HTTPStatusError):
         status = problem.response.status_code

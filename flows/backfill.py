@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -28,15 +29,29 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
-from flor_flows.replay import engine, plan
-from flor_flows.replay.backfill import LEASES, BackfillRequest, Resolved, plan_rows, resolve
+from flor_flows.publishing import published
+from flor_flows.replay import artifacts, engine, plan
+from flor_flows.replay.backfill import (
+    LEASES,
+    BackfillRequest,
+    Resolved,
+    plan_rows,
+    release,
+    resolve,
+)
 from flor_flows.store import open_store
 from flor_flows.store.store import lease_holder, now
 from flor_flows.training import launch
-from flor_flows.training.artifacts import key_prefix, records
+from flor_flows.training.artifacts import key_prefix
 
 WORKDIR_PREFIX = "flor-flows-backfill-"  # code versions, materialised for one backfill
-RESULT_ROWS = 1_000  # of the result table artifact: for reading in the UI, not for export
+
+
+def _run_name() -> str:
+    """`backfill-<names>`, e.g. backfill-grad_norm or backfill-grad_norm,lr_now."""
+    request = flow_run.parameters["request"]
+    names = request["names"] if isinstance(request, dict) else request.names
+    return "backfill-" + ",".join(names)
 
 
 @task(cache_policy=NO_CACHE)
@@ -105,12 +120,18 @@ def _diff(version: engine.Version) -> str:
     return "\n".join(parts)
 
 
-@flow(name="backfill", flow_run_name="backfill-{request.names}")
+@flow(name="backfill", flow_run_name=_run_name)
 def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
     """Compute `request.names` over the historical runs the request selects."""
     resolved = plan_request(request)
     prefix = key_prefix(resolved.settings.project_name)
-    create_table_artifact(plan_rows(resolved.items), key=f"{prefix}-backfill-plan")
+    runs = len({item.run_uid for item in resolved.items})
+    create_table_artifact(
+        plan_rows(resolved.items),
+        key=f"{prefix}-backfill-plan",
+        description=f"Plan of the backfill of {', '.join(resolved.names)}: "
+        f"{len(resolved.items)} replays of {runs} runs, with their estimated seconds.",
+    )
     if dry_run or not resolved.items:
         return Completed(message=f"{len(resolved.items)} replays planned; nothing run")
 
@@ -128,26 +149,44 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
     lease = (resolved.settings.store_url, resolved.backfill_id, holder)
     LEASES.add(lease)
     try:
-        with tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir:
+        with (
+            tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir,
+            engine.sharing_setup(),  # a version's replays here share its script's imports
+        ):
             propagating = {
                 c: propagate_version.submit(resolved, c, Path(workdir)) for c in resolved.commits
             }
             outcomes = _replay_all(resolved, propagating, request.max_parallel, prefix)
             versions = [f.result() for f in propagating.values()]
     finally:
-        store.release_backfill(resolved.backfill_id, holder)
-        LEASES.discard(lease)
+        release(lease)
 
     for version in versions:
-        create_markdown_artifact(_diff(version), key=f"{prefix}-backfill-diff")
-    table = open_store(resolved.settings.store_url).dataframe(list(resolved.names))
-    create_table_artifact(
-        records(table.head(RESULT_ROWS)),
-        key=f"{prefix}-backfill-result",
-        description=f"{min(len(table), RESULT_ROWS)} of {len(table)} rows; all of them: "
-        f"`flor-flows dataframe {','.join(resolved.names)}`",
-    )
+        published(
+            create_markdown_artifact,
+            _diff(version),
+            key=artifacts.diff_key(prefix, version.commit),
+            description=f"The new statements in code version `{version.commit[:10]}`.",
+        )
+    _publish_result(resolved, prefix)
     return _final_state(resolved, outcomes, held)
+
+
+def _publish_result(resolved: Resolved, prefix: str) -> None:
+    """The new values across runs and code versions: a table and a chart."""
+    store = open_store(resolved.settings.store_url)
+    folded = artifacts.backfill_result(store, resolved.names)
+    table = artifacts.result_table(folded, resolved.names)
+    key = f"{prefix}-backfill-result"
+    published(create_table_artifact, table.rows, key=key, description=table.description)
+    chart = artifacts.result_chart(folded, resolved.names)
+    if chart is not None:
+        published(
+            create_markdown_artifact,
+            chart,
+            key=f"{prefix}-backfill-chart",
+            description=f"{', '.join(resolved.names)} per iteration, a line per run.",
+        )
 
 
 def _final_state(
@@ -184,7 +223,13 @@ def _replay_all(
     cancelled) and why.
     """
     store = open_store(resolved.settings.store_url)
-    progress = create_progress_artifact(0.0, key=f"{prefix}-backfill-progress")
+    progress = published(
+        create_progress_artifact,
+        0.0,
+        key=f"{prefix}-backfill-progress",
+        description=f"Replays of {', '.join(resolved.names)} finished, of {len(resolved.items)}.",
+    )
+    board = artifacts.StatusBoard(f"{prefix}-backfill-status", resolved.items)
     segments_left = Counter(item.run_uid for item in resolved.items)
     outcomes: dict[str, tuple[str, str]] = {}
     pending = list(resolved.items)
@@ -197,8 +242,11 @@ def _replay_all(
             status, why = version.outcome(item.entry_script)
             if status == "propagated":
                 running[replay_run.submit(resolved, version, item)] = item
+                if item.run_uid not in outcomes:  # a failed segment's run stays failed
+                    board.set(item.run_uid, "replaying")
                 continue
             outcomes[item.run_uid] = (status, why)  # its status is stored already
+            board.set(item.run_uid, status, why)
             done += 1
         if not running:
             continue
@@ -215,12 +263,19 @@ def _replay_all(
                 store.set_backfill_status(
                     resolved.backfill_id, item.run_uid, status, str(exc), flow_run.id
                 )
+                board.set(item.run_uid, status, str(exc))
         else:
             segments_left[item.run_uid] -= 1
             if not segments_left[item.run_uid] and item.run_uid not in outcomes:
                 store.set_backfill_status(
                     resolved.backfill_id, item.run_uid, "replayed", None, flow_run.id
                 )
-        update_progress_artifact(progress, 100 * done / len(resolved.items))
-    update_progress_artifact(progress, 100.0)
+                board.set(item.run_uid, "replayed")
+        _progress(progress, 100 * done / len(resolved.items))
+    _progress(progress, 100.0)
     return outcomes
+
+
+def _progress(artifact: UUID | None, percent: float) -> None:
+    if artifact is not None:
+        published(update_progress_artifact, artifact, percent)

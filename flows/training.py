@@ -17,11 +17,15 @@ from flor_flows.versioning.data import Batch
 NO_BATCH = "no batch given: the script reads its own data"
 
 
+def batch_name(uri: str) -> str:
+    """A batch's file name, e.g. 2026-11-03.csv of s3://bucket/incoming/2026-11-03.csv."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
 def _run_name() -> str:
     """`train-<script>-<batch file>`, e.g. train-train.py-2026-11-03.csv."""
     request = TrainingRequest.model_validate(flow_run.parameters.get("request") or {})
-    batch = (request.batch or "no-batch").rstrip("/").rsplit("/", 1)[-1]
-    return f"train-{request.script}-{batch}"
+    return f"train-{request.script}-{batch_name(request.batch or 'no-batch')}"
 
 
 @task(cache_policy=NO_CACHE)

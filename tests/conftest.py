@@ -117,3 +117,5 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("FLOR_FLOWS_"):
             monkeypatch.delenv(key)
+    # Prefect's temporary server per command, not a background one that outlives the test
+    monkeypatch.setenv("FLOR_FLOWS_PREFECT", "temporary")

@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from flor_flows.store import schema
 from tests.conftest import Project
 
 GRACE = 3.0  # seconds after its run ended that a flow run is settled (FLOR_FLOWS_RECONCILE_GRACE)
@@ -200,3 +201,103 @@ def test_a_server_killed_during_train_leaves_a_true_store_and_no_orphan(
         assert _flow_run_state(server.api, flow_run_id) == "COMPLETED"
     finally:
         server.kill()
+
+
+# A run of about 3 s; version 2 adds the statement the backfill computes.
+CHECKPOINTED = """
+import time
+
+import flor_flows as flor
+
+model = {"w": 0.0}
+with flor.checkpointing(model=model):
+    for epoch in flor.loop("epoch", range(6)):
+        time.sleep(0.5)
+        model["w"] += epoch
+        flor.log("loss", 1.0 / (epoch + 1))
+"""
+NEW_STATEMENT = '        flor.log("w", model["w"])\n'
+
+
+@pytest.mark.timeout(400)
+def test_a_server_killed_during_a_backfill_lets_it_finish_and_the_next_call_settles_it(
+    project: Project, tmp_path: Path
+) -> None:
+    project.write("train.py", CHECKPOINTED)
+    project.commit("v1")
+    for _ in range(3):
+        project.run("train.py")
+    project.write("train.py", CHECKPOINTED + NEW_STATEMENT)
+    project.commit("v2: log w")
+    store = project.store()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOR_FLOWS_"))}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+    server = Server(tmp_path / "prefect-home", env)
+    try:
+        server.start(tmp_path / "server-1.log")
+        client_env = env | {"PREFECT_API_URL": server.api, "FLOR_FLOWS_RECONCILE_GRACE": str(GRACE)}
+        replay = [FLOR_FLOWS, "replay", "--apply", "w", "--max-parallel", "1"]
+        err = tmp_path / "replay.err"
+        with err.open("w") as stderr:
+            backfill = subprocess.Popen(
+                replay, cwd=project.root, env=client_env, stdout=subprocess.PIPE, stderr=stderr
+            )
+        try:
+            _wait(
+                lambda: _column(store, schema.Replay.id) or backfill.poll() is not None,
+                120,
+                "the first replay to start",
+            )
+            assert backfill.poll() is None, err.read_text()[-3000:]
+            killed = time.monotonic()
+            server.kill()
+            out, _ = backfill.communicate(timeout=120)
+            took = time.monotonic() - killed
+        finally:
+            if backfill.poll() is None:
+                backfill.kill()
+        stderr_lines = err.read_text().splitlines()
+        print(f"replay exited {backfill.returncode} {took:.1f} s after the kill")
+        print("\n".join(stderr_lines))
+        assert backfill.returncode == 0, err.read_text()[-3000:]
+        assert len(stderr_lines) <= 10 and "Traceback" not in err.read_text()
+        warning = next(line for line in stderr_lines if "went away" in line)
+        assert server.api in warning and "3 replayed in the store" in warning
+
+        # Every run was replayed, although the API went away after the first replay began
+        runs = store.runs()
+        frame = store.dataframe(["w"]).dropna(subset=["w"])
+        assert sorted(frame["run_uid"].unique()) == sorted(runs["run_uid"])
+        expected = [float(sum(range(e + 1))) for e in range(6)]
+        for _, per_run in frame.sort_values("epoch").groupby("run_uid"):
+            assert per_run["w"].tolist() == expected
+        (backfill_id,) = _column(store, schema.Backfill.id)
+        assert set(store.backfill_status(backfill_id).values()) == {"replayed"}
+        (flow_run_id,) = set(_column(store, schema.BackfillItem.prefect_flow_run_id))
+
+        # The server again: the backfill's flow run is still Running there ...
+        server.start(tmp_path / "server-2.log")
+        assert _flow_run_state(server.api, flow_run_id) == "RUNNING"
+        time.sleep(GRACE)
+        # ... until the next command of the project (here: nothing left to replay)
+        again = subprocess.run(
+            replay, cwd=project.root, env=client_env, capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "1 flow run(s) left Running" in again.stderr
+        assert _flow_run_state(server.api, flow_run_id) == "COMPLETED"
+    finally:
+        server.kill()
+
+
+def _column(store: object, column: object) -> list[object]:
+    """The values of a store's `column` (a schema attribute), read as a test would."""
+    from sqlalchemy import select
+
+    with store.engine.connect() as conn:  # type: ignore[attr-defined]
+        return list(conn.scalars(select(column)))

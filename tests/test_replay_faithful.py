@@ -29,10 +29,12 @@ offset = float(open("../data/offset.txt").read())
 state = {"w": offset}
 with flor.checkpointing(state=state):
     for epoch in flor.loop("epoch", range(args.epochs)):
-        state["w"] += args.lr
-        flor.log("w", state["w"])
+        w = state["w"] + args.lr
+        state["w"] = w
+        flor.log("w", w)
 """
-NEW = SCRIPT + '        flor.log("w2", state["w"] * 2)\n'
+# It reads `w`, which the epoch computes: the replay runs the epoch, and re-logs `w`.
+NEW = SCRIPT + '        flor.log("w2", w * 2)\n'
 
 
 @pytest.fixture
@@ -130,7 +132,8 @@ import flor_flows as flor
 state = {"w": 0.0}
 with flor.checkpointing(state=state):
     for epoch in flor.loop("epoch", range(3)):
-        state["w"] += 1
+        w = state["w"] + 1
+        state["w"] = w
         flor.log("noise", random.random())  # unseeded: another value in every process
 """
 
@@ -142,7 +145,7 @@ def test_a_nondeterministic_run_diverges_and_its_values_are_kept_apart(
     project.commit("noisy")
     project.run("train.py")
     uid = project.store().runs()["run_uid"].iloc[-1]
-    new = NOISY + '        flor.log("w2", state["w"] * 2)\n'
+    new = NOISY + '        flor.log("w2", w * 2)\n'
     with pytest.raises(ReplayDiverged, match=r"noise at epoch=0: recorded 0\.\d+, replayed 0\.\d+"):
         _replay(project, uid, tmp_path / "work", source=new)
     replays = project.store().query("SELECT status, error FROM replays")

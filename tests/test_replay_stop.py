@@ -84,6 +84,7 @@ def _replay(project: Project, prefect_home: Path, out: Path) -> subprocess.Popen
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        "FLOR_FLOWS_PREFECT": "temporary",
     }
     with (out / "stdout").open("wb") as stdout, (out / "stderr").open("wb") as stderr:
         return subprocess.Popen(

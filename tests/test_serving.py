@@ -311,9 +311,9 @@ def test_ui_run_of_served_deployment_trains_and_publishes(
         {"artifacts": {"flow_run_id": {"any_": [trained["id"]]}}},
     )
     by_key = {a["key"]: a for a in artifacts}
-    assert set(by_key) == {"proj-metrics", "proj-checkpoints", "proj-data", "proj-summary"}
+    assert {"proj-metrics", "proj-checkpoints", "proj-data", "proj-summary"} <= set(by_key)
     metrics = json.loads(by_key["proj-metrics"]["data"])
-    losses = [row["loss"] for row in metrics if row.get("loss") is not None]
+    losses = [row["loss (mean)"] for row in metrics if row.get("loss (mean)") is not None]
     assert losses and all(isinstance(loss, float) and loss > 0 for loss in losses)
     data = {row["name"]: row for row in json.loads(by_key["proj-data"]["data"])}
     sha = hashlib.sha256((served.project.root / BATCH).read_bytes()).hexdigest()
@@ -370,7 +370,7 @@ def test_ui_run_of_backfill_deployment_logs_a_new_statement_in_hindsight(
     flow_run_id = served.run(hindsight, {"request": request, "dry_run": False})
     backfilled = served.finished(flow_run_id, "the backfill run", 180)
     assert backfilled["state_type"] == "COMPLETED", backfilled["state"]
-    assert backfilled["name"] == "backfill-['acc_pct']"
+    assert backfilled["name"] == "backfill-acc_pct"
     assert backfilled["state"]["message"] == "1 of 1 runs replayed"
     assert_backfilled(served.project, trained, "acc_pct", lambda acc: 100 * acc)
 
@@ -426,3 +426,35 @@ def test_backfill_run_form_in_a_real_browser(
     backfilled = served.finished(flow_run["id"], "the backfill run from the form", 180)
     assert backfilled["state_type"] == "COMPLETED", backfilled["state"]
     assert_backfilled(served.project, trained, "err", lambda acc: 1 - acc)
+
+
+@pytest.mark.timeout(240)
+def test_partial_request_takes_the_served_project(served: Served, trained: dict[str, Any]) -> None:
+    """`prefect deployment run backfill/hindsight --params '{"request": {"names": [...]}}'`:
+    Prefect replaces the deployment's whole default request, `project` included; the served
+    run takes the project from the environment `flor-flows serve` gives it."""
+    hindsight = served.deployment(HINDSIGHT)
+    add_statement(served.project, "acc_half", "acc / 2")
+    flow_run_id = served.run(hindsight, {"request": {"names": ["acc_half"]}})
+    backfilled = served.finished(flow_run_id, "the partial request's backfill", 180)
+    assert backfilled["state_type"] == "COMPLETED", backfilled["state"]
+    assert backfilled["parameters"]["request"] == {"names": ["acc_half"]}
+    assert_backfilled(served.project, trained, "acc_half", lambda acc: acc / 2)
+
+
+@pytest.mark.timeout(120)
+def test_bad_form_is_refused_before_work_starts(served: Served, trained: dict[str, Any]) -> None:
+    hindsight = served.deployment(HINDSIGHT)
+    # What the schema can say, the API refuses: no flow run is created.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        served.run(hindsight, {"request": {"names": ["grad norm"]}})
+    assert refused.value.code == 409 and "request.names[0]" in refused.value.__notes__[0]
+    # What only the --where compiler can judge fails the run at its first step, in one line.
+    flow_run_id = served.run(hindsight, {"request": {"names": ["acc_pct"], "where": "acc <"}})
+    failed = served.finished(flow_run_id, "the run with a bad where", 60)
+    assert failed["state_type"] == "FAILED", failed["state"]
+    message = failed["state"]["message"]
+    assert "\n - request.where: 'acc <' is not an expression" in message, message
+    assert "--where" not in message and "Traceback" not in message
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    assert api(served.base, "POST", "/task_runs/filter", body) == []  # nothing ran

@@ -26,7 +26,9 @@ class ReplaySpec:
     `iterations` None means every iteration; an empty tuple means none (run-level only).
     `skip_loops` names the nested loops that may be skipped by restoring the checkpoint at
     the end of their outer iteration (see `flor_flows.replay.skipping`); `run_level` False
-    mutes the statements outside the outer loop (all segments of a run but one).
+    mutes the statements outside the outer loop (all segments of a run but one);
+    `shortcuts` names the outer loops whose bodies the replayed code marks (see
+    `flor_flows.replay.shortcuts`), each with whether its head may be left out.
     """
 
     apply: tuple[str, ...] | None = None
@@ -34,6 +36,7 @@ class ReplaySpec:
     replay_id: int | None = None
     skip_loops: tuple[str, ...] = ()
     run_level: bool = True
+    shortcuts: tuple[tuple[str, bool], ...] = ()  # marked outer loops; True: the head may go
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class RunContext:
                 for key in ("apply", "iterations", "skip_loops"):
                     if replay.get(key) is not None:
                         replay[key] = tuple(replay[key])
+                replay["shortcuts"] = tuple(map(tuple, replay.get("shortcuts", ())))
                 replay = ReplaySpec(**replay)
             return cls(**fields, replay=replay)
         except (ValueError, TypeError) as exc:

@@ -5,6 +5,12 @@ the checkpoint written at that boundary. A replay of selected iterations therefo
 (without executing) every iteration up to the nearest checkpoint before a target, restores
 that checkpoint, re-executes silently up to the target, records the target, and stops after
 the last target.
+
+Where the replayed code marks its iteration body (see `flor_flows.replay.shortcuts`), a
+target runs only the part its requested statements need: its tail (what follows the last
+requested statement) is cut when the next target starts from a checkpoint anyway, and its
+head (what precedes the first one) is replaced by the iteration's own end checkpoint when
+nothing from the requests on changes the checkpointed state.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ class Step:
     iteration: int
     action: Action
     restore: int | None = None  # restore the checkpoint written at the end of this iteration first
+    head: bool = False  # restore this iteration's own end checkpoint in place of its head
+    cut: bool = False  # leave out the iteration's tail, after its last requested statement
 
 
 def steps(
@@ -56,3 +64,44 @@ def steps(
             restore = None
         yield Step(target, "record", restore)
         position = target + 1
+
+
+def shortcut_steps(
+    targets: Iterable[int] | None,
+    checkpointed: Collection[int],
+    last: int,
+    head: bool,
+    final_restore: bool,
+) -> Iterator[Step]:
+    """The plan for an outer loop whose body is marked for shortcuts (see the module doc).
+
+    `targets` are the iterations to record (None: all, up to `last`); `head` says the
+    body's head may be replaced by the iteration's end checkpoint; `final_restore` that the
+    statements after the loop need its end state, so the last target keeps its tail unless
+    a checkpoint at or after it can stand in for it.
+    """
+    ordered = sorted(checkpointed)
+    wanted = sorted({t for t in (range(last + 1) if targets is None else targets) if t <= last})
+    live: int | None = 0  # the live state is that at the start of this iteration (None: none)
+    for k, target in enumerate(wanted):
+        if head and target in checkpointed:
+            yield Step(target, "record", head=True, cut=True)
+            live = None
+            continue
+        before = bisect.bisect_left(ordered, target)
+        latest = ordered[before - 1] if before else None  # the latest checkpoint before it
+        restore = None
+        if live != target:
+            if latest is not None and (live is None or latest >= live):
+                restore, start = latest, latest + 1
+            else:  # from the live state (a cut always leaves a checkpoint to go on from)
+                start = live if live is not None else 0
+            for i in range(start, target):
+                yield Step(i, "silent", restore if i == start else None)
+                restore = None
+        # The tail may go when whatever comes next restores a checkpoint at or after it.
+        upto = wanted[k + 1] - 1 if k + 1 < len(wanted) else (last if final_restore else None)
+        following = ordered[bisect.bisect_left(ordered, target) :]
+        cut = upto is None or bool(following and following[0] <= upto)
+        yield Step(target, "record", restore, cut=cut)
+        live = None if cut else target + 1

@@ -71,6 +71,8 @@ class Run:
         self.apply = frozenset(spec.apply) if spec and spec.apply is not None else None
         self.selected = spec.iterations if spec else None
         self.skippable = frozenset(spec.skip_loops) if spec else frozenset()
+        self.shortcuts = dict(spec.shortcuts) if spec else {}  # outer loop -> head may go
+        self.step: replay.Step | None = None  # replay: the outer iteration running now
         self.run_level = spec.run_level if spec else True
         self.frame = ROOT
         self.muted = not self.run_level
@@ -301,10 +303,16 @@ class Run:
         if self.checkpointing is not None:
             recorded = {c["iteration"]: c for c in ready["checkpoints"] if c["loop_name"] == name}
         last = ready["history"]["iterations"].get(name)  # never past what the run recorded
+        if name in self.shortcuts and last is not None and self.checkpointing is not None:
+            head = self.shortcuts[name]
+            plan = replay.shortcut_steps(self.selected, recorded, last, head, self.run_level)
+        else:
+            plan = replay.steps(self.selected, recorded, last)
         items = iter(iterable)
         position = 0
+        stale = False  # the live state is not that of the end of the last iteration run
         try:
-            for step in replay.steps(self.selected, recorded, last):
+            for step in plan:
                 skip = step.iteration - position
                 if skip:
                     next(islice(items, skip - 1, skip), None)
@@ -319,20 +327,34 @@ class Run:
                     self._restore(recorded[step.restore])
                 self.outer_checkpoint = recorded.get(step.iteration)
                 self.muted = step.action == "silent"
+                self.step, stale = step, step.cut
                 self._enter(name, step.iteration, item)
                 yield item
                 self.frame = ROOT
                 self.muted = not self.run_level
             final = max(recorded, default=None)
-            if self.run_level and final is not None and final >= position:
+            if self.run_level and final is not None and (final >= position or stale):
                 self._restore(recorded[final])
         finally:
             self.frame, self.muted, self.outer_checkpoint = ROOT, not self.run_level, None
+            self.step = None
 
     def _restore(self, saved: dict[str, Any]) -> None:
         from flor_flows.versioning.checkpoints import CheckpointStore, restore
 
         restore(CheckpointStore.read(saved["uri"], saved["sha256"]), self.checkpointing.objects)
+
+    def runs_head(self) -> bool:
+        """Whether the replay runs the head of this outer iteration; if not, the state is
+        restored to the iteration's end, which is what its requested statements see."""
+        if self.step is None or not self.step.head or self.frame.depth != 1:
+            return True
+        self._restore(self.outer_checkpoint)
+        return False
+
+    def runs_tail(self) -> bool:
+        """Whether the replay runs the tail of this outer iteration."""
+        return self.step is None or not self.step.cut or self.frame.depth != 1
 
     def _restore_outer(self) -> bool:
         """Stand in for a skipped nested loop: the state at the end of its outer iteration."""

@@ -13,29 +13,43 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import Field, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 
 from flor_flows.config import Settings, load_settings
 from flor_flows.errors import FlorError
 from flor_flows.propagate.statements import Unparsable, read
 from flor_flows.replay import plan as planning
 from flor_flows.replay.selection import parse_iter
-from flor_flows.replay.skipping import skippable_loops
+from flor_flows.replay.skipping import shortcuts, skippable_loops
 from flor_flows.replay.where import parse_where
 from flor_flows.replay.worktree import working_tree_files
 from flor_flows.store import open_store
+from flor_flows.training.request import Name, ProjectRequest, form_words
 
-# The leases this process's backfill flow runs hold now: (store URL, backfill id, holder).
-# A stopped `flor-flows replay` marks their unfinished runs cancelled (see `Store.cancel_leased`).
-LEASES: set[tuple[str, int, str]] = set()
+Lease = tuple[str, int, str]  # a backfill flow run's hold: (store URL, backfill id, holder)
+# The leases this process's backfill flow runs hold now. A stopped `flor-flows replay` marks
+# their unfinished runs cancelled (see `Store.cancel_leased`).
+LEASES: set[Lease] = set()
+# Where a run of a backfill stands (`BackfillItem.status`), in the order it may get there,
+# and those `flor-flows backfills ID --retry-failed` runs again.
+STATUSES = (
+    "planned", "propagated", "replaying", "replayed", "not applicable",
+    "propagation failed", "replay failed", "diverged", "cancelled",
+)  # fmt: skip
+RETRIED = ("propagation failed", "replay failed", "diverged", "cancelled")
+# Those they have released (their replays all ended), oldest first: see `release`.
+RELEASED: list[Lease] = []
+_RANGE = r"\d+(-\d+)?"
+ITERATIONS_PATTERN = rf"^\s*[A-Za-z_]\w*\s*=\s*(all|last|none|{_RANGE}(\s*,\s*{_RANGE})*)\s*$"
 
 
-class BackfillRequest(BaseModel):
+class BackfillRequest(ProjectRequest):
     """Compute new logged values over historical runs (the form the Prefect UI renders)."""
 
-    project: str = Field(".", description="Path of the project: a git repository.")
-    names: list[str] = Field(
+    names: list[Name] = Field(
         ...,
         min_length=1,
         description="Logged names to compute: flor.log statements of today's code.",
@@ -44,15 +58,42 @@ class BackfillRequest(BaseModel):
         None,
         description="Which runs and iterations, over the wide table: e.g. 'acc < 0.9 and lr > 0.01'.",
     )
-    iterations: list[str] = Field(
+    iterations: list[Annotated[str, StringConstraints(pattern=ITERATIONS_PATTERN)]] = Field(
         default_factory=list,
         description="Per outer loop: 'epoch=all', 'epoch=last', 'epoch=none' or 'epoch=0,3'.",
     )
     only_missing: bool = Field(True, description="Skip iterations that have the values already.")
     source_ref: str | None = Field(
-        None, description="Git ref holding the new statements (default: the working tree)."
+        None,
+        pattern=r"^[^-\s]\S*$",
+        description="Git ref holding the new statements (default: the working tree).",
     )
     max_parallel: int = Field(2, ge=1, le=64, description="Replays running at once.")
+    runs: list[str] = Field(
+        default_factory=list,
+        description="Only these runs (their uids) of those the selection keeps; default: all. "
+        "`flor-flows backfills ID --retry-failed` gives the runs of a backfill that failed.",
+    )
+
+    @field_validator("where")
+    @classmethod
+    def _where_compiles(cls, where: str | None) -> str | None:
+        if where is None or not where.strip():
+            return None  # an empty form field: no filter
+        try:
+            parse_where(where)
+        except FlorError as exc:
+            raise PydanticCustomError("where", form_words(exc, "--where")) from exc
+        return where
+
+    @field_validator("iterations")
+    @classmethod
+    def _iterations_parse(cls, iterations: list[str]) -> list[str]:
+        try:
+            parse_iter(iterations)
+        except FlorError as exc:
+            raise PydanticCustomError("iterations", form_words(exc, "--iter")) from exc
+        return iterations
 
 
 @dataclass(frozen=True)
@@ -129,8 +170,11 @@ def resolve(request: BackfillRequest) -> Resolved:
         iters=iters,
         only_missing=request.only_missing,
         skip_nested=bool(skippable_loops(files, names)),
+        shortcuts={s.loop: s.free for s in shortcuts(files, names)},
         workers=request.max_parallel,
     )
+    if request.runs:  # the same work as the whole request's, on fewer runs: the same key
+        items = [item for item in items if item.run_uid in set(request.runs)]
     done = [i.run_uid for i in items if status.get(i.run_uid) == "replayed"]
     todo = [i for i in items if status.get(i.run_uid) != "replayed"]
     return Resolved(settings, names, files, digest, key, backfill_id, todo, done)
@@ -161,6 +205,14 @@ def check_versions(resolved: Resolved) -> dict[str, str]:
                     "propagation failed": f"refused: {why}",
                 }.get(status, f"{status}: {why}")
     return found
+
+
+def release(lease: Lease) -> None:
+    """End a backfill flow run's leases: its replays have all ended (see `RELEASED`)."""
+    store_url, backfill_id, holder = lease
+    open_store(store_url).release_backfill(backfill_id, holder)
+    LEASES.discard(lease)
+    RELEASED.append(lease)
 
 
 def plan_rows(items: list[planning.Item]) -> list[dict[str, object]]:

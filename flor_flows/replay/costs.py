@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from flor_flows.record.replay import Step, steps
+from flor_flows.record.replay import Step, shortcut_steps, steps
 
 if TYPE_CHECKING:
     from flor_flows.replay.plan import Item, RunHistory
@@ -33,25 +33,40 @@ def estimate(run: RunHistory, iterations: tuple[int, ...] | None, run_level: boo
 
     The start-up cost, the run's time outside its outer loop, the recorded time of every
     iteration the replay executes (the selected ones and those re-executed silently from
-    the nearest earlier checkpoint, per `replay.steps`; less their nested loops where the
-    replay skips those) and the reading of the checkpoints it restores.
+    the nearest earlier checkpoint, per `replay.steps`, or `replay.shortcut_steps` where the
+    replay cuts the body short; less their nested loops where the replay skips those;
+    nothing for an iteration that runs only its requested statements) and the reading of
+    the checkpoints it restores.
     """
-    if iterations is None:
-        executed = [Step(i, "record") for i in run.iterations]
-    else:
-        executed = [s for s in steps(iterations, run.checkpoints) if s.action != "skip"]
+    executed = _executed(run, iterations, run_level)
     restored = [step.restore for step in executed if step.restore is not None]
     compute = 0.0
     for step in executed:
+        if step.head or (step.action == "record" and run.shortcut):
+            restored += [step.iteration] if step.head else []
+            continue  # only the requested statements run
         compute += run.seconds.get(step.iteration, 0.0)
         if run.skip_nested and step.iteration in run.checkpoints:
             compute -= run.inner.get(step.iteration, 0.0)
             restored.append(step.iteration)
     final = max(run.checkpoints, default=None)
-    if run_level and iterations is not None and final is not None and final not in iterations:
-        restored.append(final)  # a loop cut short ends in the state of the last checkpoint
+    targets = set(run.iterations if iterations is None else iterations)
+    cut = any(step.cut for step in executed)
+    if run_level and final is not None and (final not in targets or cut):
+        restored.append(final)  # the state after the loop is that of its last checkpoint
     read = sum(run.checkpoints[i] for i in restored) / READ_BYTES_PER_SECOND
     return STARTUP_SECONDS + run.outside + compute + read
+
+
+def _executed(run: RunHistory, iterations: tuple[int, ...] | None, run_level: bool) -> list[Step]:
+    """The outer iterations a replay of `iterations` executes, as `record.replay` plans them."""
+    if run.shortcut is not None and run.iterations:
+        last = run.iterations[-1]
+        # A free body's head goes or is empty: either way a target costs a checkpoint read.
+        return list(shortcut_steps(iterations, run.checkpoints, last, run.shortcut, run_level))
+    if iterations is None:
+        return [Step(i, "record") for i in run.iterations]
+    return [s for s in steps(iterations, run.checkpoints) if s.action != "skip"]
 
 
 def split(items: list[Item], history: dict[str, RunHistory], workers: int) -> list[Item]:

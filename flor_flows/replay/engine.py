@@ -7,6 +7,8 @@ in a child interpreter, in replay mode: the run's own command line and working d
 requested outer iterations, each started from the checkpoint written before it, and the
 requested names written under the historical run with `source = replay`. The run's own
 statements re-log their values, which are checked against the record (`record.verify`).
+Within `sharing_setup` (a backfill), the replays of one version fork from a process that
+imported the script's libraries once (`forkserver`) instead of each importing them again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,10 @@ from flor_flows.errors import FlorError
 from flor_flows.propagate import Propagation, Refusal, propagate_files
 from flor_flows.propagate.statements import Unparsable, read
 from flor_flows.record.context import ReplaySpec, RunContext
+from flor_flows.replay import forkserver
 from flor_flows.replay.reach import reachable
-from flor_flows.replay.skipping import skippable_loops
+from flor_flows.replay.shortcuts import mark
+from flor_flows.replay.skipping import shortcuts, skippable_loops
 from flor_flows.replay.worktree import link_untracked, python_files, view
 from flor_flows.training import launch
 
@@ -49,6 +54,9 @@ class Version:
     # Per entry script of the runs to replay: None when it reaches the requested statements,
     # else (status, why): "propagation failed", "not applicable" or "replay failed".
     scope: dict[str, tuple[str, str] | None] = field(default_factory=dict)
+    # Outer loops whose bodies are marked to be cut short (`replay.shortcuts`): loop name ->
+    # whether the head may go as well as the tail.
+    shortcuts: dict[str, bool] = field(default_factory=dict)
 
     @property
     def refusals(self) -> list[str]:
@@ -96,7 +104,15 @@ def prepare_version(
                 result.refusals.extend(Refusal(p.name, why) for p in result.placements)
     link_untracked(root, directory)
     scope = {entry: _scope(entry, replayed, results, names, commit[:10]) for entry in entry_scripts}
-    return Version(commit, directory, results, diffs, skippable_loops(replayed, names), scope)
+    marked = {}
+    for shortcut in shortcuts(replayed, names):
+        source = mark(replayed[shortcut.path], shortcut)
+        if source is not None:
+            (directory / shortcut.path).write_text(source)
+            replayed[shortcut.path] = source
+            marked[shortcut.loop] = shortcut.head
+    skip = skippable_loops(replayed, names)
+    return Version(commit, directory, results, diffs, skip, scope, marked)
 
 
 def _scope(
@@ -128,6 +144,12 @@ def _scope(
             f"in version {version}",
         )
     return None
+
+
+def sharing_setup() -> AbstractContextManager[None]:
+    """While open, a version's replays on this worker pay the script's library imports once:
+    they fork from a process that made them (`forkserver`), stopped when this closes."""
+    return forkserver.scope()
 
 
 def replay(
@@ -180,13 +202,17 @@ def replay(
             iterations=iterations,
             replay_id=replay_id,
             skip_loops=tuple(sorted(version.skip_loops)),
+            shortcuts=tuple(sorted(version.shortcuts.items())),
             run_level=run_level,
         ),
     )
     argv = tuple(invocation.get("argv", ()))
     run = launch.Launch(run_uid, settings, cwd, script, entry_script, argv=argv)
-    outcome = launch.run(run, context, on_output)
-    what = f"replay of run {run_uid} ({entry_script} at {version.commit[:10]})"
+    label = f"{entry_script} at {version.commit[:10]}"
+    roots = (version.directory, settings.root)  # the project's own code is never pre-imported
+    spawn = forkserver.spawner(label, script, cwd, roots, launch.child_env(), on_output)
+    outcome = launch.run(run, context, on_output, spawn=spawn)
+    what = f"replay of run {run_uid} ({label})"
     if outcome.returncode != 0:
         store.finish_replay(replay_id, "failed")
         raise ReplayFailed(

@@ -52,6 +52,9 @@ class RunHistory:
     checkpoints: dict[int, int]  # iteration -> bytes of the checkpoint written at its end
     outside: float  # run time outside the outer loop (set-up, final evaluation)
     skip_nested: bool  # a replay may skip the nested loops (`skipping.skippable_loops`)
+    # A replay cuts the loop's body short (`skipping.shortcuts`): True when an iteration
+    # runs only its requested statements, False when it runs up to them; None: all of it.
+    shortcut: bool | None = None
 
     @property
     def iterations(self) -> list[int]:
@@ -85,6 +88,7 @@ def plan(
     project: str | None = None,
     skip_nested: bool = False,
     workers: int = 1,
+    shortcuts: dict[str, bool] | None = None,
 ) -> list[Item]:
     """The replays that compute `names` over history, in run order, with estimated costs.
 
@@ -93,7 +97,9 @@ def plan(
     `where` keeps the runs with a row that satisfies it; where those rows lie in outer
     iterations, only those iterations. `iters` narrows per outer loop name. With
     `only_missing`, iterations holding a value of every name already are left out.
-    `skip_nested`: the replays skip the loops nested in the outer one (estimates only).
+    `skip_nested`: the replays skip the loops nested in the outer one; `shortcuts`: outer
+    loop name -> whether they run only the requested statements of its body (True) or up
+    to them (False) (`skipping.shortcuts`; both for the estimates only).
     With fewer replays than `workers`, the longest are split into segments at checkpoints.
     """
     names = list(dict.fromkeys(names))
@@ -113,7 +119,7 @@ def plan(
     untimed = sorted(set(runs["run_uid"]) - set(contexts["run_uid"]))
     probe = reads.probe(store, untimed, project)
     seen = _loops_seen([f for f in (probe, where_rows, existing) if f is not None], loops)
-    history = _history(runs, contexts, checkpoints, seen, skip_nested)
+    history = _history(runs, contexts, checkpoints, seen, skip_nested, shortcuts or {})
     check_loops(iters, (run.loop for run in history.values() if run.loop))
     if where_rows is not None:
         matched = _where_matches(where, where_rows, history)
@@ -181,6 +187,7 @@ def _history(
     checkpoints: pd.DataFrame,
     seen: dict[str, tuple[str, set[int]]],
     skip_nested: bool,
+    shortcuts: dict[str, bool],
 ) -> dict[str, RunHistory]:
     """What planning knows of each candidate run, by uid, in run order."""
     contexts_of = dict(tuple(contexts.groupby("run_uid")))
@@ -193,6 +200,7 @@ def _history(
             checkpoints_of.get(run.run_uid, checkpoints.iloc[:0]),
             seen.get(run.run_uid),
             skip_nested,
+            shortcuts,
         )
         for run in runs[columns].itertuples(index=False)
     }
@@ -204,6 +212,7 @@ def _run(
     checkpoints: pd.DataFrame,
     seen: tuple[str, set[int]] | None,
     skip_nested: bool,
+    shortcuts: dict[str, bool],
 ) -> RunHistory:
     """One run's outer loop, its iterations with their durations, and its checkpoints."""
     loop = _outer_loop(contexts, checkpoints) or (seen[0] if seen else None)
@@ -238,6 +247,7 @@ def _run(
         ),
         outside=0.0 if unmeasured else rest,
         skip_nested=skip_nested,
+        shortcut=shortcuts.get(loop) if loop else None,
     )
 
 

@@ -9,12 +9,20 @@ checkpoint written at the end of that outer iteration. That is exact only when
   assignment into it, an in-place method, any `.step()` or `.load_state_dict()`), since the
   state restored is that of the iteration's end.
 Names are followed as Python reads them, without types: where in doubt, the loop runs.
+
+`shortcuts` applies the same reading to the outer loop's body itself (`record.replay`): the
+statements after the last requested one (its tail) may be left out when nothing the body
+reads is carried from it to the next iteration but through checkpointed objects; those
+before the first requested one (its head) may be replaced by the iteration's end checkpoint
+when, from the first requested statement on, nothing changes checkpointed state and the
+requested statements read nothing the body sets but checkpointed objects.
 """
 
 from __future__ import annotations
 
 import ast
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 _MUTATORS = frozenset({"step", "load_state_dict", "add_param_group"})
 
@@ -29,6 +37,43 @@ def skippable_loops(files: dict[str, str], names: Iterable[str]) -> frozenset[st
     return frozenset(name for name, _ in code.loops) - blocked
 
 
+@dataclass(frozen=True)
+class Shortcut:
+    """An outer loop whose replays may run only part of each iteration (`record.replay`)."""
+
+    path: str
+    loop: str
+    alias: str  # how the module names flor_flows (`flor`)
+    first_line: int  # where the first top-level statement holding a requested one starts
+    last_line: int  # where the last one ends
+    head: bool  # whether the statements before `first_line` may be left out too
+    opens_body: bool  # whether a requested statement is the body's first
+
+    @property
+    def free(self) -> bool:
+        """Whether an iteration replayed this way runs only its requested statements."""
+        return self.head or self.opens_body
+
+
+def shortcuts(files: dict[str, str], names: Iterable[str]) -> list[Shortcut]:
+    """The outer `flor.loop`s of `files` whose replays computing `names` may cut their body
+    short: one per loop name found once, at the top of a body no other `flor.loop` holds."""
+    try:
+        code = _Code(files, frozenset(names))
+    except SyntaxError:
+        return []
+    counts: dict[str, int] = {}
+    for name, _ in code.loops:
+        counts[name] = counts.get(name, 0) + 1
+    found = []
+    for name, loop in code.loops:
+        if counts[name] == 1 and code.outermost(loop):
+            shortcut = code.shortcut(name, loop)
+            if shortcut is not None:
+                found.append(shortcut)
+    return found
+
+
 class _Code:
     """The modules of one code version, with what the checks need to look up."""
 
@@ -40,19 +85,24 @@ class _Code:
         self.functions: dict[str, list[ast.AST]] = {}
         self.assignments: list[ast.stmt] = []
         calls: list[ast.Call] = []
-        for source in files.values():
+        self.path_of: dict[ast.For, str] = {}
+        self.modules: set[str] = set()  # names imports bind: modules and library objects
+        for path, source in files.items():
             module = ast.parse(source)
             for node in ast.walk(module):
                 for child in ast.iter_child_nodes(node):
                     self.parent[child] = node
                 if isinstance(node, ast.For) and (loop := _flor_call(node.iter, "loop")):
                     self.loops.append((loop, node))
+                    self.path_of[node] = path
                 elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                     self.functions.setdefault(node.name, []).append(node)
                 elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.NamedExpr):
                     self.assignments.append(node)
                 elif isinstance(node, ast.Call):
                     calls.append(node)
+                elif isinstance(node, ast.Import | ast.ImportFrom):
+                    self.modules |= {(a.asname or a.name).partition(".")[0] for a in node.names}
         for call in calls:
             if _flor_call(call, "log") in names:
                 self.requested.add(call)
@@ -67,6 +117,88 @@ class _Code:
         if self.read & (self._bound_by(loop) - self.checkpointed):
             return False
         return not any(self._mutates(stmt) for stmt in self._after(loop))
+
+    def outermost(self, loop: ast.For) -> bool:
+        """Whether no other `flor.loop` encloses `loop` in its module."""
+        node: ast.AST = loop
+        while (node := self.parent.get(node)) is not None:
+            if isinstance(node, ast.For) and _flor_call(node.iter, "loop"):
+                return False
+        return True
+
+    def shortcut(self, name: str, loop: ast.For) -> Shortcut | None:
+        """How much of `loop`'s body its replays need (see the module doc); None: all of it."""
+        body = loop.body
+        holding = [k for k, stmt in enumerate(body) if self._holds_request(stmt)]
+        if not holding or isinstance(loop.iter.func, ast.Name):  # type: ignore[attr-defined]
+            return None
+        first, last = holding[0], holding[-1]
+        head, needed, tail = body[:first], body[first : last + 1], body[last + 1 :]
+        carried = self.checkpointed | _targets(loop)
+        read = set().union(*(_loaded(stmt) for stmt in head + needed)) - carried
+        if tail and read & self._touched(tail):
+            return None  # the tail sets what the next iteration reads: it must run
+        skip_head = bool(head) and not any(self._mutates_deep(stmt) for stmt in needed + tail)
+        skip_head = skip_head and not (
+            set().union(*(_loaded(stmt) for stmt in needed)) - carried
+        ) & self._touched(body)
+        if not tail and not skip_head:
+            return None
+        return Shortcut(
+            self.path_of[loop],
+            name,
+            ast.unparse(loop.iter.func.value),  # type: ignore[attr-defined]
+            body[first].lineno,
+            body[last].end_lineno or body[last].lineno,
+            skip_head,
+            first == 0,
+        )
+
+    def _touched(self, stmts: list[ast.stmt]) -> set[str]:
+        """Names `stmts` may set: bind, store into, call a method of, or declare global in a
+        function they call."""
+        touched: set[str] = set()
+        for stmt in stmts:
+            for node in ast.walk(stmt):
+                if isinstance(node, ast.Name) and _stores(node):
+                    touched.add(node.id)
+                elif isinstance(node, ast.Attribute | ast.Subscript) and _stores(node):
+                    touched.add(_root(node) or "")
+                elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                    root = _root(node.func.value) or ""
+                    touched |= {root} - self.modules  # `np.mean(x)` changes no name
+                elif isinstance(node, ast.alias):
+                    touched.add((node.asname or node.name).partition(".")[0])
+                elif isinstance(node, ast.Global | ast.Nonlocal):
+                    touched.update(node.names)
+            for function in self._called(stmt):
+                touched |= {
+                    n for g in ast.walk(function) if isinstance(g, ast.Global) for n in g.names
+                }
+        return touched
+
+    def _mutates_deep(self, stmt: ast.stmt) -> bool:
+        """Whether `stmt`, or a function of the script it calls, may change checkpointed
+        state (a nested `flor.loop` counts as doing so)."""
+        nodes = [stmt, *self._called(stmt)]
+        return any(
+            self._mutates(node)
+            or any(isinstance(n, ast.For) and _flor_call(n.iter, "loop") for n in ast.walk(node))
+            for node in nodes
+        )
+
+    def _called(self, stmt: ast.AST) -> list[ast.AST]:
+        """The script's functions `stmt` calls, directly or through each other."""
+        found: list[ast.AST] = []
+        pending = [stmt]
+        while pending:
+            for node in ast.walk(pending.pop()):
+                if isinstance(node, ast.Call):
+                    for function in self.functions.get(_callee(node) or "", []):
+                        if function not in found:
+                            found.append(function)
+                            pending.append(function)
+        return found
 
     # -- the checks ---------------------------------------------------------------------
     def _holds_request(self, node: ast.AST, holding: set[str] | None = None) -> bool:
@@ -195,6 +327,10 @@ def _root(node: ast.AST) -> str | None:
     while isinstance(node, ast.Attribute | ast.Subscript):
         node = node.value
     return node.id if isinstance(node, ast.Name) else None
+
+
+def _targets(loop: ast.For) -> set[str]:
+    return {n.id for n in ast.walk(loop.target) if isinstance(n, ast.Name)}
 
 
 def _stores(node: ast.AST) -> bool:

@@ -1,7 +1,9 @@
 """The `--where` compiler: a filter over the wide table, compiled without evaluating user text.
 
 The expression is parsed with `ast`, and only comparisons of columns with literals, joined by
-and/or/not, are compiled, into vectorised pandas operations over the table's rows.
+and/or/not, are compiled, into vectorised pandas operations over the table's rows. A column is
+a name (`lr`), or one of the table's prefixed columns: `arg.lr` (an arg whose name a logged
+value takes) and `data.batch` (a data batch).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ _CONSTRUCTS = {
     ast.Compare: "a comparison used as a value", ast.BoolOp: "and/or used as a value",
 }  # fmt: skip
 _LITERALS = (int, float, str, bool, type(None))
+_PREFIXES = ("arg", "data")  # of the wide table's dotted columns: arg.lr, data.batch
 _HINT = "a filter compares columns with literals, e.g. `lr < 0.01 and seed in (1, 2)`"
 
 
@@ -81,9 +84,18 @@ def parse_where(expression: str) -> Where:
         raise FlorError(f"--where {expression!r}: {exc}") from exc
     except RecursionError as exc:  # the parser's, or ours
         raise FlorError(f"--where {expression[:40]!r}... is nested too deeply") from exc
-    found = (node for node in ast.walk(tree) if isinstance(node, ast.Name))
+    found = (node for node in ast.walk(tree) if _column_name(node) is not None)
     ordered = sorted(found, key=lambda node: (node.lineno, node.col_offset))
-    return Where(text, tuple(dict.fromkeys(node.id for node in ordered)), predicate)
+    return Where(text, tuple(dict.fromkeys(_column_name(node) for node in ordered)), predicate)
+
+
+def _column_name(node: ast.AST) -> str | None:
+    """The column `node` names: `lr`, `arg.lr` or `data.batch`; None if it names none."""
+    if isinstance(node, ast.Name) and node.id not in _PREFIXES:
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return f"{node.value.id}.{node.attr}" if node.value.id in _PREFIXES else None
+    return None
 
 
 class _Compiler:
@@ -114,8 +126,8 @@ class _Compiler:
                 for op, (left, right) in zip(node.ops, pairs, strict=True)
             ]
             return lambda frame: functools.reduce(operator.and_, (t(frame) for t in tests))
-        if isinstance(node, ast.Name | ast.Constant):
-            kind = "a column" if isinstance(node, ast.Name) else "a literal"
+        if isinstance(node, ast.Constant) or _column_name(node) is not None:
+            kind = "a literal" if isinstance(node, ast.Constant) else "a column"
             raise self.refuse(node, f"{kind} alone is not a condition: compare it")
         raise self.refuse(node)
 
@@ -136,15 +148,20 @@ class _Compiler:
         return _ordered(_ORDERED[type(op)], self.operand(left), self.operand(right))
 
     def operand(self, node: ast.expr) -> Operand:
-        if isinstance(node, ast.Name):
-            name = node.id
+        name = self.column(node)
+        if name is not None:
             return lambda frame: frame[name]
         negated = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
-        if negated and isinstance(node.operand, ast.Name):
-            name = node.operand.id
+        if negated and (name := self.column(node.operand)) is not None:
             return lambda frame: -frame[name]
         value = self.literal(node)
         return lambda frame: value
+
+    def column(self, node: ast.expr) -> str | None:
+        """The column `node` names (see `_column_name`); a prefix alone is refused."""
+        if isinstance(node, ast.Name) and node.id in _PREFIXES:
+            raise self.refuse(node, f"`{node.id}` alone is not a column: write {node.id}.NAME")
+        return _column_name(node)
 
     def literal(self, node: ast.expr) -> Any:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):

@@ -16,6 +16,7 @@ import pandas as pd
 from sqlalchemy import select
 
 from flor_flows.store import schema as s
+from flor_flows.store.names import ARG, arg_names
 
 if TYPE_CHECKING:
     from flor_flows.store.store import Store
@@ -87,10 +88,13 @@ def loops(store: Store, contexts: pd.DataFrame) -> Loops:
 
 
 def logged(store: Store, names: Iterable[str]) -> list[str]:
-    """Those of `names` that some run logged (the log_names catalog)."""
+    """Those of `names` the wide table has values of: names some run logged (the log_names
+    catalog), and `arg.<name>` where some run recorded the arg <name>."""
     names = list(names)
     query = select(s.LogName.name).where(s.LogName.name.in_(names)).distinct()
     found = set(_frame(store, query, ["name"])["name"])
+    if any(name.startswith(ARG) for name in names):
+        found |= {f"{ARG}{name}" for name in arg_names(store)}
     return [name for name in names if name in found]
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import aliased
 
 from flor_flows.record import values
 from flor_flows.store import schema as s
+from flor_flows.store.names import ARG, expand_args, known
 
 if TYPE_CHECKING:
     from flor_flows.store.store import Store
@@ -120,18 +121,12 @@ def _show_dead_runs(runs: pd.DataFrame) -> None:
     runs.loc[dead, "error"] = runs.loc[dead, "error"].fillna(DIED)
 
 
-def _expand_args(runs: pd.DataFrame) -> pd.DataFrame:
-    args = pd.DataFrame.from_records(list(runs.pop("args")), index=runs.index)
-    args = args.drop(columns=[c for c in args.columns if c in runs.columns])
-    return pd.concat([runs, args], axis=1)
-
-
 def run_table(
     store: Store, project: str | None = None, uids: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """One row per run: uid, code version, status, times, args and data batches."""
     runs = _runs(store, project, uids)
-    return _expand_args(runs).drop(columns=["run_id"]).reset_index(drop=True)
+    return expand_args(runs).drop(columns=["run_id"]).reset_index(drop=True)
 
 
 def _typed(frame: pd.DataFrame, kinds: set[int]) -> pd.Series:
@@ -398,20 +393,27 @@ def wide_table(
 ) -> pd.DataFrame:
     """One row per (run, loop context[, seq]) holding the requested names (of runs `uids`, or all).
 
-    Values of replays whose status is 'diverged' are left out unless `include_diverged`.
+    A name may be an arg (`lr`, or `arg.lr` where a logged name `lr` takes the plain one): a
+    run holding an asked-for arg but none of the values still has a row. Values of replays
+    whose status is 'diverged' are left out unless `include_diverged`.
     """
     runs = _runs(store, project, uids)
     data = [c for c in runs.columns if c.startswith("data.")]
-    runs = _expand_args(runs[[*WIDE_RUN_COLUMNS, *data, "args"]]).reset_index(drop=True)
+    runs = runs[[*WIDE_RUN_COLUMNS, *data, "args"]].reset_index(drop=True)
+    logged, args = known(store, names, runs)
     signatures = _signatures(store)
     # Only the runs shown: another project's repeats must not add a `seq` column here.
     run_ids = None if uids is None and project is None else runs["run_id"].tolist()
-    rows, repeated = _cells(store, names, signatures, run_ids, include_diverged)
+    rows, repeated = (
+        _cells(store, logged, signatures, run_ids, include_diverged)
+        if logged
+        else (pd.DataFrame({"run_id": [], "ctx_id": [], "sig_id": []}, dtype="int64"), [])
+    )
     position = pd.Index(runs["run_id"]).get_indexer(rows["run_id"])
     rows, position = rows[position >= 0].reset_index(drop=True), position[position >= 0]
-    value_columns = [c for c in rows.columns if c in names or c.endswith("@replay")]
+    value_columns = [c for c in rows.columns if c in logged or c.endswith("@replay")]
     if "seq" in rows:  # repeated names were joined first: show them in the order asked
-        value_columns = [c for n in names for c in (n, f"{n}@replay") if c in value_columns]
+        value_columns = [c for n in logged for c in (n, f"{n}@replay") if c in value_columns]
     rows = _broadcast(rows, value_columns, signatures, repeated)
     position = pd.Index(runs["run_id"]).get_indexer(rows["run_id"])
     loops = _loop_columns(rows, signatures) | _loop_values(store, rows, signatures)
@@ -423,12 +425,19 @@ def wide_table(
         loops["seq"] = rows["seq"]
         sort_keys.insert(0, rows["seq"].to_numpy())
     order = np.lexsort([*sort_keys, position])
-    table = runs.drop(
-        columns=["run_id", *(c for c in runs.columns if c in value_columns or c in loops)]
-    )
-    table = table.take(position[order]).reset_index(drop=True)
+    # Each row's run, and its row of values (-1: a run with an asked-for arg but no values).
+    holds = runs["args"].map(lambda recorded: bool(args.intersection(recorded or {})))
+    alone = np.setdiff1d(np.flatnonzero(holds.to_numpy()), position)
+    run_rows = np.concatenate([position[order], alone])
+    value_rows = np.concatenate([order, np.full(len(alone), -1)])
+    by_run = np.argsort(run_rows, kind="stable")
+    run_rows, value_rows = run_rows[by_run], value_rows[by_run]
+    taken = {*value_columns, *loops, *(n.removeprefix(ARG) for n in names if n.startswith(ARG))}
+    table = expand_args(runs, taken)
+    table = table.drop(columns=["run_id", *(c for c in runs.columns if c in taken)])
+    table = table.take(run_rows).reset_index(drop=True)
     for name, column in loops.items():
-        table[name] = column.array.take(order)
+        table[name] = column.array.take(value_rows, allow_fill=True)
     for name in value_columns:
-        table[name] = rows[name].array.take(order)
+        table[name] = rows[name].array.take(value_rows, allow_fill=True)
     return table

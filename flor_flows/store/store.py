@@ -45,6 +45,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def _aware(moment: datetime | None) -> datetime | None:
+    """A stored time as UTC: SQLite gives back the naive form of what was written."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
 def _read_only_connection(path: Path) -> sqlite3.Connection:
     """A connection that can only read `path`, also on read-only storage.
 
@@ -605,6 +610,30 @@ class Store:
                 if not conn.execute(update(item).where(*mine, free).values(**fields)).rowcount:
                     held[uid] = conn.scalar(select(item.holder).where(*mine))
         return held
+
+    def backfill_items_of(self, flow_run_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """The backfill items flow runs `flow_run_ids` last touched: backfill id, run uid,
+        status, flow run, holder, whether its lease is live, and when it last changed."""
+        item = s.BackfillItem
+        query = select(
+            item.backfill_id,
+            item.run_uid,
+            item.status,
+            item.prefect_flow_run_id,
+            item.holder,
+            item.lease_until,
+            item.updated_at,
+        ).where(item.prefect_flow_run_id.in_(list(flow_run_ids)))
+        stamp = now()
+        with self.engine.connect() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        for row in rows:
+            holder, until = row.pop("holder"), _aware(row.pop("lease_until"))
+            row["leased"] = (
+                holder is not None and until is not None and until > stamp
+            ) and not _holder_gone(holder)
+            row["updated_at"] = _aware(row["updated_at"])
+        return rows
 
     def cancel_leased(self, backfill_id: int, holder: str) -> None:
         """Mark the runs `holder` leases and has not finished cancelled, and end its leases."""

@@ -10,6 +10,8 @@ Every script `run` starts (training runs and replays alike) is registered here u
 ends, so a launcher that is told to stop can stop them all (`stop_children`) and tell a
 stopped run from a failed one (`stopping`). A child also gets SIGTERM when the thread that
 started it dies, even by SIGKILL (Linux), so a killed launcher never leaves a script running.
+A caller may start the script another way (`spawn`: the replay engine forks replays from a
+process that imported the script's libraries once); whatever it returns is a `Child`.
 
 Every launch of this process is listed too (`launches`, the latest few), with whether it has
 settled (`settle`): from then on the store has the run's last word and whatever is left of
@@ -31,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 from flor_flows.config import STATE_DIR, Settings, load_settings
 from flor_flows.errors import DataError, FlorError, StoreError, TrainingFailed
@@ -51,7 +53,27 @@ stopping = threading.Event()
 """Set once a stop of this process's scripts was requested (`stop_children`): from then on
 `run` starts nothing, and a script that ends is one that was stopped, not one that failed."""
 
-_children: set[subprocess.Popen[str]] = set()
+
+class Child(Protocol):
+    """A running script as `run` follows and stops it: what `subprocess.Popen` offers."""
+
+    pid: int
+    stdout: IO[str] | None
+    stderr: IO[str] | None
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+Spawn = Callable[[list[str], Path, dict[str, str]], Child | None]
+"""Starts `[sys.executable, script, *argv]` in a directory with an environment, its stdout
+and stderr piped as text; None when it cannot (`run` then starts a fresh interpreter)."""
+
+_children: set[Child] = set()
 _children_lock = threading.Lock()
 RECENT_LAUNCHES = 64
 _launches: deque[tuple[Launch, threading.Event]] = deque(maxlen=RECENT_LAUNCHES)
@@ -153,36 +175,47 @@ def context_of(
     )
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a script `run` starts, less its run context: this process's own
+    without flor-flows' settings (the context carries them), output unbuffered."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOR_FLOWS_")}
+    return env | {"PYTHONUNBUFFERED": "1"}
+
+
 def run(
     launch: Launch,
     context: RunContext,
     on_output: Callable[[str], Any] = print,
+    spawn: Spawn | None = None,
 ) -> Outcome:
     """Run the script with this interpreter; its output lines go to `on_output` as they come.
 
-    The command is `[sys.executable, script, *launch.argv]` in `launch.project`. Once a stop
-    was requested (`stopping`), nothing starts: the outcome is that of a script stopped by
-    SIGTERM before its first line.
+    The command is `[sys.executable, script, *launch.argv]` in `launch.project`, started by
+    `spawn` if given (and able), else as a fresh interpreter. Once a stop was requested
+    (`stopping`), nothing starts: the outcome is that of a script stopped by SIGTERM before
+    its first line.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOR_FLOWS_")}
-    env |= context.to_env() | {"PYTHONUNBUFFERED": "1"}
+    env = child_env() | context.to_env()
+    command = [sys.executable, str(launch.script), *launch.argv]
     start = time.perf_counter()
     with _children_lock:  # a stop either sees this child or prevents it
         if stopping.is_set():
             return Outcome(
                 launch.run_uid, -signal.SIGTERM, 0.0, "not started: a stop was requested"
             )
-        proc = subprocess.Popen(
-            [sys.executable, str(launch.script), *launch.argv],
-            cwd=launch.project,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-            preexec_fn=_die_with_parent(os.getpid()),
-        )
+        proc = spawn(command, launch.project, env) if spawn is not None else None
+        if proc is None:
+            proc = subprocess.Popen(
+                command,
+                cwd=launch.project,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
         _children.add(proc)
     try:
         return _follow(launch, proc, on_output, start)
@@ -191,9 +224,7 @@ def run(
             _children.discard(proc)
 
 
-def _follow(
-    launch: Launch, proc: subprocess.Popen[str], on_output: Callable[[str], Any], start: float
-) -> Outcome:
+def _follow(launch: Launch, proc: Child, on_output: Callable[[str], Any], start: float) -> Outcome:
     """Pump the script's output to `on_output` until it ends; stop it if we are interrupted."""
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     tail_lock = threading.Lock()  # a reader may outlive `_follow` (see below)
@@ -226,7 +257,7 @@ def _follow(
     return Outcome(launch.run_uid, returncode, time.perf_counter() - start, stderr_tail)
 
 
-def _stop(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
+def _stop(proc: Child, grace: float = 30.0) -> None:
     """SIGTERM (the run records itself failed and flushes), SIGKILL if it lingers."""
     proc.terminate()
     try:

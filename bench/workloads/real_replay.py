@@ -1,0 +1,195 @@
+"""flor_flows' side of the real-script replay benchmark (issue 13), through the command line.
+
+BENCH_PARAMS: argv (the script's options, e.g. ["--epochs", "20"]), step_parallel.
+
+In ./project (a git repo) train.py (workloads/real_torch.py) is recorded once with its options
+(`python train.py --epochs 20 ...`, the default checkpoint policy). The new version, holding
+the four statements of real_common.STATEMENTS (suffix _r), is recorded from scratch in
+./scratch for the ground truth, then written into ./project's working tree and each statement
+is backfilled with `flor-flows replay --apply NAME` in ./project (the step-level one with
+`--max-parallel N`), PREFECT_API_URL naming a `flor-flows server start` of this bench's own
+PREFECT_HOME, started once before and stopped at the end. The plan of each (what `--dry-run`
+prints) comes from `resolve(request)`, in this process; the actual time of each planned item
+from the store's replay records. Then the command-line case without a server: a fresh
+PREFECT_HOME, PREFECT_API_URL unset, `flor-flows replay --apply lr_now_c` twice (the second
+with --all, the same work); the background server the first call starts is stopped after.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import real_common as cm
+import replay_common as rc
+from benchlib import emit, params
+
+OURS_BIN = Path(sys.executable).parent
+FLOR = str(OURS_BIN / "flor-flows")
+
+
+def store_values(project: Path, name: str, source: str) -> list[tuple]:
+    """((epoch, position), value) of `name` in the project's store, read-only."""
+    db = project / ".flor-flows" / "store.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT i0, num FROM logs WHERE name = ? AND source = ? ORDER BY id", (name, source)
+        ).fetchall()
+    return cm.keyed([(i0, num) for i0, num in rows])
+
+
+def replays_since(project: Path, since: float) -> list[dict]:
+    """The replay records started after `since` (unix s): their seconds, in start order."""
+    db = project / ".flor-flows" / "store.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT started_at, ended_at, status, checked FROM replays ORDER BY started_at"
+        ).fetchall()
+    out = []
+    for started, ended, status, checked in rows:
+        s, e = (_ts(started), _ts(ended) if ended else None)
+        if s >= since - 1:
+            out.append({"started": s, "seconds": e - s if e else None, "status": status,
+                        "checked": checked})  # fmt: skip
+    return out
+
+
+def _ts(text: str) -> float:
+    dt = datetime.datetime.fromisoformat(str(text))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.UTC)
+    return dt.timestamp()
+
+
+class Bench:
+    def __init__(self, p: dict, root: Path) -> None:
+        self.p, self.root = p, root
+        self.project = root / "project"
+        self.log = root / "real-replay.log"
+        self.marks = root / "marks"
+        self.marks.mkdir(exist_ok=True)
+        self.count = 0
+        self.home = root / "prefect-bench"
+
+    def env(self, tag: str, **extra: str) -> tuple[dict[str, str], Path]:
+        self.count += 1
+        marks = self.marks / f"{self.count:03d}-{tag}.jsonl"
+        return rc.clean_env({"REPLAY_MARKS": str(marks), **extra}), marks
+
+    def record(self, project: Path, tag: str) -> dict:
+        env, marks = self.env(tag)
+        cmd = [sys.executable, "train.py", *self.p["argv"]]
+        res = rc.run_script(cmd, project, env, self.log)
+        return res | rc.phases(rc.read_marks(marks), res["started"])
+
+    def server(self, action: str, home: Path) -> str:
+        env = rc.clean_env({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+        self.log.open("a").write(f"\n$ flor-flows server {action} (PREFECT_HOME={home})\n")
+        proc = subprocess.run(
+            [FLOR, "server", action], env=env, cwd=self.root, capture_output=True, text=True
+        )
+        self.log.open("a").write(proc.stdout + proc.stderr)
+        if action == "start" and proc.returncode != 0:
+            raise RuntimeError(f"flor-flows server start failed: {proc.stderr[-500:]}")
+        return proc.stdout
+
+    def plan(self, names: list[str], iterations: list[str], max_parallel: int, all_: bool
+             ) -> list[dict]:  # fmt: skip
+        """What `flor-flows replay --dry-run` prints, from the same call."""
+        from flor_flows.replay.backfill import BackfillRequest, resolve
+
+        request = BackfillRequest(
+            project=str(self.project),
+            names=names,
+            iterations=iterations,
+            max_parallel=max_parallel,
+            only_missing=not all_,
+        )
+        return [
+            {
+                "iterations": "all" if i.iterations is None else list(i.iterations),
+                "run_level": i.run_level,
+                "estimated_s": i.estimated_seconds,
+            }
+            for i in resolve(request).items
+        ]
+
+    def replay(self, tag: str, names: list[str], extra: list[str], env_extra: dict) -> dict:
+        par = int(extra[extra.index("--max-parallel") + 1]) if "--max-parallel" in extra else 1
+        plan = self.plan(names, [a for a in extra if "=" in a], par, "--all" in extra)
+        env, marks = self.env(tag, **env_extra)
+        cmd = [FLOR, "replay", "--apply", ",".join(names), *extra]
+        res = rc.run_script(cmd, self.project, env, self.log)
+        replays = replays_since(self.project, res["started"])
+        return res | {"plan": plan, "replays": replays} | rc.phases(rc.read_marks(marks))
+
+
+def main() -> None:
+    p = params()
+    bench = Bench(p, Path.cwd())
+    cm.make_project(bench.project, "flor_flows")
+    rc.warm_imports("flor_flows")
+    print("[real] original", file=sys.stderr, flush=True)
+    original = bench.record(bench.project, "original")
+    cm.make_project(bench.root / "scratch", "flor_flows", sfx="_r")
+    print("[real] scratch", file=sys.stderr, flush=True)
+    scratch = bench.record(bench.root / "scratch", "scratch")
+    truth = {k: store_values(bench.root / "scratch", cm.name(k, "_r"), "forward") for k in cm.KINDS}
+    (bench.project / "train.py").write_text(cm.script("flor_flows", "_r"))
+
+    out = bench.server("start", bench.home)
+    url = next((w for w in out.split() if w.startswith("http")), None)
+    if url is None:
+        raise RuntimeError(f"no URL in `flor-flows server start` output: {out!r}")
+    api = {"PREFECT_API_URL": url.rstrip("."), "PREFECT_HOME": str(bench.home)}
+    runs, fidelity = {}, {}
+    try:
+        extras = {
+            "start": [],
+            "end": [],
+            "run": ["--iter", "epoch=none"],
+            "step": ["--max-parallel", str(p["step_parallel"])],
+            "run_default": ["--all"],  # the run-level statement again, as a user types it
+        }
+        for kind, extra in extras.items():
+            print(f"[real] replay {kind}", file=sys.stderr, flush=True)
+            stmt = kind.removesuffix("_default")
+            try:
+                runs[kind] = bench.replay(kind, [cm.name(stmt, "_r")], extra, api)
+            except Exception as exc:  # noqa: BLE001 - reported in its cell; the others go on
+                runs[kind] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                continue
+            got = store_values(bench.project, cm.name(stmt, "_r"), "replay")
+            fidelity[kind] = rc.compare(got, truth[stmt])
+    finally:
+        bench.server("stop", bench.home)
+
+    # The command line without a server: the first call starts the background one.
+    cli_home = bench.root / "prefect-cli"
+    cli_env = {"PREFECT_HOME": str(cli_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cli = {}
+    (bench.project / "train.py").write_text(cm.script("flor_flows", "_c", kinds=("start",)))
+    try:
+        for call, extra in (("first", []), ("second", ["--all"])):
+            print(f"[real] cli {call}", file=sys.stderr, flush=True)
+            try:
+                cli[call] = bench.replay(f"cli-{call}", [cm.name("start", "_c")], extra, cli_env)
+            except Exception as exc:  # noqa: BLE001
+                cli[call] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    finally:
+        bench.server("stop", cli_home)
+    got = store_values(bench.project, cm.name("start", "_c"), "replay")
+    fidelity["cli"] = rc.compare(got, truth["start"])
+    emit(original=original, scratch=scratch, runs=runs, cli=cli, fidelity=fidelity,
+         load_at_end=os.getloadavg())  # fmt: skip
+
+
+if __name__ == "__main__":
+    os.environ.pop("FLOR_IMPL", None)
+    t0 = time.perf_counter()
+    main()

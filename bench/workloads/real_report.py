@@ -1,0 +1,308 @@
+"""The `real_replay` section of bench/run.py (issue 13's benchmark table), kept out of run.py.
+
+`measure(runner, ours, theirs, quick, failed)` runs workloads/real_replay.py (flor_flows, on
+its venv) and real_replay_flordb.py (FlorDB 4.0.1, on its venv, when `theirs` is given) through
+run.py's Runner, and returns the section as plain data: title, rows (measure, unit,
+{impl key: value or Failed}, goal), notes and extra markdown. run.py turns it into a Section.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+
+FULL_ARGV = ["--epochs", "20", "--lr", "0.05", "--seed", "1"]
+QUICK_ARGV = ["--epochs", "3", "--n-train", "1000", "--lr", "0.05", "--seed", "1"]
+LABELS = {
+    "start": "epoch-level `lr_now` at the start of the epoch body, all epochs",
+    "end": "epoch-level `lr_next` after `scheduler.step()`, all epochs",
+    "run": "run-level `w_norm` after the loop (ours: `--iter epoch=none`)",
+    "step": "step-level `grad_norm` after `loss.backward()` in `train()`, all epochs "
+    "(ours: `--max-parallel 2`)",
+}
+
+
+def measure(runner, ours, theirs, quick: bool, failed: type[Exception]) -> dict:  # noqa: ANN001
+    argv = QUICK_ARGV if quick else FULL_ARGV
+    load_before = uptime()
+    res: dict = {}
+    for impl, script, p in (
+        (theirs, "real_replay_flordb.py", {"argv": argv}),
+        (ours, "real_replay.py", {"argv": argv, "step_parallel": 2}),
+    ):
+        if impl is None:
+            continue
+        try:
+            res[impl.key] = runner.run(impl, script, p, timeout=7200)
+        except failed as e:
+            res[impl.key] = e
+    load_after = uptime()
+    o, t = res.get(ours.key), res.get(theirs.key) if theirs else None
+
+    def val(r: dict | Exception | None, fn: Callable[[dict], float]) -> float | Exception | None:
+        if r is None or isinstance(r, Exception):
+            return r
+        try:
+            return fn(r)
+        except (KeyError, IndexError, TypeError, ZeroDivisionError, ValueError) as e:
+            return failed(f"{type(e).__name__}: {e}")
+
+    def both(fn: Callable[[dict], float], ours_fn: Callable[[dict], float] | None = None) -> dict:
+        out = {ours.key: val(o, ours_fn or fn)}
+        if theirs:
+            out[theirs.key] = val(t, fn)
+        return out
+
+    def wall(kind: str) -> Callable[[dict], float]:
+        def f(r: dict) -> float:
+            x = r["runs"][kind]
+            if "error" in x:
+                raise ValueError(x["error"])
+            return x["wall_s"]
+
+        return f
+
+    def pct(kind: str) -> Callable[[dict], float]:
+        return lambda r: wall(kind)(r) / r["original"]["wall_s"] * 100
+
+    def setup(r: dict) -> float:
+        return r["original"]["processes"][0]["setup_s"]
+
+    rows = [
+        ("original run: forward, recorded (ours: default checkpoint policy)", "s",
+         both(lambda r: r["original"]["wall_s"]), None),
+        ("its set-up: launch to the first epoch", "s", both(setup), None),
+        ("the new script re-run from scratch, recorded", "s",
+         both(lambda r: r["scratch"]["wall_s"]), None),
+    ]  # fmt: skip
+    run_goal = val(o, lambda r: setup(r) + 0.5)
+    for kind, label in LABELS.items():
+        goal = {"start": 10, "end": 10, "step": 60}.get(kind)
+        rows.append(
+            (
+                label,
+                "s",
+                both(wall(kind)),
+                run_goal if kind == "run" and isinstance(run_goal, float) else None,
+            )
+        )
+        rows.append(("... as % of the original run", "%", both(pct(kind)), goal))  # fmt: skip
+    rows.append(
+        (
+            "run-level `w_norm` with no `--iter` (what a user types)",
+            "s",
+            {ours.key: val(o, wall("run_default"))},
+            None,
+        )
+    )
+    for call in ("first", "second"):
+        rows.append(
+            (
+                f"`flor-flows replay --apply lr_now_c` (1 epoch-level run), no server running: "
+                f"{call} call, wall",
+                "s",
+                {ours.key: val(o, lambda r, c=call: cli(r, c)["wall_s"])},
+                None,
+            )
+        )
+    rows.append(
+        (
+            "... second call minus the replay's own work (its replay record)",
+            "s",
+            {ours.key: val(o, lambda r: cli_overhead(cli(r, "second")))},
+            3,
+        )
+    )
+    rows.append(
+        (
+            "plan estimate vs actual, worst item: abs(est - actual) / actual",
+            "%",
+            {ours.key: val(o, lambda r: max(abs(e["error_pct"]) for e in estimates(r)))},
+            25,
+        )
+    )
+    rows.append(
+        (
+            "replayed values not equal to the from-scratch run's (all statements)",
+            "",
+            both(unreproduced),
+            0,
+        )
+    )
+    title = (
+        "Hindsight replay of a real-style script (issue 13): `workloads/real_torch.py`, "
+        f"{argv[1]} epochs, one recorded run, one replay per statement"
+    )
+    return {
+        "title": title,
+        "rows": rows,
+        "notes": notes(o, t, argv, load_before, load_after),
+        "extra": extra(o, t),
+    }
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "load average: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
+
+
+def cli(r: dict, call: str) -> dict:
+    x = r["cli"][call]
+    if "error" in x:
+        raise ValueError(x["error"])
+    return x
+
+
+def cli_overhead(x: dict) -> float:
+    return x["wall_s"] - sum(rp["seconds"] for rp in x["replays"])
+
+
+def estimates(r: dict) -> list[dict]:
+    """Each planned item (in plan order) against the replay record started in that order."""
+    out = []
+    calls = [(k, x) for k, x in r["runs"].items()] + [(f"cli-{k}", x) for k, x in r["cli"].items()]
+    for kind, x in calls:
+        if "error" in x:
+            continue
+        plan, replays = x["plan"], x["replays"]
+        if len(plan) != len(replays):
+            raise ValueError(f"{kind}: {len(plan)} planned items, {len(replays)} replay records")
+        for item, rp in zip(plan, replays, strict=True):
+            err = (item["estimated_s"] - rp["seconds"]) / rp["seconds"] * 100
+            out.append({"kind": kind, **item, "actual_s": rp["seconds"], "error_pct": err})
+    return out
+
+
+def unreproduced(r: dict) -> int:
+    n = 0
+    for c in r["fidelity"].values():
+        if "error" in c:
+            raise ValueError(c["error"])
+        n += c["differ"] + c["scratch"] + c["replayed"] - 2 * c["matched"]
+    return n
+
+
+def _fmt(v: object) -> str:
+    return f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+
+def _phase(x: dict, key: str) -> str:
+    return " + ".join(f"{p[key]:.1f}" for p in x.get("processes", []) if key in p) or "-"
+
+
+def notes(o, t, argv: list[str], before: str, after: str) -> list[str]:  # noqa: ANN001
+    out = [
+        "The script (`bench/workloads/real_torch.py`, FlorDB twin `real_torch_flordb.py`): "
+        "argparse options, a synthetic MNIST-like set (10 classes, 28x28, 5,000 train / 1,000 "
+        "test images from fixed prototypes, shifts and noise, its own generator), a CNN "
+        "(2 conv + 2 fc), `DataLoader(shuffle=True, batch_size=64)`, `train(args, model, "
+        "device, loader, optimizer, epoch)` with a plain `for batch_idx, (data, target) in "
+        "enumerate(loader)`, `test(model, device, loader)` logging `loss` and `acc`, "
+        "`StepLR(step_size=1, gamma=0.8)` stepped at the end of each epoch; "
+        "`flor.checkpointing(model=, optimizer=, scheduler=)` around `flor.loop('epoch', ...)`; "
+        f"`torch.set_num_threads(1)`. Both recorded as `python train.py {' '.join(argv)}` "
+        "(FlorDB's twin passes the options through `flor.arg`, which its replay restores).",
+        "The new version adds `lr_now` (first line of the epoch body), `lr_next` (after "
+        "`scheduler.step()`), `w_norm` (after the loop) and `grad_norm` (after "
+        "`loss.backward()`); each replay computes one of them over the one recorded run.",
+        "flor_flows: `.venv/bin/flor-flows replay --apply NAME` in the project, the whole "
+        "command timed, PREFECT_API_URL naming a `flor-flows server start` of the bench's own "
+        "PREFECT_HOME, started once before the replays and stopped after. FlorDB: `python -m "
+        "flordb replay --apply NAME` (`--iter epoch=all` for the three statements inside the "
+        "epoch loop) with `y` on stdin, the whole command timed.",
+        "No-server rows: a fresh PREFECT_HOME, PREFECT_API_URL unset, no server running; "
+        "the first call starts the background server, the second (`--all`, the same work) "
+        "finds it; the replay's own work = the seconds of the store's replay record "
+        "(`replays.started_at` to `ended_at`). Estimates: the items `resolve(request)` plans "
+        "(what `--dry-run` prints) vs the replay records of that command, matched in start order.",
+        "Values: every replayed value compared with the from-scratch run's (the new script "
+        "recorded in a fresh repo) at the same (epoch, position in the epoch); not equal = "
+        "different beyond 1e-9 relative + missing on either side.",
+        f"Machine load (`uptime`) before: {before}; after: {after}.",
+    ]
+    for key, r in (("flor_flows", o), ("FlorDB", t)):
+        if isinstance(r, dict):
+            out.append(
+                f"{key} values vs from scratch: "
+                + "; ".join(
+                    f"{k}: {c.get('matched')} of {c.get('scratch')} matched "
+                    f"({c.get('replayed')} replayed), {c.get('differ')} differ, "
+                    f"max abs diff {c.get('max_abs_diff')}"
+                    for k, c in r["fidelity"].items()
+                )
+            )
+            p = r["original"]["processes"][0]
+            out.append(
+                f"{key} original run: set-up {p['setup_s']:.2f} s, epoch loop "
+                f"{p.get('loop_s', 0):.2f} s, total {r['original']['wall_s']:.2f} s."
+            )
+    return out
+
+
+def extra(o, t) -> str:  # noqa: ANN001
+    lines = []
+    if isinstance(o, dict):
+        lines += [
+            "### flor_flows: every replay command (s; child phases from the script's marks, "
+            "one figure per replay process)",
+            "",
+            "| statement | wall | planned items: iterations, estimated s | replay records s "
+            "| re-logged values checked | child set-up | child epoch loop |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        calls = list(o["runs"].items()) + [(f"cli-{k}", x) for k, x in o["cli"].items()]
+        for kind, x in calls:
+            if "error" in x:
+                lines.append(f"| {kind} | failed: {x['error'][:200]} | | | | | |")
+                continue
+            plan = "; ".join(
+                f"{_compact(i['iterations'])}{' +run' if i['run_level'] else ''}: "
+                f"{i['estimated_s']:.1f}"
+                for i in x["plan"]
+            )
+            recs = " + ".join(_fmt(rp["seconds"]) for rp in x["replays"])
+            checked = " + ".join(_fmt(rp["checked"]) for rp in x["replays"])
+            lines.append(
+                f"| {kind} | {x['wall_s']:.2f} | {plan} | {recs} | {checked} "
+                f"| {_phase(x, 'setup_s')} | {_phase(x, 'loop_s')} |"
+            )
+        try:
+            errs = estimates(o)
+            worst = max(errs, key=lambda e: abs(e["error_pct"]))
+            lines += ["", f"Worst estimate: {worst['kind']}, estimated "
+                      f"{worst['estimated_s']:.2f} s, actual {worst['actual_s']:.2f} s "
+                      f"({worst['error_pct']:+.0f} %)."]  # fmt: skip
+        except (ValueError, KeyError) as e:
+            lines += ["", f"Estimates not matched: {e}"]
+    if isinstance(t, dict):
+        lines += [
+            "",
+            "### FlorDB 4.0.1: every replay (s)",
+            "",
+            "| statement | wall (`python -m flordb replay`) | child set-up | child epoch loop |",
+            "|---|---|---|---|",
+        ]
+        for kind, x in t["runs"].items():
+            if "error" in x:
+                lines.append(f"| {kind} | failed: {x['error'][:200]} | | |")
+                continue
+            lines.append(
+                f"| {kind} | {x['wall_s']:.2f} | {_phase(x, 'setup_s')} | {_phase(x, 'loop_s')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _compact(iterations: object) -> str:
+    if not isinstance(iterations, list):
+        return str(iterations)
+    if not iterations:
+        return "none"
+    parts, start = [], iterations[0]
+    for a, b in zip(iterations, [*iterations[1:], None], strict=True):
+        if b != a + 1:
+            parts.append(str(start) if start == a else f"{start}-{a}")
+            start = b
+    return ",".join(parts)

@@ -1,0 +1,265 @@
+"""The fork server's program: import a script's libraries once, then fork a child per replay.
+
+`flor_flows.replay.forkserver` runs it as `python forkserver_main.py SOCKET SCRIPT ROOTS
+LAUNCHER` in the replays' working directory, with their environment less the run context: what
+a fresh `python SCRIPT` starts from. It imports the installed libraries the script imports at
+module level (not the project's own modules under ROOTS, which differ per version and may have
+side effects; never flor_flows, whose run context is captured at import), makes sure no thread
+survives a fork, says so on stdout, then serves. A request brings a replay's argv, environment
+and stdout/stderr pipes: the server forks, sends back the child's pid and a pidfd, and later its
+exit status. The child becomes what `python SCRIPT ARGV` would be and runs the script as
+`__main__`. The server ends when its launcher does; its children end with it.
+
+Only the standard library is imported here: this file runs as a script, before anything else.
+"""
+
+import ast
+import atexit
+import builtins
+import contextlib
+import ctypes
+import importlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import selectors
+import signal
+import site
+import socket
+import sys
+import time
+import types
+from typing import NamedTuple
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+REQUEST_TIMEOUT = 10.0  # seconds a client has to send its request once connected
+
+
+class Request(NamedTuple):
+    """One replay, as the forked child receives it."""
+
+    script: str
+    argv: list[str]
+    env: dict[str, str]
+    stdout: int
+    stderr: int
+
+
+def libraries(script: str, roots: list[str]) -> list[str]:
+    """The modules `script` imports at module level that are installed libraries: found on
+    sys.path outside `roots` and the standard library, and not flor_flows."""
+    with open(script, "rb") as f:
+        tree = ast.parse(f.read(), script)
+    names: list[str] = []
+    todo = list(tree.body)
+    while todo:  # module level, into if/try/with blocks, not into functions or classes
+        node = todo.pop(0)
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                todo += getattr(node, field, [])
+        elif isinstance(node, ast.ExceptHandler):
+            todo += node.body
+    return [name for name in dict.fromkeys(names) if _installed(name.partition(".")[0], roots)]
+
+
+def _installed(top: str, roots: list[str]) -> bool:
+    """Whether top-level module `top` is a library: in site-packages (even a virtualenv's
+    inside the project) or anywhere outside `roots`; not the standard library."""
+    if top in sys.stdlib_module_names or top in ("flor_flows", "__main__"):
+        return False
+    spec = importlib.util.find_spec(top)  # a top-level name: found, not imported
+    if spec is None or spec.origin in (None, "built-in", "frozen"):
+        return False
+    places = [spec.origin, *(spec.submodule_search_locations or [])]
+    sites = [*site.getsitepackages(), site.getusersitepackages()]
+    return all(_under(place, sites) or not _under(place, roots) for place in places)
+
+
+def _under(path: str, directories: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real.startswith(os.path.join(os.path.realpath(d), "")) for d in directories)
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def prepare(script: str, roots: list[str]) -> dict:
+    """Import the script's libraries; what was imported, or why this process must not fork."""
+    started = time.perf_counter()
+    try:
+        modules = libraries(script, roots)
+    except (SyntaxError, ValueError) as exc:
+        return {"ready": False, "why": f"the script does not parse: {exc}"}
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            return {"ready": False, "why": f"importing {name} failed: {exc}"}
+    if "flor_flows" in sys.modules:
+        return {"ready": False, "why": "its libraries import flor_flows"}
+    if _threads() > 1:  # libraries' pools (OpenBLAS) stop before a fork: see if all do
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    if _threads() > 1:
+        return {"ready": False, "why": f"{_threads() - 1} threads of its libraries outlive a fork"}
+    return {"ready": True, "modules": modules, "seconds": time.perf_counter() - started}
+
+
+def serve(argv: list[str]) -> Request:
+    """Prepare, then fork a child per request; returns only in a child, as that child."""
+    socket_path, script, roots, launcher = argv[0], argv[1], json.loads(argv[2]), int(argv[3])
+    sys.path[0] = os.path.dirname(os.path.realpath(script))  # as `python SCRIPT` has it
+    on_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the replays
+    watch = os.pidfd_open(launcher)
+    if os.getppid() != launcher:
+        sys.exit(0)  # the launcher ended before we could watch it
+    state = prepare(script, roots)
+    if not state["ready"]:
+        print(json.dumps(state), flush=True)
+        sys.exit(0)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(64)
+    print(json.dumps(state), flush=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)  # nobody reads our stdout from now on
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the selector
+    selector = selectors.DefaultSelector()
+    for source in (listener, wake_r, watch):
+        selector.register(source, selectors.EVENT_READ)
+    children: dict[int, socket.socket] = {}
+    while True:
+        for key, _ in selector.select():
+            if key.fileobj == watch:
+                sys.exit(0)  # the launcher ended: so do we, and our children with us
+            if key.fileobj == wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(wake_r, 512):
+                        pass
+                _reap(children)
+                continue
+            conn, _ = listener.accept()
+            request = _receive(conn, script)
+            if request is None:
+                conn.close()
+                continue
+            pid = os.fork()
+            if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, on_interrupt)  # as `python SCRIPT` would have it
+                for fd in (wake_r, wake_w, watch, null):
+                    os.close(fd)
+                selector.close()
+                for sock in (listener, conn, *children.values()):
+                    sock.close()
+                return request
+            os.close(request.stdout)
+            os.close(request.stderr)
+            pidfd = os.pidfd_open(pid)
+            with contextlib.suppress(OSError):  # else the client gave up; the child is reaped
+                socket.send_fds(conn, [f"{pid}\n".encode()], [pidfd])
+            os.close(pidfd)
+            children[pid] = conn
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    """Collect every ended child; tell its client the exit status (as Popen would give it)."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is None:
+            continue
+        with contextlib.suppress(OSError):  # else the client is gone
+            conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+        conn.close()
+
+
+def _receive(conn: socket.socket, script: str) -> Request | None:
+    """A request: a byte with the child's stdout and stderr fds, then a JSON line."""
+    conn.settimeout(REQUEST_TIMEOUT)
+    try:
+        _, fds, _, _ = socket.recv_fds(conn, 1, 2)
+        with conn.makefile("rb") as lines:
+            fields = json.loads(lines.readline())
+    except (OSError, ValueError):
+        return None
+    if len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return Request(script, list(fields["argv"]), dict(fields["env"]), fds[0], fds[1])
+
+
+def become(request: Request) -> None:
+    """Turn this forked child into `python SCRIPT ARGV` with the request's stdio and env."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd, target in ((null, 0), (request.stdout, 1), (request.stderr, 2)):
+        os.dup2(fd, target)
+        os.close(fd)
+    _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != _SERVER:  # the server ended before prctl took hold
+        os.kill(os.getpid(), signal.SIGTERM)
+    os.environ.clear()
+    os.environ.update(request.env)
+    sys.argv = [request.script, *request.argv]
+    sys.orig_argv = [sys.executable, *sys.argv]
+    importlib.invalidate_caches()  # files may have appeared since the server started
+    legacy = sys.modules.get("numpy.random")  # seeded at import; a fresh process reseeds
+    if legacy is not None:
+        legacy.seed()
+
+
+def run(script: str) -> None:
+    """Run `script` as `__main__`, ending as the interpreter would: SystemExit as raised; an
+    uncaught exception printed by `sys.excepthook` (from the script's frame on), then exit 1,
+    or for KeyboardInterrupt, the exit handlers and death by SIGINT."""
+    main = types.ModuleType("__main__")
+    main.__file__ = script
+    main.__cached__ = None
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", script)
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    try:
+        with open(script, "rb") as f:
+            code = compile(f.read(), script, "exec", dont_inherit=True)
+        exec(code, main.__dict__)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the interpreter's top level, for `python SCRIPT`
+        exc.with_traceback(exc.__traceback__.tb_next if exc.__traceback__ else None)
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        if not isinstance(exc, KeyboardInterrupt):
+            sys.exit(1)
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+_SERVER = os.getpid()
+
+if __name__ == "__main__":
+    child = serve(sys.argv[1:])
+    become(child)
+    run(child.script)

@@ -1,0 +1,270 @@
+"""Replays of one code version share the script's library imports (flor_flows.replay.forkserver).
+
+The observable is a real library installed outside the project (on PYTHONPATH, like a
+site-packages one) that appends a line per import to a file: a replay forked from the fork
+server does not import it again; a fresh process does. The project's own module (helpers.py)
+is imported by every replay, forked or not.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from flor_flows.config import load_settings
+from flor_flows.record.context import RunContext
+from flor_flows.replay import engine, forkserver
+from flor_flows.training import launch
+from tests.conftest import Project
+
+REPO = Path(__file__).resolve().parents[1]
+LIBRARY = """
+import os
+with open({count!r}, "a") as f:
+    f.write(f"{{os.getpid()}}\\n")
+SCALE = 0.5
+"""
+THREADED = """
+import threading, time
+threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+"""
+HELPERS = """
+import os
+with open(os.path.join(os.path.dirname(__file__), "..", "helpers-imported"), "a") as f:
+    f.write(f"{os.getpid()}\\n")
+"""
+SCRIPT = """
+import argparse
+import numpy as np
+import countlib
+import helpers
+import flor_flows as flor
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=4)
+args = parser.parse_args()
+w = np.zeros(3)
+with flor.checkpointing(w=w):
+    for epoch in flor.loop("epoch", range(args.epochs)):
+        w += np.sin(np.arange(3.0) + epoch) * countlib.SCALE
+        flor.log("w0", float(w[0]))
+"""
+NEW = SCRIPT + '        flor.log("w_norm", float(np.linalg.norm(w)))\n'
+
+
+@pytest.fixture
+def library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """countlib, on PYTHONPATH outside the project; returns the file counting its imports."""
+    lib = tmp_path / "site"
+    (lib / "countlib").mkdir(parents=True)
+    (lib / "threadlib").mkdir()
+    count = tmp_path / "countlib-imported"
+    (lib / "countlib" / "__init__.py").write_text(LIBRARY.format(count=str(count)))
+    (lib / "threadlib" / "__init__.py").write_text(THREADED)
+    monkeypatch.setenv("PYTHONPATH", str(lib))
+    return count
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def _is_server(process: psutil.Process) -> bool:
+    try:
+        alive = process.status() != psutil.STATUS_ZOMBIE
+        return alive and any("forkserver_main.py" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _servers() -> list[psutil.Process]:
+    """This process's live fork servers."""
+    return [p for p in psutil.Process().children() if _is_server(p)]
+
+
+def _values(project: Project, name: str, source: str) -> list[float]:
+    rows = project.store().query(
+        f"SELECT num FROM logs WHERE name = '{name}' AND source = '{source}' ORDER BY i0"
+    )
+    return rows["num"].tolist()
+
+
+def test_a_versions_replays_import_its_libraries_once_and_match_the_new_code(
+    project: Project, library: Path, tmp_path: Path
+) -> None:
+    project.write("helpers.py", HELPERS)
+    project.write("train.py", SCRIPT)
+    project.commit("train")
+    project.run("train.py", "--epochs", "4", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
+    store = project.store()
+    uid, commit = store.runs()[["run_uid", "code_version"]].iloc[0]
+    settings = load_settings(project.root)
+    version = engine.prepare_version(
+        project.root, commit, {"train.py": NEW}, ["w_norm"], tmp_path / "work", ["train.py"]
+    )
+    output: list[str] = []
+    with engine.sharing_setup():
+        for iterations, run_level in (((0, 1), False), ((2, 3), True), (None, True)):
+            engine.replay(
+                version, uid, "train.py", settings, ["w_norm"], iterations,
+                on_output=output.append, run_level=run_level,
+            )  # fmt: skip
+        assert len(_servers()) == 1
+    assert not _servers()  # stopped with the scope
+    said = [line for line in output if line.startswith("flor-flows: replays of train.py")]
+    assert said == [f"flor-flows: replays of train.py at {commit[:10]} fork from one process "
+                    "that imported numpy, countlib"]  # fmt: skip
+    assert len(_lines(library)) == 2  # the recorded run, then the fork server: once
+    assert len(_lines(project.root.parent / "helpers-imported")) == 1 + 3  # every replay
+    forked = _values(project, "w_norm", "replay")
+
+    engine.replay(version, uid, "train.py", settings, ["w_norm"], on_output=output.append)
+    assert len(_lines(library)) == 3  # outside the scope: a fresh process imports it again
+    assert _values(project, "w_norm", "replay") == forked
+
+    project.write("train.py", NEW)  # the new code run from scratch: the ground truth
+    project.run("train.py", "--epochs", "4")
+    assert forked == _values(project, "w_norm", "forward") and len(forked) == 4
+
+
+ENDINGS = {
+    "exit": "import sys\nprint('out')\nprint('err', file=sys.stderr)\nsys.exit(3)\n",
+    "exit-message": "import sys\nsys.exit('no data')\n",
+    "raise": "import countlib\n\ndef f():\n    raise ValueError('boom')\n\nf()\n",
+    "interrupt": "import atexit\natexit.register(print, 'at exit')\nraise KeyboardInterrupt\n",
+    "argv": "import os, sys\nprint(sys.argv[1:], os.getcwd(), os.environ['FLOR_FLOWS_CONTEXT'])\n",
+}
+
+
+def _run(
+    script: Path, spawn: launch.Spawn | None, on_output: Callable[[str], object] | None = None
+) -> tuple[int, list[str], str]:
+    """Run `script` as `launch.run` runs a replay; its status, output lines (sorted: stdout
+    and stderr interleave as they come) and stderr tail."""
+    settings = load_settings(script.parent)
+    run = launch.Launch("uid", settings, script.parent, script, script.name, ("a",))
+    output: list[str] = []
+    outcome = launch.run(run, RunContext(run_uid="uid"), on_output or output.append, spawn=spawn)
+    return outcome.returncode, sorted(output), outcome.stderr_tail
+
+
+def _spawner(script: Path, on_output: Callable[[str], object] = print) -> launch.Spawn | None:
+    env = launch.child_env()
+    return forkserver.spawner(script.name, script, script.parent, [script.parent], env, on_output)
+
+
+@pytest.mark.parametrize("ending", list(ENDINGS))
+def test_a_forked_script_ends_as_a_fresh_one(project: Project, library: Path, ending: str) -> None:
+    script = project.write("s.py", "import countlib\n" + ENDINGS[ending])
+    fresh = _run(script, None)
+    with forkserver.scope():
+        spawn = _spawner(script)
+        assert spawn is not None
+        imports = len(_lines(library))
+        forked = _run(script, spawn)
+        assert len(_lines(library)) == imports  # it was forked, not started afresh
+    assert forked == fresh
+    expected = {"exit": 3, "exit-message": 1, "raise": 1, "interrupt": -2}
+    assert fresh[0] == expected.get(ending, 0)
+
+
+ENDLESS = "import os, time\nprint(os.getpid(), flush=True)\nwhile True:\n    time.sleep(0.1)\n"
+
+
+def test_stop_children_stops_forked_replays(project: Project, library: Path) -> None:
+    script = project.write("s.py", "import countlib\n" + ENDLESS)
+    printed: list[str] = []
+    outcomes: list[tuple[int, list[str], str]] = []
+    with forkserver.scope():
+        spawn = _spawner(script)
+        worker = threading.Thread(
+            target=lambda: outcomes.append(_run(script, spawn, printed.append))
+        )
+        worker.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not printed and time.monotonic() < deadline:
+                time.sleep(0.05)
+            child = psutil.Process(int(printed[0]))
+            assert _is_server(child.parent())  # forked
+            assert launch.stop_children(grace=1.0) == 1
+            worker.join(10)
+        finally:
+            launch.stopping.clear()
+    assert outcomes and outcomes[0][0] == -signal.SIGTERM
+    assert not psutil.pid_exists(child.pid)
+
+
+LAUNCHER = """
+import sys
+from pathlib import Path
+from flor_flows.record.context import RunContext
+from flor_flows.replay import forkserver
+from flor_flows.training import launch
+script = Path(sys.argv[1])
+run = launch.Launch("uid", None, script.parent, script, "s.py")
+with forkserver.scope():
+    env = launch.child_env()
+    spawn = forkserver.spawner("s.py", script, script.parent, [script.parent], env, print)
+    launch.run(run, RunContext(), lambda line: print(line, flush=True), spawn=spawn)
+"""
+
+
+@pytest.mark.skipif(not forkserver.AVAILABLE, reason="pidfds and PR_SET_PDEATHSIG are Linux's")
+def test_a_killed_launcher_leaves_no_server_and_no_forked_replay(
+    project: Project, library: Path
+) -> None:
+    script = project.write("s.py", "import countlib\n" + ENDLESS)
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(script)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert launcher.stdout is not None
+    line = launcher.stdout.readline()
+    while not line.strip().isdigit():
+        assert line, "the launcher ended before the script ran"
+        line = launcher.stdout.readline()
+    child = psutil.Process(int(line))
+    server = child.parent()
+    assert _is_server(server)
+    launcher.kill()  # SIGKILL: no handler of ours runs
+    launcher.wait(timeout=10)
+    server.wait(timeout=30)
+    child.wait(timeout=30)
+
+
+def test_replays_start_fresh_when_the_server_cannot_fork(
+    project: Project, library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threaded = project.write("t.py", "import threadlib\nprint('ran')\n")
+    script = project.write("s.py", "import countlib\nprint('ran')\n")
+    said: list[str] = []
+    with forkserver.scope():
+        assert _spawner(threaded, said.append) is None  # a library thread outlives a fork
+        assert _spawner(threaded, said.append) is None  # said once
+        assert said == ["flor-flows: replays of t.py start fresh processes: "
+                        "1 threads of its libraries outlive a fork"]  # fmt: skip
+        assert _run(threaded, None)[:2] == (0, ["ran"])
+
+        assert _spawner(script, said.append) is not None
+        (server,) = _servers()
+        server.kill()
+        server.wait(10)
+        assert _spawner(script, said.append) is None  # it died: fresh processes from now on
+        assert said[-1].startswith("flor-flows: replays of s.py start fresh processes: its fork")
+        imports = len(_lines(library))
+        assert _run(script, None)[:2] == (0, ["ran"])
+        assert len(_lines(library)) == imports + 1
+
+    monkeypatch.setenv(forkserver.ENV_VAR, "0")
+    with forkserver.scope():
+        assert _spawner(script) is None and not _servers()
+    monkeypatch.delenv(forkserver.ENV_VAR)
+    assert _spawner(script) is None  # no scope, no server
