@@ -87,6 +87,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         max_parallel=args.max_parallel,
         runs=[uid for uid in (args.runs or "").split(",") if uid],
     )
+    if not args.dry_run:  # a bad option or an API that does not answer: before the store
+        runner = _dask_runner(args.dask) if args.dask else None
+        check_api()
     resolved = resolve(request)  # a bad name, filter or loop: an error before Prefect starts
     if args.dry_run:  # the plan, each version checked: no flow run, no Prefect, no writes
         print(format_plan(resolved.items, check_versions(resolved)))
@@ -94,7 +97,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     use_api(background=not args.dask)  # Dask workers cannot reach a server on 127.0.0.1
     from flows.backfill import backfill
 
-    flow = backfill.with_options(task_runner=_dask_runner(args.dask)) if args.dask else backfill
+    flow = backfill.with_options(task_runner=runner) if runner else backfill
     _reconcile(Path(request.project))
     watch = _watch_api(_backfill_api_lost, "backfill")
     try:
@@ -215,8 +218,7 @@ def _request(model: type[T], flags: dict[str, str] | None = None, **fields: obje
         return model(**fields)
     except ValidationError as exc:
         why = "; ".join(
-            f"{flags.get(str(e['loc'][0]), '--' + str(e['loc'][0]).replace('_', '-'))}: "
-            + _said(e)
+            f"{flags.get(str(e['loc'][0]), '--' + str(e['loc'][0]).replace('_', '-'))}: " + _said(e)
             for e in exc.errors()
         )
         raise FlorError(why) from exc

@@ -97,9 +97,8 @@ def cmd_backfills(args: argparse.Namespace) -> int:
             )
         _print_frame(_read(args, lambda store: backfills.requests(store, STATUSES)), args, [])
         return 0
-    names, items = _read(
-        args,
-        lambda store: (backfills.request_names(store, args.id), backfills.items(store, args.id)),
+    (names, selection), items = _read(
+        args, lambda store: (backfills.request(store, args.id), backfills.items(store, args.id))
     )
     if not args.retry_failed:
         if not (args.csv or args.json):
@@ -111,6 +110,7 @@ def cmd_backfills(args: argparse.Namespace) -> int:
         print(f"backfill {args.id} has no run to retry ({', '.join(RETRIED)})")
         return 0
     replay = ["replay", "--apply", ",".join(names), "--runs", ",".join(failed)]
+    replay += _selection_options(selection)
     replay += ["--max-parallel", str(args.max_parallel)] + (["--dry-run"] if args.dry_run else [])
     replay += ["--project-dir", str(args.project_dir)] if args.project_dir else []
     print(
@@ -119,6 +119,16 @@ def cmd_backfills(args: argparse.Namespace) -> int:
     from flor_flows import cli  # the command line that runs the replay, importing this module
 
     return cli.cmd_replay(cli.parser().parse_args(replay))
+
+
+def _selection_options(selection: dict[str, Any]) -> list[str]:
+    """The `flor-flows replay` options that repeat a request's selection."""
+    options = ["--where", selection["where"]] if selection.get("where") else []
+    for spec in selection.get("iterations") or []:
+        options += ["--iter", spec]
+    options += ["--all"] if selection.get("only_missing") is False else []
+    options += ["--source-ref", selection["source_ref"]] if selection.get("source_ref") else []
+    return options
 
 
 def add_commands(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers action

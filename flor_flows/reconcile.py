@@ -197,7 +197,11 @@ class ApiWatch(threading.Thread):
         self._raise_exceptions = logging.raiseExceptions
 
     def stop(self) -> None:
+        """End the watch, and wait for its health check in flight (a thread left running at
+        interpreter exit could be cut off inside the HTTP client)."""
         self._done.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(WATCH_TIMEOUT + 1.0)
         API_DOWN.clear()
         self._quiet(False)
 

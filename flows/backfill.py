@@ -136,7 +136,8 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
         return Completed(message=f"{len(resolved.items)} replays planned; nothing run")
 
     store = open_store(resolved.settings.store_url)
-    resolved = replace(resolved, backfill_id=store.backfill_id(resolved.key, resolved.names))
+    backfill_id = store.backfill_id(resolved.key, resolved.names, request.selection())
+    resolved = replace(resolved, backfill_id=backfill_id)
     holder = lease_holder(flow_run.id)
     seconds = 600 + 3 * sum(item.estimated_seconds for item in resolved.items)
     held = store.lease_backfill(

@@ -64,7 +64,7 @@ def test_bad_input_is_a_clear_error_not_a_traceback(project: Project) -> None:
     assert missing.returncode == 2 and "cannot read nope.py" in missing.stderr
     for args, why in [
         (("--apply", "x", "--max-parallel", "0"), "max-parallel: Input should be greater"),
-        (("--apply", ","), "names: List should have at least 1 item"),
+        (("--apply", ","), "--apply: List should have at least 1 item"),
     ]:
         invalid = cli(project, "replay", *args, "--dry-run")
         assert invalid.returncode == 2 and why in invalid.stderr, invalid.stderr

@@ -169,8 +169,12 @@ def test_sigkill_keeps_flushed_records_and_shows_run_failed(project: Project) ->
     proc = project.run("killed.py", check=False)
     assert proc.returncode == -signal.SIGKILL
     store = project.store()
+    deadline = time.monotonic() + 30  # the writer outlives its run: it stores, then marks it
+    stored = "SELECT status FROM runs"
+    while store.query(stored)["status"].tolist() != ["failed"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.query(stored)["status"].tolist() == ["failed"]
     assert store.dataframe(["loss"])["loss"].tolist() == [float(k) for k in range(10)]
-    assert store.runs()["status"].tolist() == ["failed"]
 
 
 def test_records_stream_to_the_store_while_the_run_is_alive(project: Project) -> None:

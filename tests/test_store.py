@@ -8,7 +8,7 @@ import sys
 import pytest
 from sqlalchemy import create_engine, text
 
-from flor_flows.errors import StoreError
+from flor_flows.errors import FlorError, StoreError
 from flor_flows.store import Store
 from tests.conftest import Project
 
@@ -122,7 +122,8 @@ def test_reading_shows_a_dead_run_failed_and_writes_nothing(project: Project) ->
     store.start_run(uid="killed", project_id=project_id, entry_script="t.py", pid=int(dead.stdout))
     shown = store.runs().set_index("run_uid").loc["killed"]
     assert (shown.status, shown.error) == ("failed", "process ended without finishing the run")
-    assert store.dataframe(["x"]).empty
+    with pytest.raises(FlorError, match=r"unknown name\(s\) x; logged names: none"):
+        store.dataframe(["x"])
     assert store.query("SELECT status FROM runs")["status"].tolist() == ["running"]  # unchanged
     project.write("train.py", "import flor_flows as flor\nflor.log('x', 1.0)\n")
     project.commit("x")

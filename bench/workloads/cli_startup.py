@@ -92,24 +92,26 @@ def main(reps: int) -> None:
 
     temporary = env | {"FLOR_FLOWS_PREFECT": "temporary"}
     stop = [FLOR_FLOWS, "server", "stop"]
-    replay(project, temporary, 0)  # migrates Prefect's database: not counted
-    walls: dict[str, list[float]] = {"temporary": [], "first": [], "second": []}
-    cpus: dict[str, list[float]] = {kind: [] for kind in walls}
-    order = []  # the kind of every counted call, in the order of their flow runs
-    for rep in range(reps):
-        for n, (kind, call_env) in enumerate(
-            (("temporary", temporary), ("first", env), ("second", env))
-        ):
-            wall, used, stderr = replay(project, call_env, 1 + 3 * rep + n)
-            assert ("started a Prefect server" in stderr) == (kind == "first"), stderr
-            walls[kind].append(wall)
-            cpus[kind].append(used)
-            order.append(kind)
+    try:
+        replay(project, temporary, 0)  # migrates Prefect's database: not counted
+        walls: dict[str, list[float]] = {"temporary": [], "first": [], "second": []}
+        cpus: dict[str, list[float]] = {kind: [] for kind in walls}
+        order = []  # the kind of every counted call, in the order of their flow runs
+        for rep in range(reps):
+            for n, (kind, call_env) in enumerate(
+                (("temporary", temporary), ("first", env), ("second", env))
+            ):
+                wall, used, stderr = replay(project, call_env, 1 + 3 * rep + n)
+                assert ("started a Prefect server" in stderr) == (kind == "first"), stderr
+                walls[kind].append(wall)
+                cpus[kind].append(used)
+                order.append(kind)
+            run(stop, project, env)
+        run([FLOR_FLOWS, "server", "start"], project, env)
+        api = json.loads((root / "prefect-home" / "flor-flows-server.json").read_text())["url"]
+        flows = flow_seconds(api)[1:]  # the uncounted call's first
+    finally:  # a failed call leaves no server behind
         run(stop, project, env)
-    run([FLOR_FLOWS, "server", "start"], project, env)
-    api = json.loads((root / "prefect-home" / "flor-flows-server.json").read_text())["url"]
-    flows = flow_seconds(api)[1:]  # the uncounted call's first
-    run(stop, project, env)
     flow = {kind: [f for k, f in zip(order, flows, strict=True) if k == kind] for kind in walls}
     print(f"recorded run (the script alone, no Prefect): {own:.2f} s; {reps} reps; {root}")
     print("| call | wall | backfill flow run | wall - flow run | CPU of the command |")

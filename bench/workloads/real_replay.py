@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -120,13 +121,38 @@ class Bench:
         ]
 
     def replay(self, tag: str, names: list[str], extra: list[str], env_extra: dict) -> dict:
-        par = int(extra[extra.index("--max-parallel") + 1]) if "--max-parallel" in extra else 1
+        # the CLI's default --max-parallel is 2
+        par = int(extra[extra.index("--max-parallel") + 1]) if "--max-parallel" in extra else 2
         plan = self.plan(names, [a for a in extra if "=" in a], par, "--all" in extra)
         env, marks = self.env(tag, **env_extra)
         cmd = [FLOR, "replay", "--apply", ",".join(names), *extra]
+        offset = self.log.stat().st_size if self.log.exists() else 0
         res = rc.run_script(cmd, self.project, env, self.log)
         replays = replays_since(self.project, res["started"])
-        return res | {"plan": plan, "replays": replays} | rc.phases(rc.read_marks(marks))
+        output = self.log.read_text(errors="replace")[offset:]
+        return (
+            res
+            | {"plan": plan, "replays": replays, "flow": flow_times(output, res)}
+            | rc.phases(rc.read_marks(marks))
+        )
+
+
+def flow_times(output: str, res: dict) -> dict:
+    """Seconds from the command's launch to its flow run's start, of the flow run (Prefect's
+    log lines "Beginning flow run" and the flow's "Finished in state"), and after it."""
+    stamps = {}
+    for line in output.splitlines():
+        m = re.match(r"(\d\d):(\d\d):(\d\d\.\d+) \| \w+ +\| Flow run '[^']*' - (.*)", line)
+        if m and (m[4].startswith("Beginning flow run") or m[4].startswith("Finished in state")):
+            key = "begin" if m[4].startswith("Beginning") else "finish"
+            stamps[key] = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+    if len(stamps) != 2:
+        return {}
+    launch = datetime.datetime.fromtimestamp(res["started"])
+    t0 = launch.hour * 3600 + launch.minute * 60 + launch.second + launch.microsecond / 1e6
+    before = (stamps["begin"] - t0) % 86400
+    flow = (stamps["finish"] - stamps["begin"]) % 86400
+    return {"before_s": before, "flow_s": flow, "after_s": res["wall_s"] - before - flow}
 
 
 def main() -> None:

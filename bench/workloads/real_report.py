@@ -17,7 +17,7 @@ QUICK_ARGV = ["--epochs", "3", "--n-train", "1000", "--lr", "0.05", "--seed", "1
 LABELS = {
     "start": "epoch-level `lr_now` at the start of the epoch body, all epochs",
     "end": "epoch-level `lr_next` after `scheduler.step()`, all epochs",
-    "run": "run-level `w_norm` after the loop (ours: `--iter epoch=none`)",
+    "run": "run-level `w_norm` after the loop (ours: `--iter epoch=none`; FlorDB: no `--iter`)",
     "step": "step-level `grad_norm` after `loss.backward()` in `train()`, all epochs "
     "(ours: `--max-parallel 2`)",
 }
@@ -90,7 +90,7 @@ def measure(runner, ours, theirs, quick: bool, failed: type[Exception]) -> dict:
         rows.append(("... as % of the original run", "%", both(pct(kind)), goal))  # fmt: skip
     rows.append(
         (
-            "run-level `w_norm` with no `--iter` (what a user types)",
+            "run-level `w_norm` with no `--iter` (as a user types it; `--all`)",
             "s",
             {ours.key: val(o, wall("run_default"))},
             None,
@@ -209,7 +209,7 @@ def notes(o, t, argv: list[str], before: str, after: str) -> list[str]:  # noqa:
         "`scheduler.step()`), `w_norm` (after the loop) and `grad_norm` (after "
         "`loss.backward()`); each replay computes one of them over the one recorded run.",
         "flor_flows: `.venv/bin/flor-flows replay --apply NAME` in the project, the whole "
-        "command timed, PREFECT_API_URL naming a `flor-flows server start` of the bench's own "
+        "command timed (the CLI's default `--max-parallel 2`), PREFECT_API_URL naming a `flor-flows server start` of the bench's own "
         "PREFECT_HOME, started once before the replays and stopped after. FlorDB: `python -m "
         "flordb replay --apply NAME` (`--iter epoch=all` for the three statements inside the "
         "epoch loop) with `y` on stdin, the whole command timed.",
@@ -250,13 +250,14 @@ def extra(o, t) -> str:  # noqa: ANN001
             "one figure per replay process)",
             "",
             "| statement | wall | planned items: iterations, estimated s | replay records s "
-            "| re-logged values checked | child set-up | child epoch loop |",
-            "|---|---|---|---|---|---|---|",
+            "| re-logged values checked | child set-up | child epoch loop "
+            "| launch to flow run / flow run / after |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         calls = list(o["runs"].items()) + [(f"cli-{k}", x) for k, x in o["cli"].items()]
         for kind, x in calls:
             if "error" in x:
-                lines.append(f"| {kind} | failed: {x['error'][:200]} | | | | | |")
+                lines.append(f"| {kind} | failed: {x['error'][:200]} | | | | | | |")
                 continue
             plan = "; ".join(
                 f"{_compact(i['iterations'])}{' +run' if i['run_level'] else ''}: "
@@ -267,7 +268,8 @@ def extra(o, t) -> str:  # noqa: ANN001
             checked = " + ".join(_fmt(rp["checked"]) for rp in x["replays"])
             lines.append(
                 f"| {kind} | {x['wall_s']:.2f} | {plan} | {recs} | {checked} "
-                f"| {_phase(x, 'setup_s')} | {_phase(x, 'loop_s')} |"
+                f"| {_phase(x, 'setup_s')} | {_phase(x, 'loop_s')} "
+                f"| {' / '.join(_fmt(x.get('flow', {}).get(k)) for k in ('before_s', 'flow_s', 'after_s'))} |"
             )
         try:
             errs = estimates(o)

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
@@ -74,6 +74,10 @@ class BackfillRequest(ProjectRequest):
         description="Only these runs (their uids) of those the selection keeps; default: all. "
         "`flor-flows backfills ID --retry-failed` gives the runs of a backfill that failed.",
     )
+
+    def selection(self) -> dict[str, Any]:
+        """What, besides the names, says which values the request computes."""
+        return self.model_dump(include={"where", "iterations", "only_missing", "source_ref"})
 
     @field_validator("where")
     @classmethod

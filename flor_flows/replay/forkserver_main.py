@@ -109,7 +109,10 @@ def prepare(script: str, roots: list[str]) -> dict:
             os._exit(0)
         os.waitpid(pid, 0)
     if _threads() > 1:
-        return {"ready": False, "why": f"{_threads() - 1} threads of its libraries outlive a fork"}
+        return {
+            "ready": False,
+            "why": f"threads of its libraries outlive a fork ({_threads() - 1})",
+        }
     return {"ready": True, "modules": modules, "seconds": time.perf_counter() - started}
 
 

@@ -4,7 +4,7 @@ runs of one request with where each stands (`flor-flows backfills [ID]`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -37,22 +37,24 @@ def requests(store: Store, statuses: Sequence[str] = ()) -> pd.DataFrame:
     )
 
 
-def request_names(store: Store, backfill_id: int) -> list[str]:
-    """The names request `backfill_id` computes; FlorError naming the requests if none."""
+def request(store: Store, backfill_id: int) -> tuple[list[str], dict[str, Any]]:
+    """The names request `backfill_id` computes and its selection (empty for requests made
+    before flor-flows kept it); FlorError naming the requests if there is none."""
+    query = select(s.Backfill.names, s.Backfill.selection).where(s.Backfill.id == backfill_id)
     with store.engine.connect() as conn:
-        names = conn.scalar(select(s.Backfill.names).where(s.Backfill.id == backfill_id))
-        if names is None:
+        found = conn.execute(query).first()
+        if found is None:
             known = list(conn.scalars(select(s.Backfill.id).order_by(s.Backfill.id)))
-    if names is None:
+    if found is None:
         listed = ", ".join(map(str, known)) or "none yet"
         raise FlorError(f"no backfill {backfill_id}; backfills: {listed}")
-    return list(names)
+    return list(found.names), dict(found.selection or {})
 
 
 def items(store: Store, backfill_id: int) -> pd.DataFrame:
     """The runs of request `backfill_id` in run order: run_uid, code_version, status,
     updated_at and error (in full); FlorError if there is no such request."""
-    request_names(store, backfill_id)
+    request(store, backfill_id)
     item = s.BackfillItem
     query = (
         select(item.run_uid, s.CodeVersion.commit, item.status, item.updated_at, item.error)

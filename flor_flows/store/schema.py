@@ -131,6 +131,8 @@ class Backfill(Base):
     key: Mapped[str] = mapped_column(String(64), unique=True)
     names: Mapped[list] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Its selection (where, iterations, only_missing, source_ref), so a retry repeats it.
+    selection: Mapped[dict | None] = mapped_column(JSON)
 
 
 class BackfillItem(Base):

@@ -522,13 +522,16 @@ class Store:
             ).rowcount
 
     # -- backfills -------------------------------------------------------------------------
-    def backfill_id(self, key: str, names: Sequence[str]) -> int:
+    def backfill_id(
+        self, key: str, names: Sequence[str], selection: dict[str, Any] | None = None
+    ) -> int:
         """The record of the hindsight request `key`, created on first use."""
+        record = {"key": key, "names": list(names), "selection": selection, "created_at": now()}
         with self.engine.begin() as conn:
             return _get_or_create(
                 conn,
                 select(s.Backfill.id).where(s.Backfill.key == key),
-                insert(s.Backfill).values(key=key, names=list(names), created_at=now()),
+                insert(s.Backfill).values(**record),
             )
 
     def batches_written(self, run_id: int, replay_id: int | None = None) -> int:

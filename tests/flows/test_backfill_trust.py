@@ -67,12 +67,13 @@ def test_runs_of_another_script_are_not_applicable(project: Project) -> None:
 
 def test_a_diverged_replay_fails_the_flow_with_the_first_difference(project: Project) -> None:
     noisy = TRAIN.replace(
-        'flor.log("w", state["w"])', 'flor.log("w", __import__("random").random())'
+        'flor.log("w", state["w"])', 'r = __import__("random").random()\n        flor.log("w", r)'
     )
     project.write("train.py", noisy)
     project.commit("logs an unseeded random number")
     project.run("train.py")
-    project.write("train.py", noisy + '        flor.log("w2", state["w"] * 2)\n')
+    # w2 reads what the epoch computed: the replay runs the epoch, whose `w` comes out different
+    project.write("train.py", noisy + '        flor.log("w2", r * 2)\n')
     state = backfill(BackfillRequest(project=str(project.root), names=["w2"]), return_state=True)
     assert state.is_failed()
     assert state.message.startswith("0 of 1 runs replayed")

@@ -57,7 +57,8 @@ def test_backfills_list_items_and_retry_only_the_failed_run(
     project.run("train.py", "--lr", "2")
     ok, bad = project.store().runs()["run_uid"].tolist()
     project.write("train.py", NEW.replace("FLAG", repr(str(flag))))
-    state = backfill(BackfillRequest(project=str(project.root), names=["w2"]), return_state=True)
+    request = BackfillRequest(project=str(project.root), names=["w2"], where="lr > 0.1")
+    state = backfill(request, return_state=True)
     assert state.is_failed() and state.message.startswith("1 of 2 runs replayed"), state.message
 
     listing = _cli(project, prefect_api, "backfills", "--json")
@@ -82,7 +83,8 @@ def test_backfills_list_items_and_retry_only_the_failed_run(
     flag.write_text("xyz")  # what the failed replay lacked is there now
     retried = _cli(project, prefect_api, "backfills", str(request["id"]), "--retry-failed")
     assert retried.returncode == 0, retried.stderr[-3000:]
-    assert f"retrying 1 run(s): flor-flows replay --apply w2 --runs {bad}" in retried.stderr
+    retry = f"retrying 1 run(s): flor-flows replay --apply w2 --runs {bad} --where lr > 0.1"
+    assert retry in retried.stderr  # the request's selection again: the same request
     store = project.store()
     replays = store.query(
         "SELECT r.uid, COUNT(*) AS n FROM replays p JOIN runs r ON r.id = p.run_id GROUP BY r.uid"
