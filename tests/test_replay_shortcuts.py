@@ -12,8 +12,9 @@ import pytest
 
 from flor_flows.config import load_settings
 from flor_flows.record.replay import Step, shortcut_steps
+from flor_flows.replay.backfill import BackfillRequest, resolve
 from flor_flows.replay.engine import prepare_version, replay
-from flor_flows.replay.skipping import shortcuts
+from flor_flows.replay.skipping import run_level_only, shortcuts
 from tests.conftest import Project, git
 
 DATA = Path(__file__).parent / "data" / "shortcuts"
@@ -229,3 +230,47 @@ def test_a_statement_on_checkpointed_state_alone_is_read_from_the_checkpoints(
     replay(version, uid, "train.py", load_settings(project.root), ["w2"], on_output=print)
     assert store.dataframe(["w2"]).sort_values("epoch")["w2"].tolist() == [2 * w for w in recorded]
     assert store.query("SELECT status, checked FROM replays").values.tolist() == [["completed", 0]]
+
+
+LOOPED = """
+import flor_flows as flor
+
+def main():
+    w = [0.0]
+    with flor.checkpointing(w=w):
+        for epoch in flor.loop("epoch", range(4)):
+            w[0] += epoch
+            flor.log("w", w[0])
+    print("DONE", flush=True)
+
+main()
+"""
+FINAL = LOOPED.replace('    print("DONE"', '    flor.log("final", w[0] * 10)\n    print("DONE"')
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"), [(["final"], True), (["w"], False), (["final", "w"], False)]
+)
+def test_names_logged_after_the_training_only_are_read_from_the_code(
+    names: list[str], expected: bool
+) -> None:
+    assert run_level_only({"train.py": FINAL}, names) is expected
+
+
+def test_a_statement_after_the_training_replays_no_epoch_unless_asked(
+    project: Project, tmp_path: Path
+) -> None:
+    project.write("train.py", LOOPED)
+    commit = project.commit("looped")
+    project.run("train.py")
+    project.write("train.py", FINAL)
+    project.commit("logs final")
+    (item,) = resolve(BackfillRequest(project=str(project.root), names=["final"])).items
+    assert item.iterations == ()  # the run level only: the final checkpoint is the end state
+    asked = BackfillRequest(project=str(project.root), names=["final"], iterations=["epoch=1"])
+    assert [i.iterations for i in resolve(asked).items] == [(1,)]
+    version = prepare_version(project.root, commit, {"train.py": FINAL}, ["final"], tmp_path)
+    settings = load_settings(project.root)
+    uid = item.run_uid
+    replay(version, uid, "train.py", settings, ["final"], iterations=(), on_output=print)
+    assert project.store().dataframe(["final"])["final"].tolist() == [60.0]  # (0+1+2+3) * 10

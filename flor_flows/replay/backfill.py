@@ -23,7 +23,7 @@ from flor_flows.errors import FlorError
 from flor_flows.propagate.statements import Unparsable, read
 from flor_flows.replay import plan as planning
 from flor_flows.replay.selection import parse_iter
-from flor_flows.replay.skipping import shortcuts, skippable_loops
+from flor_flows.replay.skipping import run_level_only, shortcuts, skippable_loops
 from flor_flows.replay.where import parse_where
 from flor_flows.replay.worktree import working_tree_files
 from flor_flows.store import open_store
@@ -175,6 +175,7 @@ def resolve(request: BackfillRequest) -> Resolved:
         only_missing=request.only_missing,
         skip_nested=bool(skippable_loops(files, names)),
         shortcuts={s.loop: s.free for s in shortcuts(files, names)},
+        run_level=run_level_only(files, names),
         workers=request.max_parallel,
     )
     if request.runs:  # the same work as the whole request's, on fewer runs: the same key

@@ -89,6 +89,7 @@ def plan(
     skip_nested: bool = False,
     workers: int = 1,
     shortcuts: dict[str, bool] | None = None,
+    run_level: bool = False,
 ) -> list[Item]:
     """The replays that compute `names` over history, in run order, with estimated costs.
 
@@ -99,7 +100,9 @@ def plan(
     `only_missing`, iterations holding a value of every name already are left out.
     `skip_nested`: the replays skip the loops nested in the outer one; `shortcuts`: outer
     loop name -> whether they run only the requested statements of its body (True) or up
-    to them (False) (`skipping.shortcuts`; both for the estimates only).
+    to them (False) (`skipping.shortcuts`; both for the estimates only). `run_level`: the
+    names are logged only after the training (`skipping.run_level_only`), so the replays run
+    no iteration unless `iters` asks for some.
     With fewer replays than `workers`, the longest are split into segments at checkpoints.
     """
     names = list(dict.fromkeys(names))
@@ -131,7 +134,7 @@ def plan(
         run = history[uid]
         have = held.get(uid, _Held()) if only_missing else None
         selection = iters.get(run.loop) if run.loop else None
-        item = _item(run, iterations, selection, have, names, where)
+        item = _item(run, iterations, selection, have, names, where, run_level)
         if item is not None:
             items.append(item)
     return costs.split(items, history, workers)
@@ -321,18 +324,22 @@ def _item(
     held: _Held | None,
     names: Sequence[str],
     where: Where | None,
+    run_level_names: bool = False,
 ) -> Item | None:
     """The replay of `run` the request needs, or None when it needs none.
 
     `matched`: the iterations `where` selected (None: all); `held`: the values the run has
-    already, when only missing ones are wanted.
+    already, when only missing ones are wanted; `run_level_names`: the names are logged
+    after the training only, so no iteration is replayed unless `selection` asks for some.
     """
     reasons = []
     if where is not None:
         reasons.append("where matched" + ("" if matched is None else f" {compact(matched)}"))
     if selection is not None:
         reasons.append(f"--iter {run.loop}={selection}")
-    run_level = selection is not None and selection.kind == "none"
+    run_level = (selection is None and run_level_names) or (
+        selection is not None and selection.kind == "none"
+    )
     pool: list[int] | None = None  # None: the run as a whole, no iteration of its own
     if run.iterations and not run_level:
         pool = run.iterations if matched is None else sorted(matched)

@@ -74,6 +74,16 @@ def shortcuts(files: dict[str, str], names: Iterable[str]) -> list[Shortcut]:
     return found
 
 
+def run_level_only(files: dict[str, str], names: Iterable[str]) -> bool:
+    """Whether every `flor.log` of `names` in `files` runs outside the loops: after the
+    training, not in it (nor in a function called in it). A replay then runs no iteration."""
+    try:
+        code = _Code(files, frozenset(names))
+    except SyntaxError:
+        return False
+    return bool(code.requested) and not any(code.in_loop(call) for call in code.requested)
+
+
 class _Code:
     """The modules of one code version, with what the checks need to look up."""
 
@@ -117,6 +127,17 @@ class _Code:
         if self.read & (self._bound_by(loop) - self.checkpointed):
             return False
         return not any(self._mutates(stmt) for stmt in self._after(loop))
+
+    def in_loop(self, node: ast.AST, seen: frozenset[ast.AST] = frozenset()) -> bool:
+        """Whether `node` runs inside a `flor.loop`, directly or through the functions that
+        hold it and their call sites (by name: where in doubt, it does)."""
+        while (node := self.parent.get(node)) is not None:
+            if isinstance(node, ast.For) and _flor_call(node.iter, "loop"):
+                return True
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                sites = [site for site in self._call_sites_of(node) if site not in seen]
+                return any(self.in_loop(site, seen | {site}) for site in sites)
+        return False
 
     def outermost(self, loop: ast.For) -> bool:
         """Whether no other `flor.loop` encloses `loop` in its module."""
