@@ -26,7 +26,7 @@ with flor.checkpointing(w=w):
         running = 0.0
         for step in flor.loop("step", range(3)):
             print("STEP", flush=True)
-            time.sleep(0.2)  # long enough that a split into segments pays off
+            time.sleep(0.4)  # long enough that a split into segments pays off, also under load
             w += np.random.rand(3)
             running += float(w[1])
             flor.log("loss", float(w.sum()))

@@ -95,18 +95,26 @@ def test_a_failing_replay_is_reported_while_the_others_complete(history: Project
 
 
 def test_a_long_run_is_replayed_in_segments_that_count_as_one(project: Project) -> None:
-    slow = V1.replace("import numpy", "import time\nimport numpy").replace(
-        "        w += np.random.rand(3)\n",
-        "        time.sleep(0.5)\n        w += np.random.rand(3)\n",
+    slow = (
+        V1.replace("import numpy", "import time\nimport numpy")
+        .replace(
+            "        w += np.random.rand(3)\n",
+            "        time.sleep(0.5)\n        w += np.random.rand(3)\n",
+        )
+        .replace(
+            'flor.log("loss", float(w.sum()))',
+            'now = float(w.sum())\n        flor.log("loss", now)',
+        )
     )
     project.write("train.py", slow)
     project.commit("slow")
     project.run("train.py", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
     project.write(
         "train.py",
+        # `twice` reads `now`, which the epoch computes: each replayed epoch runs in full
         slow.replace(
-            '        flor.log("loss", float(w.sum()))\n',
-            '        flor.log("loss", float(w.sum()))\n        flor.log("twice", 2 * float(w.sum()))\n',
+            '        flor.log("loss", now)\n',
+            '        flor.log("loss", now)\n        flor.log("twice", 2 * now)\n',
         )
         + 'flor.log("total", float(w.sum()))\n',
     )
