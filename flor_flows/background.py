@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flor_flows import warm
 from flor_flows.errors import FlorError
 from flor_flows.process import alive
 from flor_flows.secrets import redact_url
@@ -272,9 +273,11 @@ def ensure_server(
     home = prefect_home()
     with _locked(home):
         state = _running(home)
-        if state is not None:
-            return state, False
-        return _start(home, database, host, port, timeout), True
+        started = state is None
+        if started:
+            state = _start(home, database, host, port, timeout)
+        warm.start(home, state.pid)
+        return state, started
 
 
 def announce(state: ServerState, started: bool) -> None:
@@ -305,6 +308,7 @@ def stop_server() -> ServerState | None:
         if running:
             _terminate(state.pid)
         (home / STATE_FILE).unlink(missing_ok=True)
+        warm.stop(home)
     return state if running else None
 
 

@@ -101,7 +101,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     _reconcile(Path(request.project))
     watch = _watch_api(_backfill_api_lost, "backfill")
     try:
-        state = _stoppable(lambda: flow(request, return_state=True))
+        state = _stoppable(
+            lambda: flow(request, return_state=True),
+            "{n} replays stopped; run the same command again to resume",
+        )
     finally:
         if watch is not None:
             watch.stop()
@@ -109,9 +112,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if state.is_completed() else 1
 
 
-def _stoppable(call: Callable[[], T]) -> T:
+def _stoppable(call: Callable[[], T], stopped: str) -> T:
     """`call()` (a flow run) in a thread, this (the main) thread waiting: SIGINT or SIGTERM
-    stops its replays and exits at once (see `_stop_and_exit`).
+    stops its scripts and exits at once (see `_stop_and_exit`), saying `stopped` (a format
+    string of `n`, how many scripts were running).
 
     Running the flow off the main thread keeps Prefect from installing its own SIGTERM
     handler (it can only do so in the main thread), whose crash handling takes seconds
@@ -126,7 +130,7 @@ def _stoppable(call: Callable[[], T]) -> T:
             outcome["error"] = exc
 
     worker = threading.Thread(target=target, name="flor-flows-flow", daemon=True)
-    handler = functools.partial(_stop_and_exit, worker=worker)
+    handler = functools.partial(_stop_and_exit, worker=worker, stopped=stopped)
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         worker.start()
@@ -148,23 +152,21 @@ STOP_FLOW_UNTIL = 3.0
 STOP_SERVER_UNTIL = 3.8
 
 
-def _stop_and_exit(signum: int, _frame: object, worker: threading.Thread) -> None:
-    """Stop every replay and this process's temporary Prefect server; exit 128 + signum."""
+def _stop_and_exit(signum: int, _frame: object, worker: threading.Thread, stopped: str) -> None:
+    """Stop every script (replays, training) and this process's temporary Prefect server;
+    exit 128 + signum."""
     from flor_flows.training import launch
 
     if launch.stopping.is_set():  # a second signal: the first one is already on it
         return
     start = time.monotonic()
-    stopped = launch.stop_children(grace=STOP_CHILDREN_GRACE)
+    running = launch.stop_children(grace=STOP_CHILDREN_GRACE)
     _cancel_backfill_items()
     # The flow sees its replays end as stopped (launch.stopping), starts no more, and
     # records that; give it the time that is left, not more.
     worker.join(max(0.0, start + STOP_FLOW_UNTIL - time.monotonic()))
     _stop_temporary_servers(start + STOP_SERVER_UNTIL)
-    print(
-        f"flor-flows: interrupted: {stopped} replays stopped; run the same command again to resume",
-        file=sys.stderr,
-    )
+    print(f"flor-flows: interrupted: {stopped.format(n=running)}", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     # os._exit, not sys.exit: an orderly exit would wait for Prefect's teardown (its
@@ -355,7 +357,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     _reconcile(Path(request.project))
     watch = _watch_api(_api_lost, "training")
     try:
-        state = train(request, return_state=True)
+        state = _stoppable(
+            lambda: train(request, return_state=True),
+            "the training script was stopped; its run is recorded as failed",
+        )
     finally:
         if watch is not None:
             watch.stop()
@@ -686,5 +691,17 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def entry() -> None:
+    """The `flor-flows` command: run by the warm process next to the background Prefect
+    server when one answers (see warm.py; FLOR_FLOWS_WARM=0 turns it off), else here."""
+    from flor_flows import background, warm
+
+    code = None
+    with contextlib.suppress(FlorError):  # a bad FLOR_FLOWS_PREFECT: the command says so
+        if os.environ.get("FLOR_FLOWS_WARM") != "0" and background.prefect_mode() == "background":
+            code = warm.forward(sys.argv[1:], background.prefect_home())
+    sys.exit(main() if code is None else code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,0 +1,295 @@
+"""A warm process that runs `flor-flows` commands without paying their imports each time.
+
+A command's own work is often a second or two; importing Prefect, pandas, SQLAlchemy and
+libcst costs 4-5 s before it starts. Next to the background Prefect server (background.py)
+runs one process that has imported all of that and waits on a Unix socket in PREFECT_HOME.
+`flor-flows CMD` connects, hands over its arguments, directory, environment and its own
+stdin/stdout/stderr (as file descriptors), and the warm process forks a child that runs the
+command exactly as the command line would, in its own process group; the caller forwards
+Ctrl-C and other signals to that group and exits with the child's code.
+
+Forking is safe because the warm process only imports: it starts no thread (checked before
+it listens) and opens no connection. A caller whose Python, Prefect settings (PREFECT_*
+variables) or flor-flows sources differ from the warm process's runs the command itself, as
+does every caller when no warm process answers: the warm path only ever saves time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import io
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import flor_flows
+from flor_flows.process import alive
+
+# The commands worth a warm start: those that import Prefect, pandas or libcst.
+COMMANDS = frozenset({"replay", "train", "runs", "dataframe", "query", "backfills", "propagate"})
+SOCKET_FILE = "flor-flows-warm.sock"
+PID_FILE = "flor-flows-warm.pid"
+LOG_FILE = "flor-flows-warm.log"
+MAX_REQUEST = 1 << 20  # argv, cwd and environment, as JSON
+SERVER_CHECK = 2.0  # seconds between checks that the Prefect server it serves still runs
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+SOURCES = [Path(flor_flows.__file__).parent, *(Path(flor_flows.__file__).parents[1] / d for d in ("flows", "deployments"))]  # fmt: skip
+
+
+def socket_path(home: Path) -> Path:
+    """The warm process's socket for PREFECT_HOME `home`."""
+    return home / SOCKET_FILE
+
+
+def fingerprint() -> dict[str, str]:
+    """What a caller and the warm process must share for a forked command to behave as a
+    fresh one: the interpreter, Prefect's settings (read at import) and our sources."""
+    stats = hashlib.sha256()
+    for root in SOURCES:
+        for path in sorted(root.rglob("*.py")):
+            found = path.stat()
+            stats.update(f"{path}:{found.st_mtime_ns}:{found.st_size}\n".encode())
+    prefect = {k: v for k, v in sorted(os.environ.items()) if k.startswith("PREFECT_")}
+    return {
+        "python": sys.executable,
+        "prefect": json.dumps(prefect),
+        "sources": stats.hexdigest(),
+    }
+
+
+# --- the caller's side -------------------------------------------------------------------
+
+
+def forward(argv: list[str], home: Path) -> int | None:
+    """Run `flor-flows argv` in the warm process of `home`: its exit code, or None when
+    there is none to run it (then the caller runs the command itself)."""
+    if not argv or argv[0] not in COMMANDS or not _std_fds_open():
+        return None
+    from flor_flows.server import ephemeral_defaults
+
+    ephemeral_defaults()  # as the command would, and as the warm process did: same settings
+    path = socket_path(home)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(str(path))
+    except OSError:  # none, or a stale socket file: the command runs here
+        sock.close()
+        return None
+    with sock:
+        request = {
+            "argv": argv,
+            "cwd": os.getcwd(),
+            "env": dict(os.environ),
+            "umask": _umask(),
+            "fingerprint": fingerprint(),
+        }
+        socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
+        reply = _receive(sock)
+        if "pid" not in reply:
+            return None  # stale: the warm process no longer matches this caller
+        return _follow(sock, reply["pid"])
+
+
+def _follow(sock: socket.socket, pid: int) -> int:
+    """Forward signals to the command's process group until it ends; its exit code."""
+    previous = {sig: signal.signal(sig, lambda sig, _: _kill(pid, sig)) for sig in FORWARDED}
+    try:
+        reply = _receive(sock)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if "exit" not in reply:
+        print("flor-flows: error: the warm process ended without the command's exit code", file=sys.stderr)  # fmt: skip
+        return 1
+    code = reply["exit"]
+    return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell says
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def _std_fds_open() -> bool:
+    """Whether stdin, stdout and stderr are all open (a closed one cannot be handed over)."""
+    try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _receive(sock: socket.socket) -> dict:
+    """The next message on `sock`; {} when the other side closed it."""
+    data = sock.recv(MAX_REQUEST)
+    return json.loads(data) if data else {}
+
+
+def _send(sock: socket.socket, message: dict) -> None:
+    with contextlib.suppress(OSError):  # a caller gone has nothing left to read
+        sock.send(json.dumps(message).encode())
+
+
+# --- the warm process --------------------------------------------------------------------
+
+
+def start(home: Path, server_pid: int) -> None:
+    """Start the warm process for the background server `server_pid` of `home`, detached,
+    unless one runs. It lives as long as that server; its output goes to LOG_FILE."""
+    if _running_pid(home) is not None:
+        return
+    with (home / LOG_FILE).open("ab") as log:
+        warm = subprocess.Popen(
+            [sys.executable, "-m", "flor_flows.warm", str(home), str(server_pid)],
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (home / PID_FILE).write_text(f"{warm.pid}\n")
+
+
+def stop(home: Path) -> None:
+    """Stop the warm process of `home`, if one runs, and remove its files."""
+    pid = _running_pid(home)
+    if pid is not None:
+        _kill(pid, signal.SIGTERM)
+    for name in (PID_FILE, SOCKET_FILE):
+        (home / name).unlink(missing_ok=True)
+
+
+def _running_pid(home: Path) -> int | None:
+    """The warm process of `home` if it runs: one of ours, per its command line."""
+    try:
+        pid = int((home / PID_FILE).read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) and b"flor_flows.warm" in command else None
+
+
+def serve(home: Path, server_pid: int) -> None:
+    """Import what the commands need, then fork one child per caller until the server ends."""
+    from flor_flows.server import ephemeral_defaults
+
+    ephemeral_defaults()  # as every caller does before comparing
+    shared = fingerprint()
+    _preload()
+    gc.freeze()  # the children share these objects: no copy of them when one collects or exits
+    if threading.active_count() != 1:  # a thread would not survive a fork: no warm starts
+        print(f"flor-flows warm: {threading.enumerate()} after imports; not serving", flush=True)
+        return
+    path = socket_path(home)
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old_mask = os.umask(0o177)  # the socket is the user's only: it runs commands as them
+    listener.bind(str(path))
+    os.umask(old_mask)
+    listener.listen(16)
+    listener.settimeout(SERVER_CHECK)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # sessions are reaped as they end
+    print(f"flor-flows warm: serving on {path} (pid {os.getpid()})", flush=True)
+    while alive(server_pid):
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        if os.fork() == 0:
+            listener.close()
+            _session(conn, shared)
+            os._exit(0)
+        conn.close()
+    path.unlink(missing_ok=True)
+
+
+def _preload() -> None:
+    """Import the modules the commands use (each import of them is what a warm start saves)."""
+    import prefect.client.orchestration  # noqa: F401
+
+    import flor_flows.read_commands  # noqa: F401
+    import flor_flows.reconcile  # noqa: F401
+    import flor_flows.replay.backfill  # noqa: F401
+    import flor_flows.replay.plan  # noqa: F401
+    import flows.backfill  # noqa: F401
+    import flows.training  # noqa: F401
+
+
+def _session(conn: socket.socket, shared: dict[str, str]) -> None:
+    """One caller: check it matches, fork the command's child, report how the child ended."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # waitpid, here and in the command's child
+    uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+    data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST, 3)
+    request = json.loads(data)
+    theirs = request.get("fingerprint", {})
+    if uid != os.getuid() or len(fds) != 3 or theirs != shared:
+        differ = [key for key in shared if theirs.get(key) != shared[key]]
+        print(f"flor-flows warm: not serving uid {uid}: {len(fds)} fds, {differ} differ", flush=True)  # fmt: skip
+        _send(conn, {"stale": "another user, Python, Prefect settings or flor-flows version"})
+        if theirs.get("sources") != shared["sources"]:  # edited: the next start is a fresh one
+            os.kill(os.getppid(), signal.SIGTERM)
+        return
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _become(request, fds)  # runs the command and exits; never returns
+    for fd in fds:
+        os.close(fd)
+    _send(conn, {"pid": pid})
+    print(f"flor-flows warm: pid {pid}: flor-flows {' '.join(request['argv'])}", flush=True)
+    _send(conn, {"exit": os.waitstatus_to_exitcode(_wait(pid, conn))})
+
+
+def _wait(pid: int, conn: socket.socket) -> int:
+    """The wait status of the command's child; its group is hung up on if the caller goes."""
+    child = os.pidfd_open(pid)  # readable when the child ends
+    watched = [child, conn]
+    while child not in select.select(watched, [], [])[0]:
+        if not conn.recv(1):  # the caller exited or was killed, as a closed terminal
+            _kill(pid, signal.SIGHUP)
+            watched = [child]
+    os.close(child)
+    return os.waitpid(pid, 0)[1]
+
+
+def _become(request: dict, fds: list[int]) -> None:
+    """Turn this forked child into the caller's `flor-flows` process and run the command."""
+    os.setpgid(0, 0)  # the caller forwards signals to this group, as a terminal would
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.umask(request["umask"])
+    sys.argv = ["flor-flows", *request["argv"]]
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False), line_buffering=os.isatty(1), write_through=False
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), line_buffering=True, errors="backslashreplace"
+    )
+    from flor_flows.cli import main
+
+    sys.exit(main(request["argv"]))  # exits this child as the command line would
+
+
+if __name__ == "__main__":
+    serve(Path(sys.argv[1]), int(sys.argv[2]))

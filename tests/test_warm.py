@@ -1,0 +1,113 @@
+"""The warm process next to the background server runs `flor-flows` commands as the command
+line does: the caller's directory, environment, output and exit code; Ctrl-C reaches the
+command and its training script; a caller it does not match runs the command itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Project
+
+FLOR = str(Path(sys.executable).parent / "flor-flows")
+
+TRAIN = """
+import sys, time
+from pathlib import Path
+import flor_flows as flor
+
+n = int(sys.argv[1])
+with flor.checkpointing():
+    for epoch in flor.loop("epoch", range(n)):
+        flor.log("twice", 2 * epoch)
+        if n > 10:
+            Path("epochs").write_text(str(epoch))
+            time.sleep(0.2)
+"""
+
+
+def _wait(check: Callable[[], object], seconds: float, what: str) -> object:
+    deadline = time.monotonic() + seconds
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {seconds} s")
+        time.sleep(0.1)
+    return found
+
+
+def _log(home: Path) -> str:
+    path = home / "flor-flows-warm.log"
+    return path.read_text() if path.exists() else ""
+
+
+def _flor(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLOR, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.timeout(420)
+def test_the_warm_process_runs_commands_as_the_command_line_does(
+    project: Project, tmp_path: Path
+) -> None:
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOR_FLOWS_", "PREFECT_API"))}
+    env |= {"PREFECT_HOME": str(home), "FLOR_FLOWS_PREFECT": "background"}
+    project.write("train.py", TRAIN)
+    project.commit("train")
+    started = _flor(env, project.root, "server", "start")
+    assert started.returncode == 0, started.stderr
+    try:
+        _wait(lambda: "serving on" in _log(home), 180, "warm process")
+        pid = int((home / "flor-flows-warm.pid").read_text())
+
+        # a training flow run, through the warm process: its script's values are stored
+        trained = _flor(env, project.root, "train", "train.py", "--", "3")
+        assert trained.returncode == 0, trained.stderr
+        assert "flor-flows train train.py -- 3" in _log(home)
+        assert project.store().dataframe(["twice"])["twice"].tolist() == [0, 2, 4]
+
+        # the same output and exit codes as the command run in its own process
+        runs = _flor(env, project.root, "runs")
+        for args in (["runs"], ["query", "SELECT name, num FROM logs ORDER BY id"], ["query", "DROP TABLE logs"]):  # fmt: skip
+            warm, cold = _flor(env, project.root, *args), _flor(env | {"FLOR_FLOWS_WARM": "0"}, project.root, *args)  # fmt: skip
+            assert (warm.returncode, warm.stdout, warm.stderr) == (cold.returncode, cold.stdout, cold.stderr)  # fmt: skip
+            assert f"flor-flows {' '.join(args)}" in _log(home)
+        assert warm.returncode == 2 and warm.stderr.startswith("flor-flows: error:")
+
+        # other Prefect settings than the warm process's: the caller runs it itself
+        served = _log(home).count("flor-flows runs")
+        other = _flor(env | {"PREFECT_LOGGING_LEVEL": "ERROR"}, project.root, "runs")
+        assert (other.returncode, other.stdout) == (0, runs.stdout)
+        assert _log(home).count("flor-flows runs") == served
+
+        # Ctrl-C at the caller reaches the command and its training script
+        out = tmp_path / "train.out"
+        with out.open("w") as sink:
+            caller = subprocess.Popen(
+                [FLOR, "train", "train.py", "--", "1000"],
+                env=env, cwd=project.root, stdout=sink, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            _wait(lambda: (project.root / "epochs").exists(), 120, "training epochs")
+            caller.send_signal(signal.SIGINT)
+            code = caller.wait(timeout=60)
+        finally:
+            if caller.poll() is None:
+                caller.kill()
+        assert code == 128 + signal.SIGINT, out.read_text()
+        assert "interrupted: the training script was stopped" in out.read_text()
+        statuses = sorted(project.store().runs()["status"].tolist())
+        assert statuses == ["completed", "failed"], out.read_text()
+    finally:
+        stopped = _flor(env, project.root, "server", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    _wait(lambda: not Path(f"/proc/{pid}").exists(), 15, "warm process exit")
+    assert not (home / "flor-flows-warm.sock").exists()
