@@ -27,15 +27,18 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flor_flows import warm
 from flor_flows.errors import FlorError
 from flor_flows.process import alive
 from flor_flows.secrets import redact_url
+from flor_flows.server import prefect_command, server_env
 
 MODES = ("background", "temporary")
 STATE_FILE = "flor-flows-server.json"
 LOCK_FILE = "flor-flows-server.lock"
 LOG_FILE = "flor-flows-server.log"
+WARM_SOCKET = "flor-flows-warm.sock"  # the warm process next to the server (warm.py)
+WARM_PID = "flor-flows-warm.pid"
+WARM_LOG = "flor-flows-warm.log"
 STOP_HINT = "flor-flows server stop"
 # A first start migrates a new database: 10-50 s on 2 busy cores.
 STARTUP_TIMEOUT = 180.0
@@ -205,8 +208,6 @@ def _start(
 ) -> ServerState:
     """Start `prefect server start` detached and wait until it answers; FlorError if it exits
     or does not answer within `timeout` seconds (then it is stopped)."""
-    from flor_flows.server import prefect_command, server_env
-
     port = _port(host, port)
     log = home / LOG_FILE
     env = os.environ | server_env(database, host, port) | {"PREFECT_HOME": str(home)}
@@ -276,8 +277,50 @@ def ensure_server(
         started = state is None
         if started:
             state = _start(home, database, host, port, timeout)
-        warm.start(home, state.pid)
+        start_warm(home, state.pid)
         return state, started
+
+
+def warm_socket(home: Path) -> Path:
+    """The socket of the warm process of PREFECT_HOME `home`."""
+    return home / WARM_SOCKET
+
+
+def start_warm(home: Path, server_pid: int) -> None:
+    """Start the warm process (warm.py) for the background server `server_pid` of `home`,
+    detached, unless one runs. It lives as long as that server; its output goes to WARM_LOG."""
+    if _warm_pid(home) is not None:
+        return
+    with (home / WARM_LOG).open("ab") as log:
+        warm = subprocess.Popen(
+            [sys.executable, "-m", "flor_flows.warm", str(home), str(server_pid)],
+            cwd=home,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    (home / WARM_PID).write_text(f"{warm.pid}\n")
+
+
+def stop_warm(home: Path) -> None:
+    """Stop the warm process of `home`, if one runs, and remove its files."""
+    pid = _warm_pid(home)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for name in (WARM_PID, WARM_SOCKET):
+        (home / name).unlink(missing_ok=True)
+
+
+def _warm_pid(home: Path) -> int | None:
+    """The warm process of `home` if it runs: one of ours, per its command line."""
+    try:
+        pid = int((home / WARM_PID).read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) and b"flor_flows.warm" in command else None
 
 
 def announce(state: ServerState, started: bool) -> None:
@@ -308,7 +351,7 @@ def stop_server() -> ServerState | None:
         if running:
             _terminate(state.pid)
         (home / STATE_FILE).unlink(missing_ok=True)
-        warm.stop(home)
+        stop_warm(home)
     return state if running else None
 
 

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 from deployments import serve as serving
 from flor_flows import errors, read_commands
+from flor_flows.api import check_api, ephemeral_defaults, use_api
 from flor_flows.errors import FlorError, TrainingFailed
-from flor_flows.server import check_api, ephemeral_defaults, use_api
 
 T = TypeVar("T")
 
@@ -549,7 +549,7 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument("--version", action="version", version=f"%(prog)s {version('flor-flows')}")
     sub = top.add_subparsers(dest="command", required=True)
 
-    read_commands.add_commands(sub)
+    read_commands.add_commands(sub, replay=lambda argv: cmd_replay(parser().parse_args(argv)))
     rep = sub.add_parser(
         "replay",
         help="Compute new logged values over historical runs (one backfill flow run).",
@@ -691,17 +691,5 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def entry() -> None:
-    """The `flor-flows` command: run by the warm process next to the background Prefect
-    server when one answers (see warm.py; FLOR_FLOWS_WARM=0 turns it off), else here."""
-    from flor_flows import background, warm
-
-    code = None
-    with contextlib.suppress(FlorError):  # a bad FLOR_FLOWS_PREFECT: the command says so
-        if os.environ.get("FLOR_FLOWS_WARM") != "0" and background.prefect_mode() == "background":
-            code = warm.forward(sys.argv[1:], background.prefect_home())
-    sys.exit(main() if code is None else code)
-
-
 if __name__ == "__main__":
-    entry()
+    sys.exit(main())

@@ -28,7 +28,7 @@ from typing import TextIO
 
 import pandas as pd
 
-from flor_flows import server
+from flor_flows import api
 
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "digits"
 METRICS = ("loss", "acc", "lr", "val_loss", "grad_norm")
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     if not os.environ.get("PREFECT_API_URL"):  # an ephemeral API, its database kept with the demo
         os.environ.setdefault("PREFECT_HOME", str(prefect_home))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # our progress lines say enough
-    server.ephemeral_defaults()
+    api.ephemeral_defaults()
 
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 

@@ -116,9 +116,7 @@ def cmd_backfills(args: argparse.Namespace) -> int:
     print(
         f"flor-flows: retrying {len(failed)} run(s): flor-flows {' '.join(replay)}", file=sys.stderr
     )
-    from flor_flows import cli  # the command line that runs the replay, importing this module
-
-    return cli.cmd_replay(cli.parser().parse_args(replay))
+    return args.replay(replay)
 
 
 def _selection_options(selection: dict[str, Any]) -> list[str]:
@@ -131,8 +129,9 @@ def _selection_options(selection: dict[str, Any]) -> list[str]:
     return options
 
 
-def add_commands(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers action
-    """The reading commands, on the `flor-flows` command line's subparsers `sub`."""
+def add_commands(sub: Any, replay: Callable[[list[str]], int]) -> None:  # noqa: ANN401
+    """The reading commands, on the `flor-flows` command line's subparsers `sub`; `replay`
+    runs a `flor-flows replay` command line (for `backfills --retry-failed`)."""
 
     def reader(name: str, help_: str) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_, description=help_)
@@ -171,4 +170,4 @@ def add_commands(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers acti
     )
     fills.add_argument("--dry-run", action="store_true", help="with --retry-failed: the plan")
     fills.add_argument("--max-parallel", type=int, default=2, metavar="N", help="replays at once")
-    fills.set_defaults(func=cmd_backfills)
+    fills.set_defaults(func=cmd_backfills, replay=replay)

@@ -31,10 +31,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from flor_flows.api import api_problem
 from flor_flows.config import Settings
 from flor_flows.publishing import API_DOWN
 from flor_flows.replay.backfill import LEASES, RELEASED, Lease
-from flor_flows.server import api_problem
 from flor_flows.store import open_store
 from flor_flows.training import launch
 

@@ -26,28 +26,21 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import flor_flows
+from flor_flows.api import ephemeral_defaults
+from flor_flows.background import warm_socket
 from flor_flows.process import alive
 
 # The commands worth a warm start: those that import Prefect, pandas or libcst.
 COMMANDS = frozenset({"replay", "train", "runs", "dataframe", "query", "backfills", "propagate"})
-SOCKET_FILE = "flor-flows-warm.sock"
-PID_FILE = "flor-flows-warm.pid"
-LOG_FILE = "flor-flows-warm.log"
 MAX_REQUEST = 1 << 20  # argv, cwd and environment, as JSON
 SERVER_CHECK = 2.0  # seconds between checks that the Prefect server it serves still runs
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 SOURCES = [Path(flor_flows.__file__).parent, *(Path(flor_flows.__file__).parents[1] / d for d in ("flows", "deployments"))]  # fmt: skip
-
-
-def socket_path(home: Path) -> Path:
-    """The warm process's socket for PREFECT_HOME `home`."""
-    return home / SOCKET_FILE
 
 
 def fingerprint() -> dict[str, str]:
@@ -74,10 +67,8 @@ def forward(argv: list[str], home: Path) -> int | None:
     there is none to run it (then the caller runs the command itself)."""
     if not argv or argv[0] not in COMMANDS or not _std_fds_open():
         return None
-    from flor_flows.server import ephemeral_defaults
-
     ephemeral_defaults()  # as the command would, and as the warm process did: same settings
-    path = socket_path(home)
+    path = warm_socket(home)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.connect(str(path))
@@ -149,46 +140,8 @@ def _send(sock: socket.socket, message: dict) -> None:
 # --- the warm process --------------------------------------------------------------------
 
 
-def start(home: Path, server_pid: int) -> None:
-    """Start the warm process for the background server `server_pid` of `home`, detached,
-    unless one runs. It lives as long as that server; its output goes to LOG_FILE."""
-    if _running_pid(home) is not None:
-        return
-    with (home / LOG_FILE).open("ab") as log:
-        warm = subprocess.Popen(
-            [sys.executable, "-m", "flor_flows.warm", str(home), str(server_pid)],
-            cwd=home,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    (home / PID_FILE).write_text(f"{warm.pid}\n")
-
-
-def stop(home: Path) -> None:
-    """Stop the warm process of `home`, if one runs, and remove its files."""
-    pid = _running_pid(home)
-    if pid is not None:
-        _kill(pid, signal.SIGTERM)
-    for name in (PID_FILE, SOCKET_FILE):
-        (home / name).unlink(missing_ok=True)
-
-
-def _running_pid(home: Path) -> int | None:
-    """The warm process of `home` if it runs: one of ours, per its command line."""
-    try:
-        pid = int((home / PID_FILE).read_text())
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if alive(pid) and b"flor_flows.warm" in command else None
-
-
 def serve(home: Path, server_pid: int) -> None:
     """Import what the commands need, then fork one child per caller until the server ends."""
-    from flor_flows.server import ephemeral_defaults
-
     ephemeral_defaults()  # as every caller does before comparing
     shared = fingerprint()
     _preload()
@@ -196,7 +149,7 @@ def serve(home: Path, server_pid: int) -> None:
     if threading.active_count() != 1:  # a thread would not survive a fork: no warm starts
         print(f"flor-flows warm: {threading.enumerate()} after imports; not serving", flush=True)
         return
-    path = socket_path(home)
+    path = warm_socket(home)
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     old_mask = os.umask(0o177)  # the socket is the user's only: it runs commands as them

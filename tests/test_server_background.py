@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from flor_flows import background
+from flor_flows.api import use_api
 from flor_flows.errors import FlorError
 from flor_flows.process import alive
-from flor_flows.server import use_api
 from tests.conftest import Project
 
 FLOR_FLOWS = str(Path(sys.executable).parent / "flor-flows")

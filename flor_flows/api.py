@@ -1,0 +1,106 @@
+"""Which Prefect API a command uses, and whether it answers.
+
+PREFECT_API_URL (environment or Prefect profile) always wins; without it, the background
+server of PREFECT_HOME (background.py) or Prefect's temporary one per process
+(FLOR_FLOWS_PREFECT=temporary). Every command that runs a flow checks the API first, so a
+dead one is one line at once, not a traceback after Prefect's retries.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flor_flows import background as bg
+from flor_flows.errors import FlorError
+from flor_flows.secrets import redact_url
+
+
+def ephemeral_defaults() -> None:
+    """Prefect settings for its ephemeral API, set before prefect is imported: telemetry off
+    (offline it only logs errors) and 120 s for a first start, which migrates a new database
+    (the default 20 s is not enough on 2 busy cores)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def use_api(background: bool = True) -> None:
+    """Choose and check the Prefect API of a command that runs flows.
+
+    PREFECT_API_URL (from the environment or a Prefect profile) always wins. Otherwise, with
+    FLOR_FLOWS_PREFECT=background (the default), the background server of PREFECT_HOME is
+    found or started (see background.py) and this process's PREFECT_API_URL set to it;
+    FLOR_FLOWS_PREFECT=temporary, or `background=False` (a Dask cluster, whose workers
+    cannot reach a server on 127.0.0.1), leaves Prefect's temporary server of this process.
+    """
+    mode = bg.prefect_mode()
+    if background and mode == "background" and not os.environ.get("PREFECT_API_URL"):
+        import prefect.context
+        from prefect.settings import get_current_settings
+
+        if not get_current_settings().api.url:
+            database = os.environ.get("FLOR_FLOWS_SERVER_DATABASE") or None
+            state, started = bg.ensure_server(database)
+            bg.announce(state, started)
+            os.environ["PREFECT_API_URL"] = state.url
+            # Prefect read its settings at import: read them again, with the URL
+            prefect.context.refresh_global_settings_context()
+    check_api()
+
+
+# Seconds the health check waits for the Prefect API: a server that is up answers /health
+# in milliseconds, so a few seconds only separates "down or unreachable" from "slow".
+API_CHECK_TIMEOUT = 3.0
+START_IT = "start it (flor-flows server)"
+
+
+def api_problem(timeout: float = API_CHECK_TIMEOUT) -> BaseException | None:
+    """Why the Prefect API at PREFECT_API_URL fails its health check; None if it answers or
+    none is set. Prefect's own client makes the request (its API key, auth string and TLS
+    settings apply) with its retries off, so a dead server is reported at once."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    if not PREFECT_API_URL.value():  # the environment's, or the active Prefect profile's
+        return None
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+        client = get_client(sync_client=True, httpx_settings={"timeout": httpx.Timeout(timeout)})
+        with client:
+            return client.api_healthcheck()
+
+
+def check_api(temporary_allowed: bool = True, timeout: float = API_CHECK_TIMEOUT) -> None:
+    """Fail at once, with the way out, when PREFECT_API_URL names an API that does not answer.
+
+    Every command that runs a flow calls this first: otherwise Prefect finds out only when
+    the flow run starts, after its retries, with a long traceback. Nothing to check without
+    PREFECT_API_URL (the flow starts a temporary API; see `use_api` for the background one).
+    """
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    problem = api_problem(timeout)
+    if problem is None:
+        return
+    url = PREFECT_API_URL.value()
+    where = f"the Prefect API at {redact_url(url)}"
+    way_out = START_IT + (
+        " or unset PREFECT_API_URL to use a local one" if temporary_allowed else ""
+    )
+    if isinstance(problem, httpx.HTTPStatusError):
+        status = problem.response.status_code
+        if status < 500:  # it answers, but not to us: a key, an address or a proxy is wrong
+            raise FlorError(
+                f"{where} refused its health check (HTTP {status} "
+                f"{problem.response.reason_phrase}): check PREFECT_API_URL and PREFECT_API_KEY"
+            )
+        why = f"HTTP {status} {problem.response.reason_phrase}"
+    elif isinstance(problem, httpx.TimeoutException):
+        why = f"timed out after {timeout:g} s"
+    else:
+        why = (
+            str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+        )
+    raise FlorError(f"{where} does not answer ({why}): {way_out}")
