@@ -251,7 +251,7 @@ def main() -> None:
     p = params()
     root = Path.cwd()
     prefect_env(Path(p["prefect_home"]), STARTUP_TIMEOUT_S)
-    from flor_flows.server import ephemeral_defaults
+    from flor_flows.api import ephemeral_defaults
 
     ephemeral_defaults()
     bench = Bench(p, root)
