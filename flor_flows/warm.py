@@ -176,10 +176,12 @@ def _preload() -> None:
     """Import the modules the commands use (each import of them is what a warm start saves)."""
     import prefect.client.orchestration  # noqa: F401
 
-    import flor_flows.read_commands  # noqa: F401
+    import flor_flows.cli  # noqa: F401
     import flor_flows.reconcile  # noqa: F401
     import flor_flows.replay.backfill  # noqa: F401
     import flor_flows.replay.plan  # noqa: F401
+    import flor_flows.store  # noqa: F401
+    import flor_flows.tables  # noqa: F401
     import flows.backfill  # noqa: F401
     import flows.training  # noqa: F401
 

@@ -3,3 +3,19 @@
 `worktree` materialises a code version in a private directory, `engine` propagates the
 requested statements into it and replays runs there, and `plan` decides which runs.
 """
+
+__all__ = [
+    "artifacts",
+    "backfill",
+    "costs",
+    "engine",
+    "forkserver",
+    "forkserver_main",
+    "plan",
+    "reach",
+    "selection",
+    "shortcuts",
+    "skipping",
+    "where",
+    "worktree",
+]

@@ -4,3 +4,5 @@
 script, `arrivals` hands out newly arrived batches exactly once, `artifacts` turns a run's
 records into the tables a flow run publishes.
 """
+
+__all__ = ["arrivals", "artifacts", "launch", "request"]
