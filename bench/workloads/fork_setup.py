@@ -1,6 +1,6 @@
 """Set-up paid once per worker: replays of one code version, fresh processes vs the fork server.
 
-    /work/main/.venv/bin/python bench/workloads/fork_setup.py [--epochs 3] [--rounds 2]
+    .venv/bin/python bench/workloads/fork_setup.py [--epochs 3] [--rounds 2]
 
 Records workloads/replay_train.py once (`epochs` epochs, `repeat` 2, a checkpoint every epoch)
 in a scratch git repo, then replays its epoch-level hindsight statement (`w_norm`, after

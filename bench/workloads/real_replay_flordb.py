@@ -42,38 +42,9 @@ def db_values(project: Path, name: str, source: str) -> list[tuple]:
     return cm.keyed(out)
 
 
-class Bench:
-    def __init__(self, p: dict, root: Path) -> None:
-        self.p, self.root = p, root
-        self.project = root / "project"
-        self.log = root / "real-replay-flordb.log"
-        self.marks = root / "marks"
-        self.marks.mkdir(exist_ok=True)
-        self.count = 0
-
-    def env(self, tag: str) -> tuple[dict[str, str], Path]:
-        self.count += 1
-        marks = self.marks / f"{self.count:03d}-{tag}.jsonl"
-        return rc.clean_env({"REPLAY_MARKS": str(marks)}), marks
-
-    def record(self, project: Path, tag: str) -> dict:
-        env, marks = self.env(tag)
-        cmd = [sys.executable, "train.py", *self.p["argv"]]
-        res = rc.run_script(cmd, project, env, self.log)
-        return res | rc.phases(rc.read_marks(marks), res["started"])
-
-    def replay(self, kind: str) -> dict:
-        cmd = [sys.executable, "-m", "flordb", "replay", "--apply", cm.name(kind, "_r")]
-        if kind != "run":
-            cmd += ["--iter", "epoch=all"]
-        env, marks = self.env(f"replay-{kind}")
-        res = rc.run_script(cmd, self.project, env, self.log, stdin="y\n")
-        return res | rc.phases(rc.read_marks(marks))
-
-
 def main() -> None:
     p = params()
-    bench = Bench(p, Path.cwd())
+    bench = rc.FlorDBBench(Path.cwd(), "real-replay-flordb.log", p["argv"])
     cm.make_project(bench.project, "flordb")
     rc.warm_imports("flordb")
     print("[real-flordb] original", file=sys.stderr, flush=True)
@@ -87,7 +58,8 @@ def main() -> None:
     for kind in cm.KINDS:
         print(f"[real-flordb] replay {kind}", file=sys.stderr, flush=True)
         try:
-            runs[kind] = bench.replay(kind)
+            options = [] if kind == "run" else ["--iter", "epoch=all"]
+            runs[kind] = bench.replay(cm.name(kind, "_r"), options, f"replay-{kind}")
         except Exception as exc:  # noqa: BLE001 - reported in its cell; the others go on
             runs[kind] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
     for kind in cm.KINDS:

@@ -3,7 +3,8 @@
 Both set up the same project: a git repo whose train.py is workloads/replay_train.py with the
 import line naming the implementation, record it once, then write the new version of the
 script (the hindsight statements added) into the working tree and time replays of it. No
-flor implementation is imported here.
+flor implementation is imported here. `FlorDBBench` is FlorDB's side of a replay benchmark,
+here and in workloads/real_replay_flordb.py.
 """
 
 from __future__ import annotations
@@ -175,3 +176,37 @@ def compare(replayed: list[tuple], scratch: list[tuple]) -> dict:
         ),
         "max_abs_diff": max(diffs, default=None),
     }
+
+
+class FlorDBBench:
+    """FlorDB's side of a replay benchmark, run on its venv's python in `root`: ./project
+    records train.py (with the options `argv`) and replays statements in it; every command
+    appends its output to `root/<log>` and its script's marks to a file of its own."""
+
+    def __init__(self, root: Path, log: str, argv: list[str]) -> None:
+        self.root, self.argv = root, argv
+        self.project = root / "project"
+        self.log = root / log
+        self.marks = root / "marks"
+        self.marks.mkdir(exist_ok=True)
+        self.count = 0
+
+    def env(self, tag: str) -> tuple[dict[str, str], Path]:
+        self.count += 1
+        marks = self.marks / f"{self.count:03d}-{tag}.jsonl"
+        return clean_env({"REPLAY_MARKS": str(marks)}), marks
+
+    def record(self, project: Path, tag: str) -> dict:
+        """`python train.py <argv>` in `project`: its wall time and phases from the launch."""
+        env, marks = self.env(tag)
+        cmd = [sys.executable, "train.py", *self.argv]
+        res = run_script(cmd, project, env, self.log)
+        return res | phases(read_marks(marks), res["started"])
+
+    def replay(self, name: str, options: list[str], tag: str) -> dict:
+        """`python -m flordb replay --apply <name> <options>` in ./project, answering its
+        prompt with "y": its wall time and the replayed script's phases."""
+        cmd = [sys.executable, "-m", "flordb", "replay", "--apply", name, *options]
+        env, marks = self.env(tag)
+        res = run_script(cmd, self.project, env, self.log, stdin="y\n")
+        return res | phases(read_marks(marks))

@@ -43,34 +43,13 @@ with open(os.environ["BENCH_VALUES"], "w") as f:
 """
 
 
-class Bench:
+class Bench(rc.FlorDBBench):
     def __init__(self, p: dict, root: Path) -> None:
-        self.p, self.root = p, root
-        self.project = root / "project"
-        self.log = root / "replay-flordb.log"
-        self.marks = root / "marks"
-        self.marks.mkdir(exist_ok=True)
-        self.count = 0
+        super().__init__(root, "replay-flordb.log", rc.train_argv(p["sizes"]))
 
-    def env(self, tag: str) -> tuple[dict[str, str], Path]:
-        self.count += 1
-        marks = self.marks / f"{self.count:03d}-{tag}.jsonl"
-        return rc.clean_env({"REPLAY_MARKS": str(marks)}), marks
-
-    def record(self, project: Path, tag: str) -> dict:
-        env, marks = self.env(tag)
-        cmd = [sys.executable, "train.py", *rc.train_argv(self.p["sizes"])]
-        res = rc.run_script(cmd, project, env, self.log)
-        return res | rc.phases(rc.read_marks(marks), res["started"])
-
-    def replay(self, kind: str, rep: int) -> dict:
-        name = rc.name(kind, f"_r{rep}")
-        cmd = [sys.executable, "-m", "flordb", "replay", "--apply", name]
-        if kind == "step":
-            cmd += ["--iter", "epoch=all", "--iter", "step=all"]
-        env, marks = self.env(f"replay-{kind}{rep}")
-        res = rc.run_script(cmd, self.project, env, self.log, stdin="y\n")
-        return res | rc.phases(rc.read_marks(marks))
+    def replay_kind(self, kind: str, rep: int) -> dict:
+        options = ["--iter", "epoch=all", "--iter", "step=all"] if kind == "step" else []
+        return self.replay(rc.name(kind, f"_r{rep}"), options, f"replay-{kind}{rep}")
 
     def values(self, project: Path, names: list[str]) -> dict[str, list]:
         out = self.root / f"values-{project.name}.json"
@@ -99,7 +78,7 @@ def main() -> None:
         for kind in kinds:
             print(f"[replay-flordb] rep {rep} {kind}", file=sys.stderr, flush=True)
             try:
-                runs[kind].append(bench.replay(kind, rep))
+                runs[kind].append(bench.replay_kind(kind, rep))
             except Exception as exc:  # noqa: BLE001 - reported in its cell; the others go on
                 runs[kind].append({"error": f"{type(exc).__name__}: {exc}"[:500]})
     replayed = bench.values(bench.project, [rc.name(k, "_r0") for k in rc.KINDS])

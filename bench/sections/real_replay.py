@@ -1,9 +1,8 @@
-"""The `real_replay` section of bench/run.py (issue 13's benchmark table), kept out of run.py.
+"""The `real_replay` section (issue 13's benchmark table): a real-style script, replayed.
 
-`measure(runner, ours, theirs, quick, failed)` runs workloads/real_replay.py (flor_flows, on
-its venv) and real_replay_flordb.py (FlorDB 4.0.1, on its venv, when `theirs` is given) through
-run.py's Runner, and returns the section as plain data: title, rows (measure, unit,
-{impl key: value or Failed}, goal), notes and extra markdown. run.py turns it into a Section.
+workloads/real_replay.py (flor_flows, on its venv) and real_replay_flordb.py (FlorDB 4.0.1, on
+its venv, when it is there) each record workloads/real_torch.py (or its FlorDB twin) once and
+replay one hindsight statement at a time; this module turns their figures into the section.
 """
 
 from __future__ import annotations
@@ -11,6 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable
+
+from harness import FLORDB, FLORDB_PY, OURS, QUICK, Failed, Row, Runner, Section, Sizes
+from report import compact, phase_cell
 
 FULL_ARGV = ["--epochs", "20", "--lr", "0.05", "--seed", "1"]
 QUICK_ARGV = ["--epochs", "3", "--n-train", "1000", "--lr", "0.05", "--seed", "1"]
@@ -23,8 +25,11 @@ LABELS = {
 }
 
 
-def measure(runner, ours, theirs, quick: bool, failed: type[Exception]) -> dict:  # noqa: ANN001
-    argv = QUICK_ARGV if quick else FULL_ARGV
+def m_real_replay(runner: Runner, sz: Sizes) -> Section:
+    """Issue 13's table: one recorded run of a real-style script, one replay per statement."""
+    ours = OURS
+    theirs = FLORDB if FLORDB_PY.exists() else None
+    argv = QUICK_ARGV if sz is QUICK else FULL_ARGV
     load_before = uptime()
     res: dict = {}
     for impl, script, p in (
@@ -35,7 +40,7 @@ def measure(runner, ours, theirs, quick: bool, failed: type[Exception]) -> dict:
             continue
         try:
             res[impl.key] = runner.run(impl, script, p, timeout=7200)
-        except failed as e:
+        except Failed as e:
             res[impl.key] = e
     load_after = uptime()
     o, t = res.get(ours.key), res.get(theirs.key) if theirs else None
@@ -46,7 +51,7 @@ def measure(runner, ours, theirs, quick: bool, failed: type[Exception]) -> dict:
         try:
             return fn(r)
         except (KeyError, IndexError, TypeError, ZeroDivisionError, ValueError) as e:
-            return failed(f"{type(e).__name__}: {e}")
+            return Failed(f"{type(e).__name__}: {e}")
 
     def both(fn: Callable[[dict], float], ours_fn: Callable[[dict], float] | None = None) -> dict:
         out = {ours.key: val(o, ours_fn or fn)}
@@ -70,44 +75,42 @@ def measure(runner, ours, theirs, quick: bool, failed: type[Exception]) -> dict:
         return r["original"]["processes"][0]["setup_s"]
 
     rows = [
-        ("original run: forward, recorded (ours: default checkpoint policy)", "s",
-         both(lambda r: r["original"]["wall_s"]), None),
-        ("its set-up: launch to the first epoch", "s", both(setup), None),
-        ("the new script re-run from scratch, recorded", "s",
-         both(lambda r: r["scratch"]["wall_s"]), None),
+        Row("original run: forward, recorded (ours: default checkpoint policy)", "s",
+            both(lambda r: r["original"]["wall_s"])),
+        Row("its set-up: launch to the first epoch", "s", both(setup)),
+        Row("the new script re-run from scratch, recorded", "s",
+            both(lambda r: r["scratch"]["wall_s"])),
     ]  # fmt: skip
     run_goal = val(o, lambda r: setup(r) + 0.5)
     for kind, label in LABELS.items():
         goal = {"start": 10, "end": 10, "step": 60}.get(kind)
         rows.append(
-            (
+            Row(
                 label,
                 "s",
                 both(wall(kind)),
                 run_goal if kind == "run" and isinstance(run_goal, float) else None,
             )
         )
-        rows.append(("... as % of the original run", "%", both(pct(kind)), goal))  # fmt: skip
+        rows.append(Row("... as % of the original run", "%", both(pct(kind)), goal))
     rows.append(
-        (
+        Row(
             "run-level `w_norm` with no `--iter` (as a user types it; `--all`)",
             "s",
             {ours.key: val(o, wall("run_default"))},
-            None,
         )
     )
     for call in ("first", "second"):
         rows.append(
-            (
+            Row(
                 f"`flor-flows replay --apply lr_now_c` (1 epoch-level run), no server running: "
                 f"{call} call, wall",
                 "s",
                 {ours.key: val(o, lambda r, c=call: cli(r, c)["wall_s"])},
-                None,
             )
         )
     rows.append(
-        (
+        Row(
             "... second call minus the replay's own work (its replay record)",
             "s",
             {ours.key: val(o, lambda r: cli_overhead(cli(r, "second")))},
@@ -115,7 +118,7 @@ def measure(runner, ours, theirs, quick: bool, failed: type[Exception]) -> dict:
         )
     )
     rows.append(
-        (
+        Row(
             "plan estimate vs actual, worst item: abs(est - actual) / actual",
             "%",
             {ours.key: val(o, lambda r: max(abs(e["error_pct"]) for e in estimates(r)))},
@@ -123,7 +126,7 @@ def measure(runner, ours, theirs, quick: bool, failed: type[Exception]) -> dict:
         )
     )
     rows.append(
-        (
+        Row(
             "replayed values not equal to the from-scratch run's (all statements)",
             "",
             both(unreproduced),
@@ -134,12 +137,7 @@ def measure(runner, ours, theirs, quick: bool, failed: type[Exception]) -> dict:
         "Hindsight replay of a real-style script (issue 13): `workloads/real_torch.py`, "
         f"{argv[1]} epochs, one recorded run, one replay per statement"
     )
-    return {
-        "title": title,
-        "rows": rows,
-        "notes": notes(o, t, argv, load_before, load_after),
-        "extra": extra(o, t),
-    }
+    return Section(title, rows, notes(o, t, argv, load_before, load_after), extra=extra(o, t))
 
 
 def uptime() -> str:
@@ -187,10 +185,6 @@ def unreproduced(r: dict) -> int:
 
 def _fmt(v: object) -> str:
     return f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v)
-
-
-def _phase(x: dict, key: str) -> str:
-    return " + ".join(f"{p[key]:.1f}" for p in x.get("processes", []) if key in p) or "-"
 
 
 def notes(o, t, argv: list[str], before: str, after: str) -> list[str]:  # noqa: ANN001
@@ -260,7 +254,7 @@ def extra(o, t) -> str:  # noqa: ANN001
                 lines.append(f"| {kind} | failed: {x['error'][:200]} | | | | | | |")
                 continue
             plan = "; ".join(
-                f"{_compact(i['iterations'])}{' +run' if i['run_level'] else ''}: "
+                f"{compact(i['iterations'])}{' +run' if i['run_level'] else ''}: "
                 f"{i['estimated_s']:.1f}"
                 for i in x["plan"]
             )
@@ -268,7 +262,7 @@ def extra(o, t) -> str:  # noqa: ANN001
             checked = " + ".join(_fmt(rp["checked"]) for rp in x["replays"])
             lines.append(
                 f"| {kind} | {x['wall_s']:.2f} | {plan} | {recs} | {checked} "
-                f"| {_phase(x, 'setup_s')} | {_phase(x, 'loop_s')} "
+                f"| {phase_cell(x, 'setup_s')} | {phase_cell(x, 'loop_s')} "
                 f"| {' / '.join(_fmt(x.get('flow', {}).get(k)) for k in ('before_s', 'flow_s', 'after_s'))} |"
             )
         try:
@@ -292,19 +286,6 @@ def extra(o, t) -> str:  # noqa: ANN001
                 lines.append(f"| {kind} | failed: {x['error'][:200]} | | |")
                 continue
             lines.append(
-                f"| {kind} | {x['wall_s']:.2f} | {_phase(x, 'setup_s')} | {_phase(x, 'loop_s')} |"
+                f"| {kind} | {x['wall_s']:.2f} | {phase_cell(x, 'setup_s')} | {phase_cell(x, 'loop_s')} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def _compact(iterations: object) -> str:
-    if not isinstance(iterations, list):
-        return str(iterations)
-    if not iterations:
-        return "none"
-    parts, start = [], iterations[0]
-    for a, b in zip(iterations, [*iterations[1:], None], strict=True):
-        if b != a + 1:
-            parts.append(str(start) if start == a else f"{start}-{a}")
-            start = b
-    return ",".join(parts)
