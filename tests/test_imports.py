@@ -110,3 +110,34 @@ def test_every_subpackage_names_its_public_parts() -> None:
         for exported in module.__all__:
             assert hasattr(module, exported) or exported in public, f"{name}.{exported}"
         assert module.__doc__, name
+
+
+def _layout_entries() -> dict[str, str]:
+    """The README's Layout block as {entry: its text}: `flor_flows/record/`, `flows/`, and
+    `flor_flows/` for the lines of the package's own modules."""
+    readme = (ROOT.parent / "README.md").read_text()
+    block = readme.split("## Layout\n\n```\n", 1)[1].split("```", 1)[0]
+    entries: dict[str, str] = {}
+    top = key = ""
+    for line in block.splitlines():
+        indent = len(line) - len(line.lstrip())
+        first = line.split()[0] if line.strip() else ""
+        if indent == 0:
+            top = key = first
+        elif indent == 2 and first.endswith("/"):
+            key = top + first
+        elif indent == 2:
+            key = top
+        entries[key] = entries.get(key, "") + line + "\n"
+    return entries
+
+
+def test_the_readme_layout_names_every_module_where_it_lives() -> None:
+    entries = _layout_entries()
+    for top in TOP:
+        for path in top.rglob("*.py"):
+            if path.name == "__init__.py":
+                continue
+            where = path.parent.relative_to(ROOT.parent).as_posix() + "/"
+            assert path.name in entries.get(where, ""), f"README Layout: {where}{path.name}"
+    assert "warm.py" not in entries["flor_flows/record/"]  # each entry only its own files
