@@ -42,3 +42,14 @@ def test_copying_can_be_switched_off(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_bytes(b"1")
     batch = version("a", str(tmp_path / "a.csv"), "none", tmp_path / "cache")
     assert batch.stored_uri is None and batch.local_path == str((tmp_path / "a.csv").resolve())
+
+
+def test_a_batch_of_several_chunks_is_hashed_and_copied_whole(tmp_path: Path) -> None:
+    from flor_flows.versioning.data import CHUNK
+
+    body = bytes(range(256)) * ((CHUNK * 5 // 2) // 256) + b"the last partial chunk"
+    assert len(body) > 2 * CHUNK and len(body) % CHUNK  # whole chunks and a partial one
+    (tmp_path / "big.bin").write_bytes(body)
+    batch = version("big", str(tmp_path / "big.bin"), str(tmp_path / "store"), tmp_path / "c")
+    assert (batch.sha256, batch.bytes) == (hashlib.sha256(body).hexdigest(), len(body))
+    assert Path(fetch(batch.stored_uri, batch.sha256, tmp_path / "c")).read_bytes() == body

@@ -2,11 +2,54 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from flor_flows.record.context import ReplaySpec, RunContext
 from flor_flows.record.replay import Step, steps
 from tests.conftest import Project
+
+
+def _truth(last: int) -> list[int]:
+    """A toy training: the state at the start of iteration i is a distinct function of every
+    iteration before it (truth[i]), truth[0] the state the set-up leaves."""
+    truth = [0]
+    for i in range(last + 1):
+        truth.append(truth[-1] * 31 + i + 7)
+    return truth
+
+
+def _replayed_states(targets: list[int], checkpointed: set[int], last: int) -> dict[int, object]:
+    """Run the plan of `steps` on the toy training: the state each target starts from (None
+    where the plan executes an iteration from a state it skipped over)."""
+    truth, state, seen = _truth(last), 0, {}
+    for step in steps(targets, checkpointed, last):
+        if step.restore is not None:
+            assert step.restore in checkpointed
+            state = truth[step.restore + 1]  # the checkpoint written at the end of `restore`
+        if step.action == "skip":
+            state = None  # not executed: the live state no longer holds
+            continue
+        if step.action == "record":
+            seen[step.iteration] = state
+        state = None if state is None else state * 31 + step.iteration + 7
+    return seen
+
+
+def test_every_plan_starts_each_target_from_its_true_state() -> None:
+    rng = random.Random(13)
+    for _ in range(300):
+        last = rng.randrange(0, 12)
+        checkpointed = {i for i in range(last + 1) if rng.random() < 0.4}
+        targets = sorted(rng.sample(range(last + 1), rng.randrange(0, last + 2)))
+        truth = _truth(last)
+        states = _replayed_states(targets, checkpointed, last)
+        assert sorted(states) == targets, (targets, checkpointed)
+        assert all(states[t] == truth[t] for t in targets), (targets, checkpointed, states)
+        plan = list(steps(targets, checkpointed, last))
+        executed = [s.iteration for s in plan if s.action != "skip"]
+        assert not targets or max(executed) == targets[-1]  # nothing after the last target
 
 
 def test_steps_restore_the_checkpoint_at_the_start_of_each_target() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -132,27 +133,55 @@ def test_six_versions_replay_to_the_ground_truth(history, tmp_path: Path) -> Non
     assert losses["loss"].notna().all() and "loss@replay" not in losses  # forward rows untouched
 
 
-def test_selected_iterations_start_from_their_checkpoint(history, tmp_path: Path) -> None:
-    project, runs, expected = history
-    run = runs.iloc[2]
-    settings = load_settings(project.root)
-    version = prepare_version(project.root, run["code_version"], {"train.py": NEW}, NAMES, tmp_path)
-    replay(
-        version,
-        run["run_uid"],
-        run["entry_script"],
-        settings,
-        ("w_end",),
-        iterations=(3,),
-        on_output=lambda _: None,
-    )
+MARKED = """
+import os
+import numpy as np
+import flor_flows as flor
+
+
+def mark(what):
+    with open(os.environ["MARKS"], "a") as marks:
+        print(what, file=marks)
+
+
+np.random.seed(0)
+w = np.zeros(3)
+with flor.checkpointing(w=w):
+    for epoch in flor.loop("epoch", range(5)):
+        mark(epoch)
+        w += np.random.rand(3)
+        flor.log("loss", float(w.sum()))
+"""
+
+
+def test_a_replay_runs_only_its_selected_iterations_in_the_version_copy(
+    project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marks = tmp_path / "marks"
+    monkeypatch.setenv("MARKS", str(marks))
+    project.write("train.py", MARKED)
+    commit = project.commit("v1")
+    project.run("train.py", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every", "MARKS": str(marks)})
+    marks.unlink()
+    # today's tree: a new statement that needs the epoch's head, and a line that marks where
+    # the script runs from (not a log statement: it stays in today's tree)
+    new = MARKED.replace(
+        "        mark(epoch)\n", '        mark(epoch)\n        flor.log("w_start", float(w[0]))\n'
+    ).replace("np.random.seed(0)\n", 'mark("user tree")\nnp.random.seed(0)\n')
+    project.write("train.py", new)
+    uid = project.store().runs()["run_uid"][0]
+    before = project.store().query("SELECT COALESCE(MAX(id), 0) AS n FROM replays")["n"][0]
+    names = ("w_start",)
+    version = prepare_version(project.root, commit, {"train.py": new}, names, tmp_path / "v")
+    replay(version, uid, "train.py", load_settings(project.root), names, iterations=(3,),
+           on_output=lambda _: None)  # fmt: skip
+    assert marks.read_text().split() == ["3"]  # epoch 3 alone, in the version's copy
+    np.random.seed(0)
+    w_after = np.cumsum(np.random.rand(5, 3), axis=0)  # w at the end of each epoch
     got = project.store().query(
-        "select l.num, l.i0 from logs l join runs r on r.id = l.run_id "
-        f"where l.name = 'w_end' and l.source = 'replay' and r.uid = '{run['run_uid']}'"
+        f"SELECT i0, num FROM logs WHERE name = 'w_start' AND replay_id > {before}"
     )
-    assert 3 in got["i0"].tolist()
-    truth = expected[(expected["seed"] == 3) & (expected["epoch"] == 3)]["w_end"].iloc[0]
-    assert got.loc[got["i0"] == 3, "num"].iloc[-1] == pytest.approx(truth)
+    assert got["i0"].tolist() == [3] and got["num"].tolist() == pytest.approx([w_after[2][0]])
 
 
 def test_a_failing_replay_is_reported_with_its_stderr(history, tmp_path: Path) -> None:
