@@ -1,19 +1,32 @@
-"""Where a project's state lives: store URL, checkpoint and data locations.
+"""Where a project's state lives: store URL, checkpoint and data locations, object-store options.
 
 Precedence, highest first: environment variables, `[tool.flor-flows]` in the project's
 `pyproject.toml`, then project-local defaults under `<project root>/.flor-flows/`.
+
+`storage_options` are handed to fsspec for every URL that is not a local path (endpoint,
+region, timeouts). Credentials are never written in them: an option `<name>_env = "VAR"`
+takes the value of environment variable VAR in the process that opens the filesystem, and a
+literal credential is refused.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from flor_flows.errors import FlorError, NotAGitRepository
+from flor_flows.errors import FlorError, NotAGitRepository, StorageOptionsError
+from flor_flows.secrets import is_secret
 
 STATE_DIR = ".flor-flows"
+# A code version materialised on a host without its repository (a replay worker) is a
+# project root of its own: this file in its STATE_DIR holds the commit.
+VERSION_MARK = "code-version"
 ENV = {
     "store_url": "FLOR_FLOWS_STORE_URL",
     "checkpoint_url": "FLOR_FLOWS_CHECKPOINT_URL",
@@ -21,7 +34,11 @@ ENV = {
     "checkpoint_policy": "FLOR_FLOWS_CHECKPOINT_POLICY",
     "replay_rtol": "FLOR_FLOWS_REPLAY_RTOL",
     "batch_roots": "FLOR_FLOWS_BATCH_ROOTS",
+    "storage_options": "FLOR_FLOWS_STORAGE_OPTIONS",  # JSON, e.g. {"endpoint_url": "..."}
 }
+ENV_SUFFIX = "_env"  # an option `key_env = "VAR"` is `key` = the value of $VAR
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CREDENTIALS = frozenset({"username", "connection_string", "sas_url"})  # beyond `is_secret`
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,15 @@ class Settings:
     # Where training flow runs may read batches from: local directories and URL prefixes,
     # comma-separated; empty: local files under the project only (any URL of a filesystem).
     batch_roots: str = ""
+    # Object-store options as JSON (credentials by environment-variable name only).
+    storage_options: str = ""
+
+    def fs_options(self) -> dict[str, Any]:
+        """The storage options for fsspec, each `<name>_env` replaced by `<name>` with the
+        value of its environment variable in this process (read now, never stored)."""
+        if not self.storage_options:
+            return {}
+        return _resolve(json.loads(self.storage_options), "storage_options")
 
     def batch_allowed(self, uri: str) -> bool:
         """Whether a training flow run may read batch `uri` (a served deployment takes its
@@ -67,20 +93,90 @@ def _pyproject_settings(root: Path) -> dict[str, str]:
         raise FlorError(
             f"{path} [tool.flor-flows] has unknown keys {sorted(unknown)}; known: {sorted(ENV)}"
         )
-    return {
-        key: ",".join(map(str, value)) if isinstance(value, list) else str(value)
-        for key, value in table.items()
-    }
+    return {key: _text(key, value, f"{path} [tool.flor-flows]") for key, value in table.items()}
+
+
+def _text(key: str, value: Any, where: str) -> str:
+    """A `[tool.flor-flows]` value as its setting's text (lists comma-separated)."""
+    if key == "storage_options":
+        return storage_options_json(value, where)
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def storage_options_json(options: Any, where: str) -> str:
+    """`options` (a table) checked and written as JSON text; refuses a literal credential
+    (a secret-looking option, a URL with a password) so that none is kept in a file."""
+    if not isinstance(options, dict):
+        raise StorageOptionsError(f"{where}: storage_options must be a table of options")
+    _check(options, "storage_options", where)
+    return json.dumps(options, sort_keys=True)
+
+
+def _check(options: dict[str, Any], prefix: str, where: str) -> None:
+    """Raise on a literal credential anywhere in `options` (nested tables included)."""
+    for key, value in options.items():
+        name = f"{prefix}.{key}"
+        if key.endswith(ENV_SUFFIX):
+            if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+                raise StorageOptionsError(
+                    f"{where}: {name} must name an environment variable (e.g. "
+                    f'"MINIO_SECRET_KEY"), not hold its value'
+                )
+        elif isinstance(value, dict):
+            _check(value, name, where)
+        elif is_secret(key) or key.lower() in _CREDENTIALS or _has_password(value):
+            raise StorageOptionsError(
+                f"{where}: {name} holds a literal credential; keep it in an environment "
+                f'variable and write {key}{ENV_SUFFIX} = "VARIABLE_NAME" instead'
+            )
+
+
+def _has_password(value: Any) -> bool:
+    """Whether `value` is a URL with a password in it."""
+    try:
+        return isinstance(value, str) and urlsplit(value).password is not None
+    except ValueError:
+        return False
+
+
+def _resolve(options: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """`options` with every `<name>_env` reference replaced by its variable's value."""
+    resolved: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            resolved[key] = _resolve(value, f"{prefix}.{key}")
+        elif key.endswith(ENV_SUFFIX):
+            if value not in os.environ:
+                raise StorageOptionsError(
+                    f"{prefix}.{key} names the environment variable {value}, which is not set "
+                    "in this process: set it on every host that reads or writes the object "
+                    "store (flow host, Prefect workers, Dask workers)"
+                )
+            resolved[key.removesuffix(ENV_SUFFIX)] = os.environ[value]
+        else:
+            resolved[key] = value
+    return resolved
+
+
+def _storage_options_env(raw: str) -> str:
+    """FLOR_FLOWS_STORAGE_OPTIONS (JSON) checked as the pyproject table is."""
+    var = ENV["storage_options"]
+    try:
+        options = json.loads(raw)
+    except ValueError as exc:
+        raise StorageOptionsError(f"{var} is not JSON: {exc}") from None
+    return storage_options_json(options, var)
 
 
 def find_root(start: Path | str | None = None) -> Path:
-    """The nearest directory at or above `start` holding `.git` (a file, for worktrees).
+    """The nearest directory at or above `start` holding `.git` (a file, for worktrees), or
+    a code version materialised where its repository is not (marked with `VERSION_MARK`).
 
     A plain walk, so the training process need not import git to find its project.
     """
     here = Path(start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
-        if (candidate / ".git").exists():
+        if (candidate / ".git").exists() or (candidate / STATE_DIR / VERSION_MARK).is_file():
             return candidate
     raise NotAGitRepository(
         f"{here} is not inside a git repository. flor-flows versions each run's code with git: "
@@ -91,8 +187,8 @@ def find_root(start: Path | str | None = None) -> Path:
 def load_settings(root: Path | str | None = None, **overrides: str | None) -> Settings:
     """Settings for the project around `root` (default: the working directory).
 
-    `overrides` (store_url, checkpoint_url, data_url, checkpoint_policy) win when not None;
-    a launcher passes them through the run context.
+    `overrides` (store_url, checkpoint_url, data_url, checkpoint_policy, storage_options as
+    a `Settings` holds them) win when not None; a launcher passes them through the run context.
     """
     root = find_root(root)
     state = root / STATE_DIR
@@ -105,7 +201,8 @@ def load_settings(root: Path | str | None = None, **overrides: str | None) -> Se
     values = defaults | _pyproject_settings(root)
     for key, var in ENV.items():
         if os.environ.get(var):
-            values[key] = os.environ[var]
+            raw = os.environ[var]
+            values[key] = _storage_options_env(raw) if key == "storage_options" else raw
     values |= {key: value for key, value in overrides.items() if value is not None}
     try:
         if not float(values.get("replay_rtol", Settings.replay_rtol)) >= 0:

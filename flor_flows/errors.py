@@ -57,3 +57,11 @@ class TrainingFailed(FlorError):
 
 class DirtySubmodule(UserWarning):
     """A submodule has uncommitted edits, which a run's code version does not hold."""
+
+
+class StorageOptionsError(FlorError):
+    """`storage_options` hold a literal credential, or name an environment variable not set."""
+
+
+class CodeArchiveError(FlorError):
+    """A code version's archive on the object store is missing, unreadable or not intact."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
+HOST = socket.gethostname()  # where a process runs: a pid means something only there
 DIED = "process ended without finishing the run"  # a run's error when its process vanished
 
 

@@ -30,6 +30,11 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def redact_urls(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***` (`redact_url`)."""
+    return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+", lambda found: redact_url(found[0]), text)
+
+
 def is_secret(name: str) -> bool:
     """Whether an arg or column name looks like it holds a secret: one of its words (split at
     `_`, `-`, `.` and case changes) is password, token, key, secret, ..."""

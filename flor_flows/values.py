@@ -1,4 +1,6 @@
-"""Typed encoding of logged values, so the wide table gets floats as floats.
+"""What is logged, as both the record and the store see it: typed values and loop depth.
+
+Typed encoding of logged values, so the wide table gets floats as floats.
 
 A value is stored as (vtype, num, ival, txt). Values that are not JSON are stored as their
 `str()`, as FlorDB does; numpy and torch scalars become Python numbers first.
@@ -14,6 +16,7 @@ FLOAT, INT, BOOL, TEXT, JSON, NONE = range(6)
 Encoded = tuple[int, float | None, int | None, str | None]
 
 _INT64 = 2**63
+MAX_DEPTH = 8  # loop levels flattened into the columns `logs.i0`..`logs.i7`
 
 
 def plain(value: Any) -> Any:

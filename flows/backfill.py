@@ -10,7 +10,6 @@ does not reach the requested statements (not applicable) are reported while the 
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
@@ -30,7 +29,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from flor_flows.publishing import published
-from flor_flows.replay import artifacts, engine, plan
+from flor_flows.replay import artifacts, engine, plan, worktree
 from flor_flows.replay.backfill import (
     LEASES,
     BackfillRequest,
@@ -40,11 +39,10 @@ from flor_flows.replay.backfill import (
     resolve,
 )
 from flor_flows.store import open_store
-from flor_flows.store.store import lease_holder, now
+from flor_flows.store.leases import lease_holder
+from flor_flows.store.sql import now
 from flor_flows.training import launch
 from flor_flows.training.artifacts import key_prefix
-
-WORKDIR_PREFIX = "flor-flows-backfill-"  # code versions, materialised for one backfill
 
 
 def _run_name() -> str:
@@ -61,15 +59,21 @@ def plan_request(request: BackfillRequest) -> Resolved:
 
 @task(cache_policy=NO_CACHE, task_run_name="propagate-{commit}")
 def propagate_version(resolved: Resolved, commit: str, workdir: Path) -> engine.Version:
+    """Propagate into one code version: in the flow's `workdir` when run by the flow's own
+    process (its replays reuse it), else in a workspace removed when the task ends."""
     items = [i for i in resolved.items if i.code_version == commit]
-    version = engine.prepare_version(
-        resolved.settings.root,
-        commit,
-        resolved.new_files,
-        resolved.names,
-        workdir,
-        {item.entry_script for item in items},
-    )
+    with contextlib.ExitStack() as cleanup:
+        if not worktree.owned(workdir):  # another process or host (a Dask worker)
+            workdir = cleanup.enter_context(worktree.workspace())
+        version = engine.prepare_version(
+            resolved.settings.root,
+            commit,
+            resolved.new_files,
+            resolved.names,
+            workdir,
+            {item.entry_script for item in items},
+            resolved.settings,
+        )
     store = open_store(resolved.settings.store_url)
     for item in items:
         status, error = version.outcome(item.entry_script)
@@ -81,15 +85,16 @@ def propagate_version(resolved: Resolved, commit: str, workdir: Path) -> engine.
 def replay_run(resolved: Resolved, version: engine.Version, item: plan.Item) -> str:
     """Replay one run, or one segment of its iterations; raises `engine.ReplayFailed`."""
     with contextlib.ExitStack() as cleanup:
-        if not version.directory.is_dir():  # propagated on another machine (a Dask cluster)
-            workdir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX))
+        if not worktree.owned(version.directory):  # propagated by another process or host
+            workdir = cleanup.enter_context(worktree.workspace())  # removed when the task ends
             version = engine.prepare_version(
                 resolved.settings.root,
                 version.commit,
                 resolved.new_files,
                 resolved.names,
-                Path(workdir),
+                workdir,
                 [item.entry_script],
+                resolved.settings,
             )
         engine.replay(
             version,
@@ -150,12 +155,13 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
     lease = (resolved.settings.store_url, resolved.backfill_id, holder)
     LEASES.add(lease)
     try:
+        worktree.share(resolved.settings, resolved.commits)  # for hosts without the repository
         with (
-            tempfile.TemporaryDirectory(prefix=WORKDIR_PREFIX) as workdir,
+            worktree.workspace() as workdir,
             engine.sharing_setup(),  # a version's replays here share its script's imports
         ):
             propagating = {
-                c: propagate_version.submit(resolved, c, Path(workdir)) for c in resolved.commits
+                c: propagate_version.submit(resolved, c, workdir) for c in resolved.commits
             }
             outcomes = _replay_all(resolved, propagating, request.max_parallel, prefix)
             versions = [f.result() for f in propagating.values()]

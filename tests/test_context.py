@@ -7,7 +7,7 @@ import pytest
 from flor_flows.errors import FlorError
 from flor_flows.record.context import ReplaySpec, RunContext, split_argv
 from flor_flows.record.run import cast
-from flor_flows.record.values import decode, encode
+from flor_flows.values import decode, encode
 
 
 def test_flags_are_split_from_the_script_arguments() -> None:

@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from flor_flows.record import frames, values
+from flor_flows import values
+from flor_flows.record import frames
 from flor_flows.store import Store
 from flor_flows.store.query import wide_table
 

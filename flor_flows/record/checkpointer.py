@@ -30,7 +30,7 @@ class Checkpointer:
         record: Callable[[dict[str, Any]], None],
     ) -> None:
         self.objects, self.anchor, self._record = objects, anchor, record
-        self.store = checkpoints.CheckpointStore(settings.checkpoint_url)
+        self.store = checkpoints.CheckpointStore(settings.checkpoint_url, settings.fs_options())
         self.policy = checkpoints.policy(settings.checkpoint_policy)
         self._executor: ThreadPoolExecutor | None = None
         self._pending: tuple[Future[checkpoints.Written], dict[str, Any]] | None = None

@@ -46,6 +46,7 @@ class RunContext:
     store_url: str | None = None
     checkpoint_url: str | None = None
     data_url: str | None = None
+    storage_options: str | None = None  # object-store options (JSON, `Settings.storage_options`)
     flow_run_id: str | None = None
     resumed_from: str | None = None  # uid of the run whose final checkpoint `warm_start` loads
     kwargs: dict[str, str] = field(default_factory=dict)

@@ -11,8 +11,8 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from flor_flows.errors import FlorError
+from flor_flows.values import MAX_DEPTH
 
-MAX_DEPTH = 8  # loop levels flattened into the columns `logs.i0`..`logs.i7`
 _SCALARS = (int, float, str, bool)
 
 

@@ -18,9 +18,10 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flor_flows import values
 from flor_flows.config import STATE_DIR, load_settings
 from flor_flows.errors import ArgumentError, FlorError
-from flor_flows.record import frames, replay, values
+from flor_flows.record import frames, replay
 from flor_flows.record.buffer import Buffer
 from flor_flows.record.context import RunContext
 from flor_flows.record.frames import ROOT, Frame
@@ -92,6 +93,7 @@ class Run:
             store_url=context.store_url,
             checkpoint_url=context.checkpoint_url,
             data_url=context.data_url,
+            storage_options=context.storage_options,
         )
         self.buffer = Buffer(
             dataclasses.replace(context, run_uid=self.uid), self.settings, entry_script, os.getpid()
@@ -177,14 +179,15 @@ class Run:
             if recorded is None:
                 raise FlorError(f"run {self.uid} recorded no data batch named {name!r}")
             location = recorded["stored_uri"] or recorded["uri"]
-            path = data.fetch(location, recorded["sha256"], cache)
+            path = data.fetch(location, recorded["sha256"], cache, self.settings.fs_options())
         else:
             registered = self.context.registered.get(name)
             if registered is not None:  # the launcher hashed and copied it already
                 batch = data.Batch(**registered)
             else:
                 uri = self.context.data.get(name, uri)
-                batch = data.version(name, uri, self.settings.data_url, cache)
+                options = self.settings.fs_options()
+                batch = data.version(name, uri, self.settings.data_url, cache, options)
             self.buffer.data.append(
                 {
                     "name": name,
@@ -223,7 +226,8 @@ class Run:
         saved = self.buffer.wait_ready()["warm_start"]
         if saved is None:
             return None
-        restore(CheckpointStore.read(saved["uri"], saved["sha256"]), objects, rng=False)
+        data = CheckpointStore.read(saved["uri"], saved["sha256"], self.settings.fs_options())
+        restore(data, objects, rng=False)
         return saved["run_uid"]
 
     def loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
@@ -342,7 +346,8 @@ class Run:
     def _restore(self, saved: dict[str, Any]) -> None:
         from flor_flows.versioning.checkpoints import CheckpointStore, restore
 
-        restore(CheckpointStore.read(saved["uri"], saved["sha256"]), self.checkpointing.objects)
+        data = CheckpointStore.read(saved["uri"], saved["sha256"], self.settings.fs_options())
+        restore(data, self.checkpointing.objects)
 
     def runs_head(self) -> bool:
         """Whether the replay runs the head of this outer iteration; if not, the state is

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from flor_flows.config import STATE_DIR, Settings
-from flor_flows.process import alive
-
-HOST = socket.gethostname()
+from flor_flows.process import HOST, alive
 
 
 def transient(exc: BaseException) -> bool:

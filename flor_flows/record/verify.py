@@ -13,7 +13,7 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from flor_flows.record import values
+from flor_flows import values
 
 if TYPE_CHECKING:
     from flor_flows.store.store import Store

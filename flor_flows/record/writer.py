@@ -24,15 +24,17 @@ import dataclasses
 import json
 import os
 import pickle
+import signal
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from flor_flows import values
 from flor_flows.config import Settings
 from flor_flows.process import DIED
-from flor_flows.record import spill, values
+from flor_flows.record import spill
 from flor_flows.record.context import RunContext
 from flor_flows.record.verify import Verifier
 
@@ -152,9 +154,25 @@ class Session:
         )
         _STARTED.add(pid)  # a later run of the same process starts when it starts
         self.patient.set_code_version(self.run_id, project_id, version)
+        self._share_code(root, version.commit)
         if context.resumed_from is not None:
             self.warm_start = self.patient.final_checkpoint(
                 self.patient.run_id(context.resumed_from)
+            )
+
+    def _share_code(self, root: Path, commit: str) -> None:
+        """Keep the run's code version beside its checkpoints, for the hosts that replay it
+        without the repository (`archives`); a failure is a warning: the run goes on."""
+        from flor_flows.errors import FlorError
+        from flor_flows.versioning import archives
+
+        try:
+            archives.publish(root, commit, self.settings)
+        except FlorError as exc:
+            _warn(
+                f"code version {commit[:10]} was not stored beside the checkpoints ({exc}); "
+                "only hosts with the repository can replay the run until a backfill run on "
+                "one of them stores it"
             )
 
     def ready(self) -> dict[str, Any]:
@@ -424,4 +442,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
 
 
 if __name__ == "__main__":
+    # Ctrl-C at a terminal signals the whole group: the training process records its run
+    # as interrupted through this writer, which ends when that process's pipe does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer))

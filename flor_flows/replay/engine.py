@@ -30,7 +30,7 @@ from flor_flows.replay import forkserver
 from flor_flows.replay.reach import reachable
 from flor_flows.replay.shortcuts import mark
 from flor_flows.replay.skipping import shortcuts, skippable_loops
-from flor_flows.replay.worktree import link_untracked, python_files, view
+from flor_flows.replay.worktree import link_untracked, project_root, python_files, view
 from flor_flows.training import launch
 
 
@@ -75,11 +75,13 @@ def prepare_version(
     names: Iterable[str],
     workdir: Path,
     entry_scripts: Iterable[str] = (),
+    settings: Settings | None = None,
 ) -> Version:
     """Materialise `commit` under `workdir` and insert the `names` statements of `new_files`;
-    say for each of `entry_scripts` whether its runs can be replayed for them."""
+    say for each of `entry_scripts` whether its runs can be replayed for them. `settings`
+    locate the version's archive, for a host whose repository does not hold it."""
     names = tuple(names)
-    directory = view(root, commit, workdir / commit)
+    directory = view(root, commit, workdir / commit, settings)
     old_files = python_files(directory)
     results = propagate_files(new_files, old_files, names, version=commit[:10])
     replayed = dict(old_files)
@@ -196,7 +198,8 @@ def replay(
         store_url=settings.store_url,
         checkpoint_url=settings.checkpoint_url,
         data_url=settings.data_url,
-        project_root=str(settings.root),
+        storage_options=settings.storage_options or None,
+        project_root=str(project_root(settings.root, version.directory)),
         replay=ReplaySpec(
             apply=tuple(names),
             iterations=iterations,

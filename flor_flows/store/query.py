@@ -25,7 +25,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
-from flor_flows.record import values
+from flor_flows import values
 from flor_flows.store import schema as s
 from flor_flows.store.names import ARG, expand_args, known
 
@@ -111,8 +111,7 @@ def _runs(store: Store, project: str | None, uids: Sequence[str] | None = None) 
 def _show_dead_runs(runs: pd.DataFrame) -> None:
     """Show runs of this host whose process is gone as failed (reading writes nothing: the
     next run recorded on this host marks them in the store)."""
-    from flor_flows.process import DIED, alive
-    from flor_flows.store.store import HOST
+    from flor_flows.process import DIED, HOST, alive
 
     host, pid = runs.pop("host"), runs.pop("pid")
     running = (runs["status"] == "running") & (host == HOST)

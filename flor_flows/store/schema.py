@@ -25,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from flor_flows.record.frames import MAX_DEPTH
+from flor_flows.values import MAX_DEPTH
 
 SCHEMA_VERSION = 1
 
@@ -217,7 +217,7 @@ _COVERED = ("ctx_id", "sig_id", "vtype", "num", "ival", "i0", "i1", "i2")
 
 
 class Log(Base):
-    """One logged value, typed (see `flor_flows.record.values`)."""
+    """One logged value, typed (see `flor_flows.values`)."""
 
     __tablename__ = "logs"
     # Reads go by name in (run, write) order. The index also covers the columns a typical

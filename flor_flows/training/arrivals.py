@@ -7,15 +7,15 @@ overlap never take the same batch; a run that fails gives back what it did not c
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
 from flor_flows.config import Settings
-from flor_flows.errors import FlorError
+from flor_flows.errors import DataError, FlorError
 from flor_flows.store import open_store
+from flor_flows.versioning import storage
 from flor_flows.versioning.data import resolve
 
 _TIME_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
@@ -32,10 +32,14 @@ def _arrived_at(info: dict[str, Any]) -> float:
     return 0.0
 
 
-def arrived(project: Path, pattern: str) -> list[str]:
+def arrived(
+    project: Path, pattern: str, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
     """The files matching `pattern` (an fsspec glob) in arrival order: time, then name."""
-    fs, path = fsspec.core.url_to_fs(resolve(project, pattern))
-    found = fs.glob(path, detail=True)
+    url, what = resolve(project, pattern), "cannot list arriving batches at"
+    fs, path = storage.filesystem(url, storage_options, DataError, what)
+    with storage.failures(DataError, what, url):
+        found = fs.glob(path, detail=True)
     files = sorted(
         (_arrived_at(info), name) for name, info in found.items() if info.get("type") == "file"
     )
@@ -47,7 +51,8 @@ def claim(settings: Settings, project: Path, pattern: str, claim_id: str, limit:
     """Claim up to `limit` batches that no earlier or concurrent run took, oldest first."""
     store = open_store(settings.store_url)
     project_id = store.project_id(settings.project_name, settings.root)
-    return store.claim_arrivals(project_id, arrived(project, pattern), claim_id, limit)
+    found = arrived(project, pattern, settings.fs_options())
+    return store.claim_arrivals(project_id, found, claim_id, limit)
 
 
 def wait_turn(settings: Settings, claim_id: str, timeout: float, poll: float = 1.0) -> None:

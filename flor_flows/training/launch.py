@@ -133,6 +133,7 @@ def register_batches(launch: Launch, batches: dict[str, str]) -> dict[str, Batch
     """Hash and copy each batch (relative paths are the project's) before the run starts."""
     cache = launch.settings.root / STATE_DIR / "cache"
     resolved = {name: data.resolve(launch.project, uri) for name, uri in batches.items()}
+    options = launch.settings.fs_options()
     for name, uri in resolved.items():
         if not launch.settings.batch_allowed(uri):
             raise DataError(
@@ -141,7 +142,7 @@ def register_batches(launch: Launch, batches: dict[str, str]) -> dict[str, Batch
                 "[tool.flor-flows] or FLOR_FLOWS_BATCH_ROOTS to allow more)"
             )
     return {
-        name: data.version(name, uri, launch.settings.data_url, cache)
+        name: data.version(name, uri, launch.settings.data_url, cache, options)
         for name, uri in resolved.items()
     }
 
@@ -167,6 +168,7 @@ def context_of(
         store_url=settings.store_url,
         checkpoint_url=settings.checkpoint_url,
         data_url=settings.data_url,
+        storage_options=settings.storage_options or None,
         flow_run_id=flow_run_id,
         resumed_from=resumed_from,
         kwargs=dict(request.args),

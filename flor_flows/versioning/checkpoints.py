@@ -14,13 +14,13 @@ import random
 import struct
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import fsspec
-
 from flor_flows.errors import CheckpointError
-from flor_flows.versioning import paths
+from flor_flows.secrets import redact_url
+from flor_flows.versioning import paths, storage
 
 _TORCH_STATEFUL = ("state_dict", "load_state_dict")
 
@@ -193,12 +193,14 @@ class CheckpointStore:
     """Content files under one fsspec URL: `<root>/<run uid>/<loop>-<iteration>.ckpt`.
 
     The run uid and loop name are encoded into single path segments (`paths.segment`), so
-    no name can place a file outside the root; each file appears whole or not at all.
+    no name can place a file outside the root; each file appears whole or not at all. The
+    filesystem is opened with the project's storage options (`storage.filesystem`).
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, storage_options: Mapping[str, Any] | None = None) -> None:
         self.root = root.rstrip("/")
-        self.fs, self._path = fsspec.core.url_to_fs(self.root)
+        what = "cannot open checkpoint location"
+        self.fs, self._path = storage.filesystem(self.root, storage_options, CheckpointError, what)
         self._path = self._path.rstrip("/")
         self._tidied: set[str] = set()  # run directories cleaned of killed writes' leftovers
 
@@ -209,9 +211,10 @@ class CheckpointStore:
             probe = paths.temp_name(f"{self._path}/probe")
             self.fs.pipe_file(probe, b"")
             self.fs.rm_file(probe)
-        except OSError as exc:
+        except storage.STORE_ERRORS as exc:
             raise CheckpointError(
-                f"checkpoint location {self.root!r} is not writable: {exc}"
+                f"checkpoint location {redact_url(self.root)!r} is not writable: "
+                f"{storage.reason(exc)}"
             ) from exc
 
     def key(self, run_uid: str, loop: str, iteration: int) -> str:
@@ -224,7 +227,7 @@ class CheckpointStore:
         key = self.key(run_uid, loop, iteration)
         uri, path = f"{self.root}/{key}", f"{self._path}/{key}"
         digest, size = hashlib.sha256(), 0
-        try:
+        with storage.failures(CheckpointError, "cannot write checkpoint", uri):
             directory = path.rsplit("/", 1)[0]
             self.fs.makedirs(directory, exist_ok=True)
             tidy = directory not in self._tidied  # the first write of this store there
@@ -234,19 +237,21 @@ class CheckpointStore:
                     out.write(piece)
                     digest.update(piece)
                     size += len(piece) if isinstance(piece, bytes) else piece.nbytes
-        except OSError as exc:
-            raise CheckpointError(f"cannot write checkpoint {uri}: {exc}") from exc
         return Written(uri, digest.hexdigest(), size, time.perf_counter() - start)
 
     @staticmethod
-    def read(uri: str, sha256: str | None = None) -> bytes:
-        try:
-            with fsspec.open(uri, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            raise CheckpointError(f"cannot read checkpoint {uri}: {exc}") from exc
+    def read(
+        uri: str, sha256: str | None = None, storage_options: Mapping[str, Any] | None = None
+    ) -> bytes:
+        """The bytes of the checkpoint at `uri`, checked against its recorded `sha256`."""
+        what = "cannot read checkpoint"
+        fs, path = storage.filesystem(uri, storage_options, CheckpointError, what)
+        with storage.failures(CheckpointError, what, uri):
+            data = fs.cat_file(path)
         if sha256 and hashlib.sha256(data).hexdigest() != sha256:
-            raise CheckpointError(f"checkpoint {uri} does not match its recorded sha256")
+            raise CheckpointError(
+                f"checkpoint {redact_url(uri)} does not match its recorded sha256"
+            )
         return data
 
 

@@ -20,7 +20,15 @@ import git
 
 from flor_flows.errors import DirtySubmodule, FlorError, NotAGitRepository
 
-__all__ = ["CodeVersion", "read_file", "run_ref", "snapshot"]
+__all__ = [
+    "CodeVersion",
+    "archive",
+    "has_commit",
+    "listed",
+    "read_file",
+    "run_ref",
+    "snapshot",
+]
 
 RUN_REF_PREFIX = "refs/flor/runs/"
 SNAPSHOT_IDENTITY = ("flor-flows", "flor-flows@localhost")
@@ -279,3 +287,51 @@ def read_file(root: Path, commit: str, path: str) -> bytes:
         raise FlorError(f"Cannot read {rel} at code version {commit}: {_stderr(exc)}") from exc
     finally:
         repo.close()
+
+
+def has_commit(root: Path, commit: str) -> bool:
+    """Whether `root` is in a git working tree here whose repository holds `commit` (a replay
+    worker may have no repository, or a clone without the runs' hidden refs)."""
+    try:
+        repo = _open_repo(root)
+    except NotAGitRepository:
+        return False
+    try:
+        repo.git.execute(["git", "cat-file", "-e", f"{commit}^{{commit}}"])
+        return True
+    except git.GitCommandError:
+        return False
+    finally:
+        repo.close()
+
+
+def archive(root: Path, commit: str) -> bytes:
+    """The tree of `commit` as a tar archive (`git archive`: reads the repository only)."""
+    repo = _open_repo(root)
+    try:
+        return repo.git.execute(
+            ["git", "archive", "--format=tar", commit],
+            stdout_as_string=False,
+            strip_newline_in_stdout=False,
+        )
+    except git.GitCommandError as exc:
+        raise FlorError(f"cannot materialise code version {commit}: {_stderr(exc)}") from exc
+    finally:
+        repo.close()
+
+
+def listed(root: Path, *options: str) -> list[str]:
+    """The paths `git ls-files -z <options>` lists in the working tree of `root`, relative to
+    it (e.g. the tracked Python files, or with `--others` the untracked entries)."""
+    repo = _open_repo(root)
+    try:
+        out = repo.git.execute(
+            ["git", "-C", str(root), "ls-files", "-z", *options],
+            stdout_as_string=False,
+            strip_newline_in_stdout=False,
+        )
+    except git.GitCommandError as exc:
+        raise FlorError(f"cannot list the files of {root}: {_stderr(exc)}") from exc
+    finally:
+        repo.close()
+    return [name for name in out.decode(errors="surrogateescape").split("\0") if name]

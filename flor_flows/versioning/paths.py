@@ -26,6 +26,8 @@ from pathlib import PurePosixPath
 
 import fsspec
 
+from flor_flows.versioning.storage import STORE_ERRORS
+
 _SAFE = re.compile(r"[A-Za-z0-9._-]")
 _MAX = 120  # bytes of a segment: leaves room for suffixes and temporary-name prefixes
 _TMP = re.compile(r"\.flor-tmp\.(?P<host>[A-Za-z0-9_-]*)\.(?P<pid>\d+)\.[0-9a-f]+\.")
@@ -93,7 +95,7 @@ def atomic(fs: fsspec.AbstractFileSystem, path: str, tidy: bool = True) -> Itera
         with _lock:
             _in_flight.discard(tmp)
         if not done:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(*STORE_ERRORS):
                 fs.rm_file(tmp)
 
 
@@ -112,6 +114,11 @@ def _dead(host: str, pid: int) -> bool:
     return False
 
 
+def ended(pid: int) -> bool:
+    """Whether process `pid` of this host has ended (never true of this process)."""
+    return pid != os.getpid() and _dead(_HOST, pid)
+
+
 def clean(fs: fsspec.AbstractFileSystem, directory: str) -> None:
     """Remove temporary files in `directory` left by writers that were killed mid-write."""
     try:
@@ -125,5 +132,5 @@ def clean(fs: fsspec.AbstractFileSystem, directory: str) -> None:
         if match is None or full in busy or f"{directory}/{PurePosixPath(full).name}" in busy:
             continue
         if _dead(match["host"], int(match["pid"])):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(*STORE_ERRORS):
                 fs.rm_file(full)

@@ -11,7 +11,8 @@ import pytest
 
 from flor_flows.replay.backfill import BackfillRequest
 from flor_flows.store import Store
-from flor_flows.store.store import lease_holder, now
+from flor_flows.store.leases import lease_holder
+from flor_flows.store.sql import now
 from flows.backfill import backfill
 from tests.conftest import Project
 

@@ -1,0 +1,54 @@
+"""A replay's record: started under its run, finished with its outcome."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+
+from flor_flows.store import schema as s
+from flor_flows.store.sql import now
+
+if TYPE_CHECKING:
+    pass
+
+
+class ReplaysArea:
+    """Replays: one owner writes each (the writer's session)."""
+
+    engine: Engine
+    url: str
+    readonly: bool
+
+    def start_replay(self, run_id: int, **provenance: Any) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(
+                insert(s.Replay).values(
+                    run_id=run_id, started_at=now(), status="running", **provenance
+                )
+            ).inserted_primary_key[0]
+
+    def finish_replay(
+        self, replay_id: int, status: str, checked: int | None = None, error: str | None = None
+    ) -> None:
+        """End a replay: completed, failed or diverged, with its verification (None: kept)."""
+        values = {"status": status, "ended_at": now(), "checked": checked, "error": error}
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.Replay)
+                .where(s.Replay.id == replay_id)
+                .values({k: v for k, v in values.items() if v is not None})
+            )
+
+    def replay_outcome(self, replay_id: int) -> dict[str, Any]:
+        """A replay's status, how many values it verified, and why it diverged or failed."""
+        query = select(s.Replay.status, s.Replay.checked, s.Replay.error).where(
+            s.Replay.id == replay_id
+        )
+        with self.engine.connect() as conn:
+            return dict(conn.execute(query).mappings().one())
