@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import FlorError, PrefectApiError, RequestError
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
@@ -82,11 +82,11 @@ def deployments(
     from flows.training import train
 
     if cron is not None and interval is not None:
-        raise FlorError("give a cron expression or an interval for retraining, not both")
+        raise RequestError("give a cron expression or an interval for retraining, not both")
     root = Path(project).expanduser().resolve()
     find_root(root)  # a project must be a git repository: fail now, not at the first run
     if not (root / script).is_file():
-        raise FlorError(f"training script {script!r} not found in {root}")
+        raise RequestError(f"training script {script!r} not found in {root}")
     args, argv = dict(args or {}), list(argv or [])
     on_demand = train.to_deployment(
         name=DEPLOYMENTS[train.name],
@@ -151,7 +151,7 @@ def require_server() -> None:
     from prefect.settings import get_current_settings
 
     if not get_current_settings().api.url:
-        raise FlorError(
+        raise PrefectApiError(
             f"PREFECT_API_URL is not set: serving needs a Prefect server; {START_SERVER}"
         )
 

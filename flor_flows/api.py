@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from flor_flows import background as bg
-from flor_flows.errors import FlorError
+from flor_flows.errors import PrefectApiError
 from flor_flows.secrets import redact_url
 
 
@@ -92,7 +92,7 @@ def check_api(temporary_allowed: bool = True, timeout: float = API_CHECK_TIMEOUT
     if isinstance(problem, httpx.HTTPStatusError):
         status = problem.response.status_code
         if status < 500:  # it answers, but not to us: a key, an address or a proxy is wrong
-            raise FlorError(
+            raise PrefectApiError(
                 f"{where} refused its health check (HTTP {status} "
                 f"{problem.response.reason_phrase}): check PREFECT_API_URL and PREFECT_API_KEY"
             )
@@ -103,4 +103,4 @@ def check_api(temporary_allowed: bool = True, timeout: float = API_CHECK_TIMEOUT
         why = (
             str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
         )
-    raise FlorError(f"{where} does not answer ({why}): {way_out}")
+    raise PrefectApiError(f"{where} does not answer ({why}): {way_out}")

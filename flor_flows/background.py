@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import PrefectApiError
 from flor_flows.process import alive
 from flor_flows.secrets import redact_url
 from flor_flows.server import prefect_command, server_env
@@ -64,7 +64,7 @@ def prefect_mode() -> str:
     """FLOR_FLOWS_PREFECT: `background` (the default) or `temporary` (Prefect's own per process)."""
     mode = os.environ.get("FLOR_FLOWS_PREFECT", "").strip().lower() or "background"
     if mode not in MODES:
-        raise FlorError(
+        raise PrefectApiError(
             f"FLOR_FLOWS_PREFECT={os.environ['FLOR_FLOWS_PREFECT']!r}: use background or temporary"
         )
     return mode
@@ -134,7 +134,7 @@ def _write_state(home: Path, state: ServerState) -> None:
         os.replace(partial, path)
     except OSError as exc:
         partial.unlink(missing_ok=True)
-        raise FlorError(
+        raise PrefectApiError(
             f"cannot write the Prefect server's state file {path}: {exc.strerror or exc}"
         ) from exc
 
@@ -147,7 +147,7 @@ def _locked(home: Path) -> Iterator[None]:
         home.mkdir(parents=True, exist_ok=True)
         lock = path.open("a")
     except OSError as exc:
-        raise FlorError(
+        raise PrefectApiError(
             f"cannot write the Prefect server's state in {home}: {exc.strerror or exc}"
         ) from exc
     with lock:
@@ -180,8 +180,8 @@ def _port(host: str, port: int | None) -> int:
             sock.bind((host, port or 0))
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
-                raise FlorError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-            raise FlorError(
+                raise PrefectApiError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            raise PrefectApiError(
                 f"port {port} on {host} is in use: give another --port, or none to pick a free one"
             ) from exc
         return sock.getsockname()[1]
@@ -224,7 +224,7 @@ def _start(
                 start_new_session=True,
             )
     except OSError as exc:
-        raise FlorError(f"cannot start the Prefect server: {exc.strerror or exc}") from exc
+        raise PrefectApiError(f"cannot start the Prefect server: {exc.strerror or exc}") from exc
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/api"
     recorded = False
     try:  # a server not recorded could never be found again: it does not outlive this call
@@ -251,12 +251,12 @@ def _wait_healthy(server: subprocess.Popen[bytes], url: str, log: Path, timeout:
     deadline = time.monotonic() + timeout
     while not _healthy(url, timeout=2.0):
         if server.poll() is not None:
-            raise FlorError(
+            raise PrefectApiError(
                 f"the background Prefect server exited (code {server.returncode}) before "
                 f"answering: {_last_line(log)} (its log: {log})"
             )
         if time.monotonic() > deadline:
-            raise FlorError(
+            raise PrefectApiError(
                 f"the background Prefect server did not answer within {timeout:g} s: "
                 f"{_last_line(log)} (its log: {log})"
             )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from flor_flows.errors import FlorError, NotAGitRepository, StorageOptionsError
+from flor_flows.errors import ConfigError, NotAGitRepository, StorageOptionsError
 from flor_flows.secrets import is_secret
 
 STATE_DIR = ".flor-flows"
@@ -87,10 +87,10 @@ def _pyproject_settings(root: Path) -> dict[str, str]:
     try:
         table = tomllib.loads(path.read_text()).get("tool", {}).get("flor-flows", {})
     except tomllib.TOMLDecodeError as exc:
-        raise FlorError(f"{path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     unknown = set(table) - set(ENV)
     if unknown:
-        raise FlorError(
+        raise ConfigError(
             f"{path} [tool.flor-flows] has unknown keys {sorted(unknown)}; known: {sorted(ENV)}"
         )
     return {key: _text(key, value, f"{path} [tool.flor-flows]") for key, value in table.items()}
@@ -208,7 +208,7 @@ def load_settings(root: Path | str | None = None, **overrides: str | None) -> Se
         if not float(values.get("replay_rtol", Settings.replay_rtol)) >= 0:
             raise ValueError
     except ValueError:
-        raise FlorError(
+        raise ConfigError(
             f"replay_rtol {values['replay_rtol']!r} is not a relative tolerance (a number >= 0)"
         ) from None
     return Settings(root=root, **values)

@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ from typing import TextIO
 import pandas as pd
 
 from flor_flows import api
+from flor_flows.errors import DemoStepFailed
+from flor_flows.versioning import code
 
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "digits"
 METRICS = ("loss", "acc", "lr", "val_loss", "grad_norm")
@@ -56,10 +57,6 @@ STEPS = (
 )
 
 
-class DemoStepFailed(RuntimeError):
-    """A retraining flow run of the demo did not complete."""
-
-
 def run_demo(workdir: Path, out: TextIO = sys.stdout) -> pd.DataFrame:
     """Run every demo day in a new git repo at ``workdir``; return the metrics table.
 
@@ -79,8 +76,7 @@ def run_demo(workdir: Path, out: TextIO = sys.stdout) -> pd.DataFrame:
 
     for day, (step, batch) in enumerate(zip(STEPS, batches, strict=True), start=1):
         shutil.copyfile(_version_file(step.version), workdir / "train.py")
-        _git(workdir, "add", "train.py")
-        _git(workdir, "commit", "-q", "-m", f"train.py: {step.version}")
+        code.commit_files(workdir, ["train.py"], f"train.py: {step.version}")
         _arrive(workdir, batch)
         overrides = " ".join([*(f"{k}={v}" for k, v in step.kwargs.items()), *step.argv])
         label = f"[day {day}/{len(STEPS)}] {step.version}, {batch.name} arrived"
@@ -117,19 +113,10 @@ def run_demo(workdir: Path, out: TextIO = sys.stdout) -> pd.DataFrame:
 
 
 def _init_repo(workdir: Path) -> None:
-    """``git init`` with a local identity; data and the store stay out of version control."""
-    _git(workdir, "init", "-q", "-b", "main")
-    _git(workdir, "config", "user.name", "flor-flows demo")
-    _git(workdir, "config", "user.email", "demo@flor-flows.invalid")
+    """A git repository with a local identity; data and the store stay out of version control."""
+    code.new_repository(workdir, "flor-flows demo", "demo@flor-flows.invalid")
     (workdir / ".gitignore").write_text("data/\n.flor-flows/\n__pycache__/\n")
-    _git(workdir, "add", ".gitignore")
-    _git(workdir, "commit", "-q", "-m", "Ignore data and the run store")
-
-
-def _git(workdir: Path, *args: str) -> None:
-    proc = subprocess.run(["git", *args], cwd=workdir, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise DemoStepFailed(f"git {' '.join(args)} exited with {proc.returncode}: {proc.stderr}")
+    code.commit_files(workdir, [".gitignore"], "Ignore data and the run store")
 
 
 def _write_batches(dest: Path, n_batches: int) -> list[Path]:

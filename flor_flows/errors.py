@@ -65,3 +65,50 @@ class StorageOptionsError(FlorError):
 
 class CodeArchiveError(FlorError):
     """A code version's archive on the object store is missing, unreadable or not intact."""
+
+
+class ConfigError(FlorError):
+    """A setting (pyproject, environment) that is not valid, or an extra the request needs
+    that is not installed."""
+
+
+class RequestError(FlorError):
+    """A request that cannot be carried out as given: an unknown name or run, a filter or
+    selection that does not parse, a script or file that is not there, conflicting options."""
+
+
+class UsageError(FlorError):
+    """The record API called in a way it cannot record (a name it cannot store, a loop nested
+    too deep, a run context that does not parse)."""
+
+
+class CodeVersionError(FlorError):
+    """git cannot snapshot, read or materialise a code version."""
+
+
+class PrefectApiError(FlorError):
+    """The Prefect API does not answer, or a Prefect server cannot be started or reached."""
+
+
+class ArrivalsBlocked(FlorError):
+    """Batches another retraining run claimed earlier are not consumed yet: this one waits."""
+
+
+class Unparsable(FlorError):
+    """A source file is not valid Python 3."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line, self.message = line, message
+
+
+class ReplayFailed(FlorError):
+    """A replay's child process exited with an error (the message ends with its stderr tail)."""
+
+
+class ReplayDiverged(FlorError):
+    """A replay ran, but the run's own values came out different: its new values are untrusted."""
+
+
+class DemoStepFailed(FlorError):
+    """A retraining flow run of the demo did not complete."""

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import PrefectApiError
 from flor_flows.secrets import redact_url
 
 ASYNC_DRIVERS = {
@@ -34,12 +34,12 @@ def async_database_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     driver = ASYNC_DRIVERS.get(scheme.lower()) if sep else None
     if driver is None:
-        raise FlorError(
+        raise PrefectApiError(
             f"unsupported database URL {redact_url(url)!r} for the Prefect server: use "
             "postgresql://user[:password]@host[:port]/dbname or sqlite:///path/to/prefect.db"
         )
     if driver.startswith("sqlite") and rest in ("", "/"):
-        raise FlorError(
+        raise PrefectApiError(
             f"{redact_url(url)!r} names no database file: use sqlite:///path/to/prefect.db"
         )
     return f"{driver}://{rest}"

@@ -28,6 +28,7 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
+from flor_flows.errors import ReplayDiverged, ReplayFailed
 from flor_flows.publishing import published
 from flor_flows.replay import artifacts, engine, plan, worktree
 from flor_flows.replay.backfill import (
@@ -83,7 +84,7 @@ def propagate_version(resolved: Resolved, commit: str, workdir: Path) -> engine.
 
 @task(cache_policy=NO_CACHE, task_run_name="replay-{item.run_uid}")
 def replay_run(resolved: Resolved, version: engine.Version, item: plan.Item) -> str:
-    """Replay one run, or one segment of its iterations; raises `engine.ReplayFailed`."""
+    """Replay one run, or one segment of its iterations; raises `ReplayFailed`."""
     with contextlib.ExitStack() as cleanup:
         if not worktree.owned(version.directory):  # propagated by another process or host
             workdir = cleanup.enter_context(worktree.workspace())  # removed when the task ends
@@ -262,8 +263,8 @@ def _replay_all(
         done += 1
         try:
             finished.result()
-        except (engine.ReplayFailed, engine.ReplayDiverged) as exc:  # the others go on
-            status = "diverged" if isinstance(exc, engine.ReplayDiverged) else "replay failed"
+        except (ReplayFailed, ReplayDiverged) as exc:  # the others go on
+            status = "diverged" if isinstance(exc, ReplayDiverged) else "replay failed"
             status = "cancelled" if launch.stopping.is_set() else status
             if item.run_uid not in outcomes:
                 outcomes[item.run_uid] = (status, str(exc))

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from flor_flows.errors import Unparsable
 from flor_flows.propagate.fastread import read_fast
-from flor_flows.propagate.statements import Unparsable, read
+from flor_flows.propagate.statements import read
 
 CASES = Path(__file__).parent / "data" / "propagation"
 SOURCES = sorted(c / "old.py" for c in CASES.iterdir() if (c / "old.py").is_file())

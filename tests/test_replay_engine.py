@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from flor_flows.config import load_settings
-from flor_flows.replay.engine import ReplayFailed, prepare_version, replay
+from flor_flows.errors import ReplayFailed
+from flor_flows.replay.engine import prepare_version, replay
 from tests.conftest import Project, git
 
 BODY = """

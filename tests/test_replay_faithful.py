@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import text
 
 from flor_flows.config import load_settings
-from flor_flows.replay.engine import ReplayDiverged, prepare_version, replay
+from flor_flows.errors import ReplayDiverged
+from flor_flows.replay.engine import prepare_version, replay
 from tests.conftest import Project, git
 
 # The smallest reproduction, plus data read from ../data (outside the repository).

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import RequestError
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ def typed_request(model: type[T], flags: dict[str, str] | None = None, **fields:
             f"{flags.get(str(e['loc'][0]), '--' + str(e['loc'][0]).replace('_', '-'))}: " + _said(e)
             for e in exc.errors()
         )
-        raise FlorError(why) from exc
+        raise RequestError(why) from exc
 
 
 def _said(error: Any) -> str:  # noqa: ANN401 - a pydantic ErrorDetails
@@ -52,13 +52,13 @@ def read_text(path: Path) -> str:
         mode = path.stat().st_mode
         if not stat.S_ISREG(mode):
             kind = NOT_REGULAR.get(stat.S_IFMT(mode), "a special file")
-            raise FlorError(f"cannot read {path}: it is {kind}, not a regular file")
+            raise RequestError(f"cannot read {path}: it is {kind}, not a regular file")
         with path.open("rb") as file:
             data = file.read(MAX_SOURCE_BYTES + 1)
     except OSError as exc:
-        raise FlorError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise RequestError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if len(data) > MAX_SOURCE_BYTES:
-        raise FlorError(
+        raise RequestError(
             f"cannot read {path}: larger than {MAX_SOURCE_BYTES // 2**20} MB, too large for "
             "a source file"
         )
@@ -67,7 +67,7 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff")
         hint = ": it looks like UTF-16; save it as UTF-8" if utf16 else ""
-        raise FlorError(
+        raise RequestError(
             f"cannot read {path}: not UTF-8 text ({exc.reason} at byte {exc.start}){hint}"
         ) from exc
     return text.replace("\r\n", "\n").replace("\r", "\n")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flor_flows.errors import CorruptStore, FlorError
+from flor_flows.errors import CorruptStore, RequestError
 
 T = TypeVar("T")
 
@@ -92,7 +92,7 @@ def cmd_backfills(args: argparse.Namespace) -> int:
 
     if args.id is None:
         if args.retry_failed:
-            raise FlorError(
+            raise RequestError(
                 "--retry-failed needs the ID of a backfill (see `flor-flows backfills`)"
             )
         _print_frame(_read(args, lambda store: backfills.requests(store, STATUSES)), args, [])

@@ -10,7 +10,7 @@ from flor_flows.api import check_api, ephemeral_defaults, use_api
 from flor_flows.commands.inputs import typed_request
 from flor_flows.commands.stopping import exit_now, stoppable
 from flor_flows.commands.watching import reconcile_runs, watch_api
-from flor_flows.errors import FlorError
+from flor_flows.errors import ConfigError, PrefectApiError
 
 
 def _dask_runner(address: str):  # noqa: ANN202 - prefect_dask is imported only here
@@ -18,13 +18,13 @@ def _dask_runner(address: str):  # noqa: ANN202 - prefect_dask is imported only 
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError as exc:
-        raise FlorError(
+        raise ConfigError(
             f"--dask needs prefect-dask ({exc}); install it with: pip install 'flor-flows[dask]'"
         ) from exc
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():  # each worker would start a private temporary server
-        raise FlorError(
+        raise PrefectApiError(
             "--dask needs a Prefect server the Dask workers can reach: start one "
             "(flor-flows server --host 0.0.0.0) and set PREFECT_API_URL to its address"
         )

@@ -8,7 +8,7 @@ import sys
 
 from deployments import serve as serving
 from flor_flows.api import check_api
-from flor_flows.errors import FlorError
+from flor_flows.errors import RequestError
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from flor_flows.server import run_server
 
     if args.action in ("stop", "status") and (args.database or args.host or args.port is not None):
-        raise FlorError(f"server {args.action} takes no --database, --host or --port")
+        raise RequestError(f"server {args.action} takes no --database, --host or --port")
     database = args.database or os.environ.get("FLOR_FLOWS_SERVER_DATABASE") or None
     if args.database and redact_url(args.database) != args.database:
         print(

@@ -13,7 +13,7 @@ from flor_flows.api import ephemeral_defaults, use_api
 from flor_flows.commands.inputs import typed_request
 from flor_flows.commands.stopping import exit_now, stoppable
 from flor_flows.commands.watching import reconcile_runs, watch_api
-from flor_flows.errors import FlorError, TrainingFailed
+from flor_flows.errors import FlorError, RequestError, TrainingFailed
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -56,14 +56,14 @@ def _check_inputs(request: Any) -> None:  # noqa: ANN401 - a TrainingRequest
     """A script or local batch that is not there is an error now, before Prefect starts."""
     project = Path(request.project).expanduser().resolve()
     if not (project / request.script).is_file():  # as the flow says it (launch.new_launch)
-        raise FlorError(f"training script {request.script!r} not found in {project}")
+        raise RequestError(f"training script {request.script!r} not found in {project}")
     uris = {"batch": request.batch, **request.data} if request.batch else dict(request.data)
     for name, uri in uris.items():
         if "://" in uri:
             continue  # any other filesystem: checked when the flow reads it
         path = Path(request.project) / uri
         if not path.is_file():
-            raise FlorError(
+            raise RequestError(
                 f"--{'batch' if name == 'batch' else 'data ' + name}: {path} is not a file"
             )
 
@@ -129,8 +129,8 @@ def _raise_input_error(state: Any, script: str) -> None:  # noqa: ANN401 - a Pre
     if not isinstance(cause, FlorError):
         return
     if not isinstance(cause, TrainingFailed):
-        raise FlorError(f"training failed: {cause}") from cause
+        raise TrainingFailed(f"training failed: {cause}") from cause
     found = FLOR_ERROR_LINE.fullmatch(raised_line(str(cause)))
     kind = getattr(errors, found[1], None) if found else None
     if found and isinstance(kind, type) and issubclass(kind, FlorError):
-        raise FlorError(f"training failed: {script} stopped: {found[2]}") from cause
+        raise TrainingFailed(f"training failed: {script} stopped: {found[2]}") from cause

@@ -19,13 +19,14 @@ from functools import lru_cache
 
 import libcst as cst
 
+from flor_flows.errors import Unparsable
 from flor_flows.propagate.codemod import InsertStatements
 from flor_flows.propagate.fastread import AstBlock, FastModule, read_fast
 from flor_flows.propagate.matching import Matching
 from flor_flows.propagate.placement import Placer, Refused, code_of, end_order
 from flor_flows.propagate.scope import bound_at, bound_by
 from flor_flows.propagate.splice import splice
-from flor_flows.propagate.statements import Module, Statement, Unparsable, read
+from flor_flows.propagate.statements import Module, Statement, read
 
 __all__ = ["Placement", "Propagation", "Refusal", "propagate", "propagate_files"]
 

@@ -16,7 +16,8 @@ import io
 import tokenize
 from dataclasses import dataclass, field
 
-from flor_flows.propagate.statements import Block, Module, Statement, Unparsable, normalise, tokens
+from flor_flows.errors import Unparsable
+from flor_flows.propagate.statements import Block, Module, Statement, normalise, tokens
 
 _COMPOUND = {
     ast.For: "for", ast.AsyncFor: "for", ast.While: "while", ast.With: "with",

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import libcst as cst
 import libcst.metadata
 
+from flor_flows.errors import Unparsable
+
 BUILTINS = frozenset(dir(builtins))
 LOOPS = ("for", "while")
 _SKIP = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
@@ -294,14 +296,6 @@ class _Reader:
             for clause in _clauses(node):
                 stmt.blocks.append(self.block(clause, (clause,), stmt))
         return stmt
-
-
-class Unparsable(ValueError):
-    """The source is not valid Python 3."""
-
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(f"line {line}: {message}")
-        self.line, self.message = line, message
 
 
 def read(source: str) -> Module:

@@ -13,7 +13,7 @@ import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import ArgumentError, UsageError
 
 ENV_VAR = "FLOR_FLOWS_CONTEXT"
 FLAGS = ("--kwargs", "--data")
@@ -82,7 +82,7 @@ class RunContext:
                 replay = ReplaySpec(**replay)
             return cls(**fields, replay=replay)
         except (ValueError, TypeError) as exc:
-            raise FlorError(f"{ENV_VAR} is not a valid run context: {exc}") from exc
+            raise UsageError(f"{ENV_VAR} is not a valid run context: {exc}") from exc
 
 
 def _pairs(flag: str, items: list[str]) -> dict[str, str]:
@@ -90,7 +90,7 @@ def _pairs(flag: str, items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise FlorError(f"{flag} expects NAME=VALUE pairs, got {item!r}")
+            raise ArgumentError(f"{flag} expects NAME=VALUE pairs, got {item!r}")
         pairs[key] = value
     return pairs
 

@@ -10,7 +10,7 @@ import hashlib
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import UsageError
 from flor_flows.values import MAX_DEPTH
 
 _SCALARS = (int, float, str, bool)
@@ -55,7 +55,7 @@ def child(parent: Frame, name: str, iteration: int | None, value: str | None) ->
     """The frame of iteration `iteration` of loop `name` inside `parent`."""
     depth = len(parent.names) + 1
     if depth > MAX_DEPTH:
-        raise FlorError(
+        raise UsageError(
             f"flor.loop {name!r} is nested {depth} deep; flor-flows records at most {MAX_DEPTH} levels"
         )
     if iteration is None:  # user-driven iteration: the item itself identifies the context

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from flor_flows import values
 from flor_flows.config import STATE_DIR, load_settings
-from flor_flows.errors import ArgumentError, FlorError
+from flor_flows.errors import ArgumentError, DataError, UsageError
 from flor_flows.record import frames, replay
 from flor_flows.record.buffer import Buffer
 from flor_flows.record.context import RunContext
@@ -66,7 +66,7 @@ class Run:
         self.context = context
         self.replaying = context.mode == "replay"
         if self.replaying and not context.run_uid:
-            raise FlorError("a replay context needs the uid of the run to replay")
+            raise UsageError("a replay context needs the uid of the run to replay")
         self.uid = context.run_uid or new_uid()
         spec = context.replay
         self.apply = frozenset(spec.apply) if spec and spec.apply is not None else None
@@ -177,7 +177,7 @@ class Run:
         if self.replaying:
             recorded = self.buffer.wait_ready()["history"]["data"].get(name)
             if recorded is None:
-                raise FlorError(f"run {self.uid} recorded no data batch named {name!r}")
+                raise DataError(f"run {self.uid} recorded no data batch named {name!r}")
             location = recorded["stored_uri"] or recorded["uri"]
             path = data.fetch(location, recorded["sha256"], cache, self.settings.fs_options())
         else:
@@ -408,13 +408,13 @@ MAX_NAME = 255  # the store's column width for names
 def _valid_name(name: Any) -> str:
     """A logged name the store can hold, or a FlorError at the `flor.log` that used it."""
     if not isinstance(name, str) or not name:
-        raise FlorError(f"flor.log name must be a non-empty string, got {name!r}")
+        raise UsageError(f"flor.log name must be a non-empty string, got {name!r}")
     if len(name) > MAX_NAME:
-        raise FlorError(
+        raise UsageError(
             f"flor.log name {name[:40]!r}... is {len(name)} characters; at most {MAX_NAME}"
         )
     if values.storable(name) != name:
-        raise FlorError(f"flor.log name {name!r} holds a NUL or a lone surrogate")
+        raise UsageError(f"flor.log name {name!r} holds a NUL or a lone surrogate")
     return name
 
 

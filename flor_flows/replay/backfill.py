@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from pydantic import Field, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
 from flor_flows.config import Settings, load_settings
-from flor_flows.errors import FlorError
-from flor_flows.propagate.statements import Unparsable, read
+from flor_flows.errors import FlorError, RequestError, Unparsable
+from flor_flows.propagate.statements import read
 from flor_flows.replay import plan as planning
 from flor_flows.replay.selection import parse_iter
 from flor_flows.replay.skipping import run_level_only, shortcuts, skippable_loops
@@ -28,6 +27,7 @@ from flor_flows.replay.where import parse_where
 from flor_flows.replay.worktree import working_tree_files
 from flor_flows.store import open_store
 from flor_flows.training.request import Name, ProjectRequest, form_words
+from flor_flows.versioning import code
 
 Lease = tuple[str, int, str]  # a backfill flow run's hold: (store URL, backfill id, holder)
 # The leases this process's backfill flow runs hold now. A stopped `flor-flows replay` marks
@@ -118,18 +118,7 @@ class Resolved:
 
 def new_files(root: Path, ref: str | None) -> dict[str, str]:
     """The Python files holding the new statements: the working tree, or `ref`."""
-    if ref is None:
-        return working_tree_files(root)
-    listing = _git(root, "ls-tree", "-r", "-z", "--name-only", ref)
-    names = [n for n in listing.split("\0") if n.endswith(".py")]
-    return {name: _git(root, "show", f"{ref}:{name}") for name in names}
-
-
-def _git(root: Path, *args: str) -> str:
-    proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise FlorError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    return working_tree_files(root) if ref is None else code.python_files_at(root, ref)
 
 
 def statements_sha256(files: dict[str, str], names: tuple[str, ...]) -> str:
@@ -148,7 +137,7 @@ def statements_sha256(files: dict[str, str], names: tuple[str, ...]) -> str:
     missing = sorted(set(names) - set(found))
     if missing:
         why = f"; {'; '.join(broken)}" if broken else ""
-        raise FlorError(f"no flor.log statement for {', '.join(missing)} in the new code{why}")
+        raise RequestError(f"no flor.log statement for {', '.join(missing)} in the new code{why}")
     return hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from flor_flows.config import Settings
-from flor_flows.errors import FlorError
+from flor_flows.errors import ReplayDiverged, ReplayFailed, Unparsable
 from flor_flows.propagate import Propagation, Refusal, propagate_files
-from flor_flows.propagate.statements import Unparsable, read
+from flor_flows.propagate.statements import read
 from flor_flows.record.context import ReplaySpec, RunContext
 from flor_flows.replay import forkserver
 from flor_flows.replay.reach import reachable
@@ -32,14 +32,6 @@ from flor_flows.replay.shortcuts import mark
 from flor_flows.replay.skipping import shortcuts, skippable_loops
 from flor_flows.replay.worktree import link_untracked, project_root, python_files, view
 from flor_flows.training import launch
-
-
-class ReplayFailed(FlorError):
-    """A replay's child process exited with an error (the message ends with its stderr tail)."""
-
-
-class ReplayDiverged(FlorError):
-    """A replay ran, but the run's own values came out different: its new values are untrusted."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import RequestError
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ def parse_iter(specs: Iterable[str]) -> dict[str, Selection]:
     for spec in specs:
         loop, sep, text = (part.strip() for part in spec.partition("="))
         if not sep or not loop.isidentifier() or not text:
-            raise FlorError(f"--iter {spec!r}: expected {_ITER_FORM}")
+            raise RequestError(f"--iter {spec!r}: expected {_ITER_FORM}")
         if loop in selections:
-            raise FlorError(f"--iter: loop {loop!r} is selected twice")
+            raise RequestError(f"--iter: loop {loop!r} is selected twice")
         selections[loop] = _selection(spec, text)
     return selections
 
@@ -56,13 +56,13 @@ def _selection(spec: str, text: str) -> Selection:
     for part in (p.strip() for p in text.split(",")):
         match = _ITERATIONS.fullmatch(part)
         if match is None:
-            raise FlorError(
+            raise RequestError(
                 f"--iter {spec!r}: {part!r} is not an iteration (0, 1, ...) or a range "
                 f"(2-5); expected {_ITER_FORM}"
             )
         lo, hi = int(match[1]), int(match[2] or match[1])
         if hi < lo:
-            raise FlorError(f"--iter {spec!r}: the range {part} is empty")
+            raise RequestError(f"--iter {spec!r}: the range {part} is empty")
         ranges.add((lo, hi))
     return Selection("list", tuple(sorted(ranges)))
 
@@ -73,7 +73,7 @@ def check_loops(iters: dict[str, Selection], loops: Iterable[str]) -> None:
     outer = sorted(set(loops))
     unknown = sorted(set(iters) - set(outer))
     if unknown:
-        raise FlorError(
+        raise RequestError(
             f"--iter {', '.join(unknown)}: not the outer loop of any run to replay; replay "
             f"selects iterations of the outer loop ({', '.join(outer) or 'none recorded'})"
         )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import FlorError, RequestError
 
 Predicate = Callable[[pd.DataFrame], pd.Series]  # a nullable boolean per row (NA: unknown)
 Operand = Callable[[pd.DataFrame], Any]  # a column of the frame, or a literal
@@ -37,11 +37,11 @@ class Where:
         """True for the rows of `frame` that satisfy the filter; a missing value never does."""
         absent = [name for name in self.names if name not in frame.columns]
         if absent:
-            raise FlorError(f"--where {self.expression!r}: no column {', '.join(absent)}")
+            raise RequestError(f"--where {self.expression!r}: no column {', '.join(absent)}")
         try:
             result = self._predicate(frame)
         except TypeError as exc:  # e.g. a number column compared with a string
-            raise FlorError(f"--where {self.expression!r}: {exc}") from exc
+            raise RequestError(f"--where {self.expression!r}: {exc}") from exc
         return result.fillna(False).astype(bool)
 
 
@@ -77,13 +77,13 @@ def parse_where(expression: str) -> Where:
         tree = ast.parse(text, mode="eval")
         predicate = _Compiler(text).predicate(tree.body)
     except SyntaxError as exc:
-        raise FlorError(
+        raise RequestError(
             f"--where {expression!r} is not an expression: {exc.msg} (column {exc.offset})"
         ) from exc
     except ValueError as exc:  # null bytes, integer literals past the digit limit
-        raise FlorError(f"--where {expression!r}: {exc}") from exc
+        raise RequestError(f"--where {expression!r}: {exc}") from exc
     except RecursionError as exc:  # the parser's, or ours
-        raise FlorError(f"--where {expression[:40]!r}... is nested too deeply") from exc
+        raise RequestError(f"--where {expression[:40]!r}... is nested too deeply") from exc
     found = (node for node in ast.walk(tree) if _column_name(node) is not None)
     ordered = sorted(found, key=lambda node: (node.lineno, node.col_offset))
     return Where(text, tuple(dict.fromkeys(_column_name(node) for node in ordered)), predicate)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from sqlalchemy import func, select
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import RequestError
 from flor_flows.store import schema as s
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def request(store: Store, backfill_id: int) -> tuple[list[str], dict[str, Any]]:
             known = list(conn.scalars(select(s.Backfill.id).order_by(s.Backfill.id)))
     if found is None:
         listed = ", ".join(map(str, known)) or "none yet"
-        raise FlorError(f"no backfill {backfill_id}; backfills: {listed}")
+        raise RequestError(f"no backfill {backfill_id}; backfills: {listed}")
     return list(found.names), dict(found.selection or {})
 
 

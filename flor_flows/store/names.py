@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from sqlalchemy import select
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import RequestError
 from flor_flows.store import schema as s
 
 if TYPE_CHECKING:
@@ -48,5 +48,5 @@ def known(store: Store, names: Sequence[str], runs: pd.DataFrame) -> tuple[list[
         if unknown:
             listed = f"; logged names: {', '.join(sorted(catalog)) or 'none'}"
             listed += f"; args: {', '.join(sorted(args))}" if args else ""
-            raise FlorError(f"unknown name(s) {', '.join(unknown)}{listed}")
+            raise RequestError(f"unknown name(s) {', '.join(unknown)}{listed}")
     return [n for n in names if n in catalog], {n.removeprefix(ARG) for n in names} & args

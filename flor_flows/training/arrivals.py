@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flor_flows.config import Settings
-from flor_flows.errors import DataError, FlorError
+from flor_flows.errors import ArrivalsBlocked, DataError
 from flor_flows.store import open_store
 from flor_flows.versioning import storage
 from flor_flows.versioning.data import resolve
@@ -66,7 +66,7 @@ def wait_turn(settings: Settings, claim_id: str, timeout: float, poll: float = 1
     deadline = time.monotonic() + timeout
     while (ahead := store.arrivals_ahead(project_id, claim_id)) > 0:
         if time.monotonic() > deadline:
-            raise FlorError(
+            raise ArrivalsBlocked(
                 f"{ahead} batch(es) claimed earlier by another retraining run are still not "
                 f"trained on after {timeout:.0f} s"
             )

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from flor_flows.config import STATE_DIR, Settings, load_settings
-from flor_flows.errors import DataError, FlorError, StoreError, TrainingFailed
+from flor_flows.errors import DataError, RequestError, StoreError, TrainingFailed
 from flor_flows.record.context import RunContext
 from flor_flows.record.run import new_uid
 from flor_flows.store import open_store
@@ -104,7 +104,7 @@ def new_launch(request: TrainingRequest) -> Launch:
     project = Path(request.project).expanduser().resolve()
     script = (project / request.script).resolve()
     if not script.is_file():
-        raise FlorError(f"training script {request.script!r} not found in {project}")
+        raise RequestError(f"training script {request.script!r} not found in {project}")
     settings = load_settings(project)
     entry_script = os.path.relpath(script, settings.root)
     launch = Launch(new_uid(), settings, project, script, entry_script, tuple(request.argv))

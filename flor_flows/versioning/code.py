@@ -18,13 +18,16 @@ from pathlib import Path, PurePosixPath
 
 import git
 
-from flor_flows.errors import DirtySubmodule, FlorError, NotAGitRepository
+from flor_flows.errors import CodeVersionError, DirtySubmodule, NotAGitRepository
 
 __all__ = [
     "CodeVersion",
     "archive",
+    "commit_files",
     "has_commit",
     "listed",
+    "new_repository",
+    "python_files_at",
     "read_file",
     "run_ref",
     "snapshot",
@@ -51,7 +54,7 @@ class CodeVersion:
 def run_ref(run_uid: str) -> str:
     """The hidden ref that pins a run's code version: ``refs/flor/runs/<run_uid>``."""
     if not _RUN_UID.fullmatch(run_uid) or ".." in run_uid or run_uid.endswith(".lock"):
-        raise FlorError(
+        raise CodeVersionError(
             f"Invalid run uid {run_uid!r}: use letters, digits, '.', '_' or '-' "
             "(no '..', not starting with '.' or '-', not ending in '.lock')."
         )
@@ -83,7 +86,7 @@ def _repo_relative(top: Path, base: Path, path: Path | str, what: str) -> str:
     p = Path(path).expanduser()
     p = Path(os.path.abspath(p if p.is_absolute() else base / p))
     if not p.exists():
-        raise FlorError(f"{what} {p} does not exist.")
+        raise CodeVersionError(f"{what} {p} does not exist.")
     # Compare unresolved first (keeps in-repo symlinks in-repo), then resolved.
     for candidate in (p, p.parent.resolve() / p.name):
         for root in (Path(os.path.abspath(top)), top.resolve()):
@@ -91,7 +94,7 @@ def _repo_relative(top: Path, base: Path, path: Path | str, what: str) -> str:
                 rel = candidate.relative_to(root).as_posix()
                 if rel != ".git" and not rel.startswith(".git/"):
                     return rel
-    raise FlorError(
+    raise CodeVersionError(
         f"{what} {p} is outside the project repository {top}; only files inside the "
         "repository can be versioned. Move it into the repository or run from its repository."
     )
@@ -102,7 +105,9 @@ def _git(repo: git.Repo, *args: str, env: dict[str, str], what: str) -> str:
     try:
         return repo.git.execute(["git", *args], env=env)
     except git.GitCommandError as exc:
-        raise FlorError(f"Could not {what} in {repo.working_tree_dir}: {_stderr(exc)}") from exc
+        raise CodeVersionError(
+            f"Could not {what} in {repo.working_tree_dir}: {_stderr(exc)}"
+        ) from exc
 
 
 def _stderr(exc: git.GitCommandError) -> str:
@@ -277,14 +282,16 @@ def read_file(root: Path, commit: str, path: str) -> bytes:
                     rel = PurePosixPath(Path(path).relative_to(candidate).as_posix())
                     break
             else:
-                raise FlorError(f"{path} is outside the project repository {top}.")
+                raise CodeVersionError(f"{path} is outside the project repository {top}.")
         return repo.git.execute(
             ["git", "cat-file", "blob", f"{commit}:{rel}"],
             stdout_as_string=False,
             strip_newline_in_stdout=False,
         )
     except git.GitCommandError as exc:
-        raise FlorError(f"Cannot read {rel} at code version {commit}: {_stderr(exc)}") from exc
+        raise CodeVersionError(
+            f"Cannot read {rel} at code version {commit}: {_stderr(exc)}"
+        ) from exc
     finally:
         repo.close()
 
@@ -315,7 +322,7 @@ def archive(root: Path, commit: str) -> bytes:
             strip_newline_in_stdout=False,
         )
     except git.GitCommandError as exc:
-        raise FlorError(f"cannot materialise code version {commit}: {_stderr(exc)}") from exc
+        raise CodeVersionError(f"cannot materialise code version {commit}: {_stderr(exc)}") from exc
     finally:
         repo.close()
 
@@ -331,7 +338,53 @@ def listed(root: Path, *options: str) -> list[str]:
             strip_newline_in_stdout=False,
         )
     except git.GitCommandError as exc:
-        raise FlorError(f"cannot list the files of {root}: {_stderr(exc)}") from exc
+        raise CodeVersionError(f"cannot list the files of {root}: {_stderr(exc)}") from exc
     finally:
         repo.close()
     return [name for name in out.decode(errors="surrogateescape").split("\0") if name]
+
+
+def python_files_at(root: Path, ref: str) -> dict[str, str]:
+    """The Python files of the repository of `root` at `ref` (a branch, tag or commit), by
+    path, as text: where the new statements of a `--from` request come from."""
+    repo = _open_repo(root)
+    try:
+        listing = repo.git.execute(["git", "ls-tree", "-r", "-z", "--name-only", ref])
+        names = [name for name in listing.split("\0") if name.endswith(".py")]
+        return {
+            name: repo.git.execute(
+                ["git", "cat-file", "blob", f"{ref}:{name}"], strip_newline_in_stdout=False
+            )
+            for name in names
+        }
+    except git.GitCommandError as exc:
+        raise CodeVersionError(f"cannot read the Python files at {ref!r}: {_stderr(exc)}") from exc
+    finally:
+        repo.close()
+
+
+def new_repository(root: Path, name: str, email: str) -> None:
+    """`git init` at `root` on branch main, with a local identity (the demo's project)."""
+    try:
+        repo = git.Repo.init(root, initial_branch="main")
+    except git.GitCommandError as exc:
+        raise CodeVersionError(f"cannot create a git repository at {root}: {_stderr(exc)}") from exc
+    with repo.config_writer() as config:
+        config.set_value("user", "name", name)
+        config.set_value("user", "email", email)
+    repo.close()
+
+
+def commit_files(root: Path, paths: list[str], message: str) -> str:
+    """Commit `paths` (relative to `root`) as they are now, as a user would; the commit."""
+    repo = _open_repo(root)
+    try:
+        repo.git.execute(["git", "add", "--", *paths])
+        repo.git.execute(["git", "commit", "-q", "-m", message])
+        return repo.head.commit.hexsha
+    except git.GitCommandError as exc:
+        raise CodeVersionError(
+            f"cannot commit {', '.join(paths)} in {root}: {_stderr(exc)}"
+        ) from exc
+    finally:
+        repo.close()

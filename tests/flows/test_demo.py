@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from flor_flows import demo as demo_module
-from flor_flows.demo import STEPS, DemoStepFailed, run_demo
+from flor_flows.demo import STEPS, run_demo
+from flor_flows.errors import DemoStepFailed
 from flor_flows.store import project_store
 
 
