@@ -18,6 +18,7 @@ from flows.training import batch_name, train
 
 @task(cache_policy=NO_CACHE)
 def claim_batches(request: RetrainingRequest, claim_id: str) -> list[str]:
+    """Claim the batches that arrived and no retraining has claimed yet (at most max_batches)."""
     settings = load_settings(request.project)
     project = Path(request.project).expanduser().resolve()
     return arrivals.claim(settings, project, request.watch, claim_id, request.max_batches)
@@ -25,6 +26,7 @@ def claim_batches(request: RetrainingRequest, claim_id: str) -> list[str]:
 
 @task(cache_policy=NO_CACHE)
 def wait_turn(request: RetrainingRequest, claim_id: str) -> None:
+    """Wait until the batches claimed before this claim are consumed, so runs chain in order."""
     arrivals.wait_turn(load_settings(request.project), claim_id, request.wait_seconds)
 
 

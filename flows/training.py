@@ -30,16 +30,19 @@ def _run_name() -> str:
 
 @task(cache_policy=NO_CACHE)
 def snapshot_code(run: launch.Launch) -> CodeVersion:
+    """Version the project's code as it is now (a commit under a hidden ref)."""
     return launch.snapshot_code(run)
 
 
 @task(cache_policy=NO_CACHE)
 def register_batches(run: launch.Launch, request: TrainingRequest) -> dict[str, Batch]:
+    """Hash and copy the request's data batches, so the run can be replayed on them."""
     return launch.register_batches(run, request.batches())
 
 
 @task(cache_policy=NO_CACHE)
 def find_warm_start(run: launch.Launch) -> str | None:
+    """The latest checkpointed run of the same script, to start from; None: from scratch."""
     return launch.warm_start_from(run)
 
 
@@ -51,6 +54,8 @@ def run_script(
     batches: dict[str, Batch],
     resumed_from: str | None,
 ) -> launch.Outcome:
+    """Run the script as a child process, its output as this task's logs; the store agrees
+    with how it ended (a script that died before its first flor call gets a failed run)."""
     logger = get_run_logger()
     context = launch.context_of(run, request, code, batches, resumed_from, flow_run.id)
     outcome = launch.run(run, context, on_output=logger.info)
@@ -60,6 +65,7 @@ def run_script(
 
 @task(cache_policy=NO_CACHE)
 def publish(run: launch.Launch) -> None:
+    """Publish the run's metrics, checkpoints and batches as table artifacts and a chart."""
     store = open_store(run.settings.store_url)
     artifacts.publish(store, run.run_uid, run.settings.project_name, PREFECT_UI_URL.value())
 

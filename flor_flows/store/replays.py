@@ -26,6 +26,7 @@ class ReplaysArea:
     readonly: bool
 
     def start_replay(self, run_id: int, **provenance: Any) -> int:
+        """Record a replay of run `run_id` as running, with its provenance; its id."""
         with self.engine.begin() as conn:
             return conn.execute(
                 insert(s.Replay).values(

@@ -122,6 +122,7 @@ class RunsArea:
         return record
 
     def set_code_version(self, run_id: int, project_id: int, version: CodeVersion) -> None:
+        """Attach the code version a run executes (recorded once per project and commit)."""
         with self.engine.begin() as conn:
             version_id = get_or_create(
                 conn,
@@ -141,10 +142,12 @@ class RunsArea:
             conn.execute(update(s.Run).where(s.Run.id == run_id).values(code_version_id=version_id))
 
     def add_data_batch(self, run_id: int, **batch: Any) -> None:
+        """Record a data batch the run read: its name, URI, sha256, size and stored copy."""
         with self.engine.begin() as conn:
             conn.execute(insert(s.DataBatch).values(run_id=run_id, created_at=now(), **batch))
 
     def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
+        """End a run: its final status (completed, failed, ...) and error, if any."""
         with self.engine.begin() as conn:
             conn.execute(
                 update(s.Run)
@@ -293,6 +296,7 @@ class RunsArea:
         return found
 
     def checkpoints_of(self, run_id: int) -> list[dict[str, Any]]:
+        """The run's checkpoints, in the order they were written."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(s.Checkpoint).where(s.Checkpoint.run_id == run_id).order_by(s.Checkpoint.id)
