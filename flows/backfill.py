@@ -55,6 +55,7 @@ def _run_name() -> str:
 
 @task(cache_policy=NO_CACHE)
 def plan_request(request: BackfillRequest) -> Resolved:
+    """Resolve the request: its statements, the runs and iterations to replay, their costs."""
     return resolve(request)
 
 
