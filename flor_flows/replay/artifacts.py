@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from flor_flows import charts
@@ -26,6 +26,9 @@ from flor_flows.training.artifacts import (
     short_uid,
 )
 
+if TYPE_CHECKING:
+    from flor_flows.replay.engine import Version
+
 VERSION = 10  # characters of a commit shown
 CHART_RUNS = 12  # runs drawn in the backfill chart (the latest)
 ERROR_CHARS = 300  # of an error in the status table
@@ -34,6 +37,49 @@ ERROR_CHARS = 300  # of an error in the status table
 def diff_key(prefix: str, commit: str) -> str:
     """The key of a code version's diff artifact: one per version, e.g. proj-backfill-diff-1a2b3c4d5e."""
     return f"{prefix}-backfill-diff-{commit[:VERSION].lower()}"
+
+
+def publish_diff(version: Version, prefix: str) -> None:
+    """What was inserted into one code version, or why not, as a markdown artifact."""
+    from prefect.artifacts import create_markdown_artifact
+
+    parts = [f"# Code version `{version.commit[:VERSION]}`"]
+    for path, result in version.propagations.items():
+        parts += [
+            f"- `{p.name}` in {path} at line {p.line}, confidence {p.confidence:.2f}"
+            for p in result.placements
+        ]
+        parts += [f"- refused in {path}: {r}" for r in result.refusals]
+        if path in version.diffs:
+            parts.append(f"```diff\n{version.diffs[path]}```")
+    published(
+        create_markdown_artifact,
+        "\n".join(parts),
+        key=diff_key(prefix, version.commit),
+        description=f"The new statements in code version `{version.commit[:VERSION]}`.",
+    )
+
+
+def publish_result(store: Store, names: Sequence[str], prefix: str) -> None:
+    """The new values across runs and code versions: a table and a chart."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    folded = backfill_result(store, names)
+    table = result_table(folded, names)
+    published(
+        create_table_artifact,
+        table.rows,
+        key=f"{prefix}-backfill-result",
+        description=table.description,
+    )
+    chart = result_chart(folded, names)
+    if chart is not None:
+        published(
+            create_markdown_artifact,
+            chart,
+            key=f"{prefix}-backfill-chart",
+            description=f"{', '.join(names)} per iteration, a line per run.",
+        )
 
 
 def backfill_result(store: Store, names: Sequence[str]) -> Folded | None:

@@ -7,10 +7,13 @@ the work, leaving out the runs a previous attempt of the same request already re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +29,8 @@ from flor_flows.replay.skipping import run_level_only, shortcuts, skippable_loop
 from flor_flows.replay.where import parse_where
 from flor_flows.replay.worktree import working_tree_files
 from flor_flows.store import open_store
+from flor_flows.store.leases import lease_holder
+from flor_flows.store.sql import now
 from flor_flows.training.request import Name, ProjectRequest, form_words
 from flor_flows.versioning import code
 
@@ -199,6 +204,32 @@ def check_versions(resolved: Resolved) -> dict[str, str]:
                     "propagation failed": f"refused: {why}",
                 }.get(status, f"{status}: {why}")
     return found
+
+
+@contextlib.contextmanager
+def leased(
+    resolved: Resolved, request: BackfillRequest, flow_run_id: object
+) -> Iterator[tuple[Resolved, dict[str, str]]]:
+    """The request's record in the store and a lease on its runs for flow run `flow_run_id`,
+    released however the block ends. Yields `resolved` with its backfill id and without the
+    runs another backfill is replaying now, and those runs with their holders."""
+    store = open_store(resolved.settings.store_url)
+    backfill_id = store.backfill_id(resolved.key, resolved.names, request.selection())
+    holder = lease_holder(flow_run_id)
+    seconds = 600 + 3 * sum(item.estimated_seconds for item in resolved.items)
+    held = store.lease_backfill(
+        backfill_id,
+        list(dict.fromkeys(item.run_uid for item in resolved.items)),
+        holder,
+        now() + timedelta(seconds=seconds),
+    )
+    items = [item for item in resolved.items if item.run_uid not in held]
+    lease = (resolved.settings.store_url, backfill_id, holder)
+    LEASES.add(lease)
+    try:
+        yield replace(resolved, backfill_id=backfill_id, items=items), held
+    finally:
+        release(lease)
 
 
 def release(lease: Lease) -> None:
