@@ -197,7 +197,10 @@ def _session(conn: socket.socket, shared: dict[str, str]) -> None:
         differ = [key for key in shared if theirs.get(key) != shared[key]]
         print(f"flor-flows warm: not serving uid {uid}: {len(fds)} fds, {differ} differ", flush=True)  # fmt: skip
         _send(conn, {"stale": "another user, Python, Prefect settings or flor-flows version"})
-        if theirs.get("sources") != shared["sources"]:  # edited: the next start is a fresh one
+        edited = theirs.get("python") == shared["python"] and theirs.get("sources") != shared["sources"]  # fmt: skip
+        if (
+            edited
+        ):  # flor-flows' own sources changed: retire; the next train or replay starts a fresh one
             os.kill(os.getppid(), signal.SIGTERM)
         return
     pid = os.fork()
