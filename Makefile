@@ -35,10 +35,12 @@ demo: $(DEMO_STAMP)
 
 # The tests run on two workers, a test file each at a time (module fixtures stay in one
 # process): most tests wait on child processes, so this halves the wall time on 2 cores.
+# The files go in tests/conftest.py's order, the slowest first (not xdist's reordering by
+# number of tests, which left the slowest files to start last).
 test: $(TEST_STAMP)
 	$(BIN)/ruff check flor_flows flows deployments tests bench examples
 	$(BIN)/ruff format --check flor_flows flows deployments tests bench examples
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(TEST_STAMP)
 	bash bench/setup_flordb.sh

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -20,12 +23,14 @@ from sqlalchemy import create_engine, text
 # Prefect reads its settings at import: a private home, no telemetry, before anything imports it.
 if "PREFECT_HOME" not in os.environ:
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="flor-flows-prefect-")
+    os.environ["FLOR_TESTS_OWN_PREFECT_HOME"] = "1"  # ours (xdist's workers inherit it)
     atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+PREFECT = str(Path(sys.executable).with_name("prefect"))
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
     "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com",
@@ -84,7 +89,12 @@ class Project:
 
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
-    root = tmp_path / "proj"
+    return new_project(tmp_path / "proj")
+
+
+def new_project(root: Path) -> Project:
+    """A git project at `root` (created) with one commit: what the `project` fixture gives,
+    for fixtures of a wider scope."""
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
     (root / "README.md").write_text("demo project\n")
@@ -119,3 +129,107 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
     # Prefect's temporary server per command, not a background one that outlives the test
     monkeypatch.setenv("FLOR_FLOWS_PREFECT", "temporary")
+
+
+# --- Prefect servers of a test's own ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def migrated_prefect_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Prefect SQLite database migrated once per session (`prefect server database upgrade`),
+    shared by the xdist workers: a server started on a copy of it (see `seed_prefect_home`)
+    answers in ~8 s instead of ~20-40 s, the time a first start spends migrating."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    template = shared / "prefect-db-template"
+    with (shared / "prefect-db-template.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one worker migrates, the others wait for it
+        if not template.is_dir():
+            building = shared / f"prefect-db-template.{os.getpid()}"
+            env = {
+                k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOR_FLOWS_"))
+            }
+            env |= {"PREFECT_HOME": str(building), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            done = subprocess.run(
+                [PREFECT, "server", "database", "upgrade", "-y"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            with contextlib.closing(sqlite3.connect(building / "prefect.db")) as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # one file holds it all
+            os.replace(building, template)
+    return template / "prefect.db"
+
+
+def seed_prefect_home(home: Path, migrated_db: Path) -> Path:
+    """Create the PREFECT_HOME `home` with a copy of the migrated database: the server
+    started there is a real one on its own database, only without the migration's wait."""
+    home.mkdir(parents=True)
+    shutil.copyfile(migrated_db, home / migrated_db.name)
+    return home.resolve()
+
+
+@pytest.fixture(scope="session")
+def session_prefect_db(migrated_prefect_db: Path) -> Path:
+    """The session's PREFECT_HOME (set above), given the migrated database unless it has one:
+    for tests whose commands start Prefect's temporary server there (FLOR_FLOWS_PREFECT=
+    temporary), so that the first of them does not migrate it. A PREFECT_HOME the caller
+    set is left alone."""
+    home = Path(os.environ["PREFECT_HOME"])
+    target = home / migrated_prefect_db.name
+    if os.environ.get("FLOR_TESTS_OWN_PREFECT_HOME") and not target.exists():
+        partial = home / f".{target.name}.{os.getpid()}"
+        shutil.copyfile(migrated_prefect_db, partial)
+        with contextlib.suppress(FileExistsError):  # a server made one meanwhile: keep it
+            os.link(partial, target)  # atomic, never over an existing database
+        partial.unlink()
+    return target
+
+
+@pytest.fixture
+def prefect_home(tmp_path: Path, migrated_prefect_db: Path) -> Path:
+    """tmp_path/prefect-home, seeded with a migrated Prefect database."""
+    return seed_prefect_home(tmp_path / "prefect-home", migrated_prefect_db)
+
+
+# --- the order of the test files ----------------------------------------------------------------
+
+# The slowest files first (the seconds each took, run alone or beside one other file, on 2
+# shared cores): `make test` runs the files on two workers (-n 2 --dist loadfile
+# --no-loadscope-reorder), each taking the next file in this order when it is free, so a
+# long file is not left to start last while the other worker idles. Files not named keep
+# their collection order, after these. A stale entry only costs time.
+SLOWEST_FIRST = (
+    "tests/test_prefect_faults.py",  # 150-200, mostly waiting (the backfill's Prefect retries)
+    "tests/flows/test_demo.py",  # 70-200, busy (four trainings and their replays, torch)
+    "tests/test_serving.py",  # 100
+    "tests/test_server_background.py",  # 80
+    "tests/test_warm.py",  # 60-180
+    "tests/test_replay_stop.py",  # 55
+    "tests/flows/test_retraining_flow.py",  # 65
+    "tests/flows/test_training_flow.py",  # 65
+    "tests/test_replay_engine.py",  # 60
+    "tests/test_record.py",  # 55
+    "tests/test_replay_shortcuts.py",  # 55
+    "tests/test_bad_input.py",  # 50
+    "tests/test_fault_injection.py",  # 50
+    "tests/test_replay_contract.py",  # 50
+    "tests/test_ui_pages.py",  # 45
+    "tests/test_replay_faithful.py",  # 45
+    "tests/test_cli_conventions.py",  # 40
+    "tests/flows/test_artifacts.py",  # 40
+    "tests/test_replay_fidelity.py",  # 40
+    "tests/flows/test_real_script_replay.py",  # 35
+    "tests/test_deployment_defaults.py",  # 25
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    position = {id(item): i for i, item in enumerate(items)}
+    items.sort(
+        key=lambda item: (rank.get(item.nodeid.split("::")[0], len(rank)), position[id(item)])
+    )

@@ -130,7 +130,9 @@ def test_propagate_reads_utf8_regular_files_only(project: Project, tmp_path: Pat
     assert "\ufeff" not in placed.stdout
 
 
-def test_a_bad_kwargs_value_ends_the_training_output_clearly(project: Project) -> None:
+def test_a_bad_kwargs_value_ends_the_training_output_clearly(
+    project: Project, session_prefect_db: Path
+) -> None:
     project.write("train.py", SCRIPT)
     project.commit("script")
     proc = cli(project, "train", "train.py", "--kwargs", "epochs=abc", timeout=240)

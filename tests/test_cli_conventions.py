@@ -17,7 +17,7 @@ import pytest
 from deployments import serve as serving
 from flor_flows.errors import FlorError
 from flor_flows.record.context import RunContext
-from tests.conftest import Project
+from tests.conftest import Project, new_project
 
 # v1 takes lr as an arg only; v2 also logs the lr it uses per epoch (a schedule).
 V1 = """
@@ -80,9 +80,17 @@ def test_version() -> None:
     assert done.returncode == 0 and done.stdout == f"flor-flows {version('flor-flows')}\n"
 
 
-def test_a_closed_pipe_ends_quietly(project: Project) -> None:
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """One recorded run of MANY (4,000 steps), only read by the tests that take it."""
+    project = new_project(tmp_path_factory.mktemp("many") / "proj")
     project.write("many.py", MANY)
     project.run("many.py")
+    return project
+
+
+def test_a_closed_pipe_ends_quietly(many: Project) -> None:
+    project = many
     for args in (("dataframe", "value_with_a_long_name"), ("runs",)):
         command = [sys.executable, "-m", "flor_flows.cli", *args, "--csv"]
         writer = subprocess.Popen(
@@ -100,9 +108,8 @@ def test_a_closed_pipe_ends_quietly(project: Project) -> None:
         assert writer.returncode in (0, 141)
 
 
-def test_tables_fit_the_terminal_and_machines_get_everything(project: Project) -> None:
-    project.write("many.py", MANY)
-    project.run("many.py")
+def test_tables_fit_the_terminal_and_machines_get_everything(many: Project) -> None:
+    project = many
     for args in (("dataframe", "value_with_a_long_name"), ("runs", "--all-columns"), ("runs",)):
         text = cli(project, *args, columns=80)
         assert text.returncode == 0, text.stderr

@@ -16,14 +16,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Project
+from tests.conftest import Project, seed_prefect_home
 from tests.test_serving import FLOR_FLOWS, ROOT, api, free_port, start, stop, wait_for
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def deployed(
+    tmp_path_factory: pytest.TempPathFactory, migrated_prefect_db: Path
+) -> Iterator[tuple[str, Path]]:
     """A Prefect server with the recipe's three deployments of a project; (API, project)."""
     home = tmp_path_factory.mktemp("deployed")
     project = Project(home / "proj")
@@ -32,7 +34,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
     port = free_port()
     base = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOR_FLOWS_")}
-    env |= {"PREFECT_HOME": str(home / "prefect-home")}
+    env |= {"PREFECT_HOME": str(seed_prefect_home(home / "prefect-home", migrated_prefect_db))}
     env.pop("PREFECT_API_URL", None)
     log = home / "server.log"
     server = start([FLOR_FLOWS, "server", "--port", str(port)], env, log)

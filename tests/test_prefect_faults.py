@@ -67,7 +67,8 @@ def _healthy(api: str) -> bool:
 
 
 class Server:
-    """`flor-flows server` on a SQLite database in `home`, started and killed at will."""
+    """`flor-flows server` on the SQLite database in `home` (a copy of a migrated one, see
+    tests/conftest.py's `prefect_home`), started and killed at will."""
 
     def __init__(self, home: Path, env: dict[str, str]) -> None:
         self.home, self.env = home, env
@@ -86,7 +87,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        # a first start migrates the database: 10-40 s on 2 busy cores
+        # 8-20 s on 2 busy cores (the database is migrated already)
         _wait(lambda: _healthy(self.api) or self.process.poll() is not None, 120, "the server")
         assert self.process.poll() is None, log.read_text()[-3000:]
         return time.monotonic() - began
@@ -120,7 +121,7 @@ def _flow_run_state(api: str, flow_run_id: str) -> str:
 
 @pytest.mark.timeout(300)
 def test_a_server_killed_during_train_leaves_a_true_store_and_no_orphan(
-    project: Project, tmp_path: Path
+    project: Project, tmp_path: Path, prefect_home: Path
 ) -> None:
     project.write("train.py", SCRIPT)
     project.write("quick.py", QUICK)
@@ -128,12 +129,12 @@ def test_a_server_killed_during_train_leaves_a_true_store_and_no_orphan(
     project.commit("a slow and a quick script")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOR_FLOWS_"))}
     env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_HOME": str(prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",  # as the rest of the suite; errors still show
     }
-    server = Server(tmp_path / "prefect-home", env)
+    server = Server(prefect_home, env)
     try:
         first_start = server.start(tmp_path / "server-1.log")
         client_env = env | {"PREFECT_API_URL": server.api}
@@ -221,7 +222,7 @@ NEW_STATEMENT = '        flor.log("w", model["w"])\n'
 
 @pytest.mark.timeout(400)
 def test_a_server_killed_during_a_backfill_lets_it_finish_and_the_next_call_settles_it(
-    project: Project, tmp_path: Path
+    project: Project, tmp_path: Path, prefect_home: Path
 ) -> None:
     project.write("train.py", CHECKPOINTED)
     project.commit("v1")
@@ -232,12 +233,12 @@ def test_a_server_killed_during_a_backfill_lets_it_finish_and_the_next_call_sett
     store = project.store()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOR_FLOWS_"))}
     env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_HOME": str(prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
-    server = Server(tmp_path / "prefect-home", env)
+    server = Server(prefect_home, env)
     try:
         server.start(tmp_path / "server-1.log")
         client_env = env | {"PREFECT_API_URL": server.api, "FLOR_FLOWS_RECONCILE_GRACE": str(GRACE)}

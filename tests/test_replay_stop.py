@@ -23,8 +23,9 @@ STOPPED = re.compile(
     r"^flor-flows: interrupted: (\d+) replays stopped; run the same command again to resume$",
     re.MULTILINE,
 )
+EPOCHS = 15
 
-# 30 epochs of 0.2 s when recorded; a replay leaves a marker (its pid) and, while the file
+# 15 epochs of 0.2 s when recorded; a replay leaves a marker (its pid) and, while the file
 # `slow` exists, takes 2 s an epoch, so it is surely running when the signal comes.
 SCRIPT = """
 import json
@@ -44,7 +45,7 @@ if replaying:
 pause = 2.0 if replaying and (MARKERS / "slow").exists() else 0.2
 w = np.zeros(3)
 with flor.checkpointing(w=w):
-    for epoch in flor.loop("epoch", range(30)):
+    for epoch in flor.loop("epoch", range({epochs})):
         time.sleep(pause)
         w += 1.0
         flor.log("loss", float(w.sum()))
@@ -68,9 +69,9 @@ def history(project: Project, tmp_path: Path) -> tuple[Project, Path]:
     """One recorded run of the script, committed; today's code logs `twice` too."""
     markers = tmp_path / "markers"
     markers.mkdir()
-    source = SCRIPT.format(markers=str(markers))
+    source = SCRIPT.format(markers=str(markers), epochs=EPOCHS)
     project.write("train.py", source)
-    project.commit("thirty epochs")
+    project.commit("fifteen epochs")
     project.run("train.py", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
     project.write("train.py", source.replace(*NEW_STATEMENT))
     return project, markers
@@ -124,14 +125,14 @@ def _live_replays(markers: Path) -> list[int]:
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_replays_and_the_temporary_server(
-    history: tuple[Project, Path], tmp_path: Path, signum: signal.Signals
+    history: tuple[Project, Path], tmp_path: Path, prefect_home: Path, signum: signal.Signals
 ) -> None:
     project, markers = history
     (markers / "slow").write_text("")
-    home = tmp_path / "prefect-home"
+    home = prefect_home
     replay = _replay(project, home, tmp_path)
     try:
-        # the temporary server starts (and migrates its database) first: 10-40 s here
+        # the temporary server starts first: 8-20 s here (its database is migrated already)
         _wait(lambda: _live_replays(markers) or replay.poll() is not None, 180, "a running replay")
         assert replay.poll() is None, (tmp_path / "stderr").read_text()[-3000:]
         assert any("uvicorn" in " ".join(_cmdline(p)) for p in _ours(home))  # the server
@@ -163,7 +164,7 @@ def test_a_signal_stops_the_replays_and_the_temporary_server(
     assert replay.wait(timeout=400) == 0, (again / "stderr").read_text()[-3000:]
     assert "1 of 1 runs replayed" in (again / "stdout").read_text()
     table = store.dataframe(["loss", "twice"])
-    assert len(table) == 30 and table["twice"].tolist() == (2 * table["loss"]).tolist()
+    assert len(table) == EPOCHS and table["twice"].tolist() == (2 * table["loss"]).tolist()
     assert store.query("SELECT status FROM backfill_items")["status"].tolist() == ["replayed"]
     _wait(lambda: not _ours(home), 10.0, "the temporary server to end")
 

@@ -23,7 +23,7 @@ from flor_flows import background
 from flor_flows.api import use_api
 from flor_flows.errors import FlorError
 from flor_flows.process import alive
-from tests.conftest import Project
+from tests.conftest import Project, seed_prefect_home
 
 FLOR_FLOWS = str(Path(sys.executable).parent / "flor-flows")
 SCRIPT = """
@@ -116,8 +116,9 @@ def _state(home: Path) -> dict:
 
 @pytest.mark.timeout(900)
 def test_train_starts_a_background_server_that_replay_reuses_until_stopped(
-    project: Project, home: Path
+    project: Project, home: Path, migrated_prefect_db: Path
 ) -> None:
+    seed_prefect_home(home, migrated_prefect_db)  # a real first start, without the migration
     project.write("train.py", SCRIPT)
     project.commit("train.py")
     train = _cli("train", "train.py", home=home, cwd=project.root)
@@ -154,8 +155,10 @@ def test_train_starts_a_background_server_that_replay_reuses_until_stopped(
 
 
 @pytest.mark.timeout(900)
-def test_a_stale_state_is_replaced_and_two_starts_at_once_start_one_server(home: Path) -> None:
-    home.mkdir(parents=True)
+def test_a_stale_state_is_replaced_and_two_starts_at_once_start_one_server(
+    home: Path, migrated_prefect_db: Path
+) -> None:
+    seed_prefect_home(home, migrated_prefect_db)
     gone = subprocess.Popen(["true"])
     gone.wait()
     with socket.socket() as sock:  # a port nothing listens on

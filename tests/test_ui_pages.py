@@ -52,11 +52,12 @@ print(json.dumps([[str(s.state_details.flow_run_id), s.type.value] for s in stat
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], list[Path]]]:
-    """`flor-flows server` on SQLite in a fresh PREFECT_HOME: its API URL, the clients' env."""
+def server(tmp_path: Path, prefect_home: Path) -> Iterator[tuple[str, dict[str, str], list[Path]]]:
+    """`flor-flows server` on SQLite in a fresh PREFECT_HOME (a migrated database, see
+    tests/conftest.py): its API URL, the clients' env."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOR_FLOWS_"))}
     env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_HOME": str(prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "DO_NOT_TRACK": "1",

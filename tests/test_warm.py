@@ -55,9 +55,9 @@ def _flor(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedPro
 
 @pytest.mark.timeout(420)
 def test_the_warm_process_runs_commands_as_the_command_line_does(
-    project: Project, tmp_path: Path
+    project: Project, tmp_path: Path, prefect_home: Path
 ) -> None:
-    home = tmp_path / "prefect-home"
+    home = prefect_home  # holds a migrated Prefect database: the server answers sooner
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOR_FLOWS_", "PREFECT_API"))}
     env |= {"PREFECT_HOME": str(home), "FLOR_FLOWS_PREFECT": "background"}
     project.write("train.py", TRAIN)

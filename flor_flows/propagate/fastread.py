@@ -16,6 +16,7 @@ import io
 import tokenize
 from dataclasses import dataclass, field
 
+from flor_flows import pyast
 from flor_flows.errors import Unparsable
 from flor_flows.propagate.statements import Block, Module, Statement, normalise, tokens
 
@@ -272,7 +273,7 @@ def _clauses(node: ast.AST, lines: list[str]) -> list[ast.AST | AstClause]:
 def read_fast(source: str) -> FastModule:
     """`statements.read` for an old version, with CPython's parser. Raises `Unparsable`."""
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except SyntaxError as exc:
         raise Unparsable(exc.lineno or 0, exc.msg) from exc
     reader = _Reader(source, tree)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
+from flor_flows import pyast
 from flor_flows.propagate.matching import Matching
 from flor_flows.propagate.scope import _parameters, bound_by
 from flor_flows.propagate.statements import Module, Statement
@@ -52,7 +53,7 @@ def _expression(value: cst.BaseExpression | ast.expr) -> ast.expr | None:
     if isinstance(value, ast.expr):
         return value
     try:
-        return ast.parse("(" + _EMPTY.code_for_node(value) + ")", mode="eval").body
+        return pyast.parse("(" + _EMPTY.code_for_node(value) + ")", mode="eval").body
     except SyntaxError:
         return None
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import libcst as cst
 import libcst.metadata
 
+from flor_flows import pyast
 from flor_flows.errors import Unparsable
 
 BUILTINS = frozenset(dir(builtins))
@@ -305,7 +306,7 @@ def read(source: str) -> Module:
     libcst accepts some Python 2 (`except IOError, e:`) that Python 3 cannot run.
     """
     try:
-        ast.parse(source)
+        pyast.parse(source)
     except SyntaxError as exc:
         raise Unparsable(exc.lineno or 0, exc.msg) from exc
     try:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flor_flows import pyast
 from flor_flows.config import Settings
 from flor_flows.errors import ReplayDiverged, ReplayFailed, Unparsable
 from flor_flows.propagate import Propagation, Refusal, propagate_files
@@ -90,7 +91,7 @@ def prepare_version(
             )
             diffs[path] = "".join(lines)
             try:
-                compile(result.source, path, "exec")
+                pyast.compile_source(result.source, str(path))
             except SyntaxError as exc:  # a placement must never break the file
                 why = (
                     f"the file does not compile after the insertion: {exc.msg} (line {exc.lineno})"

@@ -10,6 +10,8 @@ import ast
 import posixpath
 from collections.abc import Iterator
 
+from flor_flows import pyast
+
 
 def reachable(files: dict[str, str], entry: str) -> set[str]:
     """The paths of `files` ({relative path: source}) that `entry` imports, itself included.
@@ -46,7 +48,7 @@ def _imports(source: str, path: str) -> Iterator[tuple[str, bool]]:
     """Dotted names of the modules `path` imports (each `from a import b` gives a and a.b),
     and whether they are relative to the root (relative imports, resolved)."""
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except (SyntaxError, ValueError):
         return
     package = posixpath.dirname(path).replace("/", ".")

@@ -24,6 +24,8 @@ import ast
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from flor_flows import pyast
+
 _MUTATORS = frozenset({"step", "load_state_dict", "add_param_group"})
 
 
@@ -98,7 +100,7 @@ class _Code:
         self.path_of: dict[ast.For, str] = {}
         self.modules: set[str] = set()  # names imports bind: modules and library objects
         for path, source in files.items():
-            module = ast.parse(source)
+            module = pyast.parse(source)
             for node in ast.walk(module):
                 for child in ast.iter_child_nodes(node):
                     self.parent[child] = node

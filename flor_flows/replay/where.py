@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flor_flows import pyast
 from flor_flows.errors import FlorError, RequestError
 
 Predicate = Callable[[pd.DataFrame], pd.Series]  # a nullable boolean per row (NA: unknown)
@@ -74,7 +75,7 @@ def parse_where(expression: str) -> Where:
     """
     text = expression.strip()
     try:
-        tree = ast.parse(text, mode="eval")
+        tree = pyast.parse(text, mode="eval")
         predicate = _Compiler(text).predicate(tree.body)
     except SyntaxError as exc:
         raise RequestError(
