@@ -361,9 +361,10 @@ def test_silent_reexecution_is_counted(history: History, tmp_path: Path) -> None
     recorded = store.query(
         f"SELECT iteration, seconds FROM contexts WHERE run_id = {run_id} AND depth = 1"
     ).set_index("iteration")["seconds"]
-    # restored from the checkpoint of 0 instead of 2 (the same size): 1 and 2 run silently
+    # restored from the checkpoint of 0 instead of 2 (the same size): 1 and 2 run silently;
+    # the run's median write rate, hence that read's time, moved a little with the deletion
     extra = sparse[0].estimated_seconds - dense[0].estimated_seconds
-    assert extra == pytest.approx(recorded[1] + recorded[2])
+    assert extra == pytest.approx(recorded[1] + recorded[2], abs=1e-3)
 
 
 def test_format_plan(history: History) -> None:

@@ -1,11 +1,31 @@
 """The cost model of a replay: how long one takes, and where to split the longest in segments.
 
-Estimates come from what the forward run recorded: its outer iterations' durations, the time
-in their nested loops, the run's time outside the loop and the sizes of its checkpoints.
+Estimates come from what the forward run recorded (`plan.RunHistory`) and how the plan runs:
+
+    seconds = STARTUP_SECONDS + (set-up + compute) * slowdown(k) + reads
+
+- set-up: the run's recorded time outside its outer loop (the script's imports, data
+  loading and model building, what follows the loop). Within a backfill, the replays of a
+  code version after the first (and those starting with it) fork from its fork server
+  (`forkserver`) ready, and skip up to FORK_SAVED_SECONDS of it.
+- compute: the recorded seconds of every outer iteration the replay executes (`_executed`).
+- slowdown(k): the recorded run had the host to itself; k replays at once (`workers` at a
+  time) on c cores, each using RUN_CORES, get at most c / k cores each and lose CONTENTION
+  on top: max(1, k * RUN_CORES / c) * CONTENTION for k > 1, 1 alone. Set-up and compute
+  are both CPU work of the script, both stretched.
+- reads: each checkpoint the replay restores, at the speed the run wrote its checkpoints
+  (its own storage and serialisation, `RunHistory.write_rate`) over READ_PER_WRITE; at
+  READ_BYTES_PER_SECOND when the record has no write times.
+
+The host's other users are not seen: every figure assumes the load the run was recorded
+under. Splitting a run into segments (`split`) trades one more set-up for halved compute
+under more contention, and is done only where that shortens the plan's longest replay.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -19,24 +39,67 @@ if TYPE_CHECKING:
 # the script. Measured as the median of 10 engine-style replays (iterations=()) of a script
 # that only imports flor_flows and logs one value, on a 2-core Linux VM with Python 3.11:
 # 0.46 s (`python -c pass` 0.02 s, `import flor_flows` 0.06 s, the writer's imports 0.34 s).
-# Rounded up: the script's own imports (numpy, torch) come on top and are not known here.
 STARTUP_SECONDS = 0.5
-# Restoring a checkpoint reads it, checks its sha256 and copies it into the live objects.
-# A 256 MB checkpoint restored at 740 MB/s from the page cache on that VM (sha256 alone:
-# 1.8 GB/s), but replays read checkpoints cold, from a disk or an object store, where one
-# stream gets 100-300 MB/s: 200 MB/s errs on the slow side.
+# What a replay forked from a ready fork server saves against a fresh interpreter, for
+# workloads/real_torch.py (its server imports torch): `bench/workloads/estimate_check.py
+# fork --repeat 5` (and --repeat 3), replays of two recorded runs one after the other, fresh
+# then forked: the second forked replay saved 0.5-2.2 s, median of 8: 1.5 s (not all of
+# torch's 1.9-2.4 s import: the forked child's set-up is slower than a fresh one's). The
+# first, which starts the server, took the time of a fresh one (-1.6 to +2.4 s, median
+# -0.25 s).
+FORK_SAVED_SECONDS = 1.5
+# Restoring a checkpoint (read, sha256, deserialise, copy into the live objects) against
+# writing it (copy, serialise, sha256, write), through `versioning.checkpoints` on this VM
+# (a torch model with its SGD optimizer, median of 3, page cache): 17 MB 1.0-1.2x, 269 MB
+# 1.5-1.8x (write 250-520 MB/s, restore 140-340 MB/s).
+READ_PER_WRITE = 1.5
+# Where the record has no write times: a cold read from a disk or an object store, where one
+# stream gets 100-300 MB/s; 200 MB/s errs on the slow side.
 READ_BYTES_PER_SECOND = 200e6
+# The cores a recorded run kept busy. The record holds no CPU time: 1, as torch with
+# `set_num_threads(1)` (the bench's scripts) or a plain Python loop. (Torch on its default
+# threads, one per core, is another matter: two such processes on 2 cores took 3.7-13x
+# their time alone in `estimate_check.py contention`.)
+RUN_CORES = 1
+# What replays at once lose beyond sharing the cores: caches, memory bandwidth, their
+# writer processes, the flow's and the Prefect server's work for them, set-ups starting
+# together. Two segments at once against one replay of the same epochs on this 2-core VM,
+# `bench/workloads/estimate_check.py` ("contention" line: the scripts' epochs / set-up),
+# the rest of the host quiet (< 0.25 core busy): x1.04 / x1.03, x1.15 / x1.4, x1.41 / x2.4
+# (median of the six: 1.3); one torch epoch (1 thread) two at once against alone,
+# `estimate_check.py contention`, median of 7 pairs: x1.07. With other sessions keeping
+# 1-1.4 cores busy, Linux's autogroup scheduling leaves this session's replays about one
+# core together: x1.5-2.3 / x2.0-3.3 (x2.5-3.0 for the torch epoch), which no constant can
+# know.
+CONTENTION = 1.3
 
 
-def estimate(run: RunHistory, iterations: tuple[int, ...] | None, run_level: bool = True) -> float:
-    """Seconds a replay of `iterations` of `run` takes, from what its forward run recorded.
+def slowdown(concurrent: int, cores: int | None = None) -> float:
+    """How much longer a replay's script takes with `concurrent` replays (itself included)
+    running on `cores` (default: this host's) than it took alone."""
+    if concurrent <= 1:
+        return 1.0
+    cores = cores or os.cpu_count() or 1
+    return max(1.0, concurrent * RUN_CORES / cores) * CONTENTION
 
-    The start-up cost, the run's time outside its outer loop, the recorded time of every
-    iteration the replay executes (the selected ones and those re-executed silently from
-    the nearest earlier checkpoint, per `replay.steps`, or `replay.shortcut_steps` where the
-    replay cuts the body short; less their nested loops where the replay skips those;
-    nothing for an iteration that runs only its requested statements) and the reading of
-    the checkpoints it restores.
+
+def estimate(
+    run: RunHistory,
+    iterations: tuple[int, ...] | None,
+    run_level: bool = True,
+    concurrent: int = 1,
+    forked: bool = False,
+    cores: int | None = None,
+) -> float:
+    """Seconds a replay of `iterations` of `run` takes, `concurrent` replays at once (on
+    `cores`), `forked` from a ready fork server or not.
+
+    The start-up cost, the run's set-up (`setup`) and the recorded time of every iteration
+    the replay executes (the selected ones and those re-executed silently from the nearest
+    earlier checkpoint, per `replay.steps`, or `replay.shortcut_steps` where the replay cuts
+    the body short; less their nested loops where the replay skips those; nothing for an
+    iteration that runs only its requested statements), both stretched by `slowdown`, and
+    the reading of the checkpoints it restores.
     """
     executed = _executed(run, iterations, run_level)
     restored = [step.restore for step in executed if step.restore is not None]
@@ -54,8 +117,21 @@ def estimate(run: RunHistory, iterations: tuple[int, ...] | None, run_level: boo
     cut = any(step.cut for step in executed)
     if run_level and final is not None and (final not in targets or cut):
         restored.append(final)  # the state after the loop is that of its last checkpoint
-    read = sum(run.checkpoints[i] for i in restored) / READ_BYTES_PER_SECOND
-    return STARTUP_SECONDS + run.outside + compute + read
+    read = sum(_read_seconds(run, run.checkpoints[i]) for i in restored)
+    work = (setup(run, forked) + compute) * slowdown(concurrent, cores)
+    return STARTUP_SECONDS + work + read
+
+
+def setup(run: RunHistory, forked: bool) -> float:
+    """The run's time outside its loop, less what a replay forked from a ready server skips."""
+    return run.outside - (min(run.outside, FORK_SAVED_SECONDS) if forked else 0.0)
+
+
+def _read_seconds(run: RunHistory, size: int) -> float:
+    """Seconds to restore a checkpoint of `size` bytes of `run`."""
+    if run.write_rate:
+        return size / run.write_rate * READ_PER_WRITE
+    return size / READ_BYTES_PER_SECOND
 
 
 def _executed(run: RunHistory, iterations: tuple[int, ...] | None, run_level: bool) -> list[Step]:
@@ -69,39 +145,80 @@ def _executed(run: RunHistory, iterations: tuple[int, ...] | None, run_level: bo
     return [s for s in steps(iterations, run.checkpoints) if s.action != "skip"]
 
 
-def split(items: list[Item], history: dict[str, RunHistory], workers: int) -> list[Item]:
-    """Split the longest replays into segments of their iterations until each worker has one.
+def split(
+    items: list[Item], history: dict[str, RunHistory], workers: int, cores: int | None = None
+) -> list[Item]:
+    """The plan as it runs, `workers` replays at a time on `cores`: the longest replay split
+    into segments of its iterations while that shortens the longest replay of the plan,
+    then every item estimated as it runs (`priced`).
 
-    A segment starts from the checkpoint before its first iteration; a split pays off only
-    where each half's compute exceeds the fixed cost of one more replay process.
+    A segment starts from the checkpoint before its first iteration and pays the set-up
+    again, and more replays at once slow each other (`slowdown`): a split pays off only
+    where the compute it halves outweighs both.
     """
     items = list(items)
-    while len(items) < workers:
-        longest = max(items, key=lambda item: item.estimated_seconds, default=None)
-        halves = _halves(longest, history[longest.run_uid]) if longest else None
+    while items and len(items) < workers:
+        now = [_seconds(item, history, len(items), cores) for item in items]
+        at = now.index(max(now))
+        halves = _halves(items[at], history[items[at].run_uid], len(items) + 1, cores)
         if halves is None:
-            return items
-        at = items.index(longest)
-        items[at : at + 1] = halves
-    return items
+            break
+        after = [*items[:at], *halves, *items[at + 1 :]]
+        if max(_seconds(item, history, len(after), cores) for item in after) >= max(now):
+            break
+        items = after
+    return priced(items, history, workers, cores)
 
 
-def _halves(item: Item, run: RunHistory) -> tuple[Item, Item] | None:
-    """The item cut in two at the checkpoint that balances the halves' estimates, or None
-    where no cut gives each half more compute than one more replay process costs.
+def priced(
+    items: list[Item], history: dict[str, RunHistory], workers: int, cores: int | None = None
+) -> list[Item]:
+    """The items with their estimates as they run: min(workers, len(items)) at once, and
+    forked from a ready fork server unless the first of their version (script) or starting
+    with it (among the first `workers`)."""
+    concurrent = min(workers, len(items))
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for position, item in enumerate(items):
+        version = (item.code_version, item.entry_script)
+        forked = _forks() and version in seen and position >= workers
+        seen.add(version)
+        run = history[item.run_uid]
+        seconds = estimate(run, item.iterations, item.run_level, concurrent, forked, cores)
+        out.append(replace(item, estimated_seconds=seconds))
+    return out
+
+
+def _forks() -> bool:
+    """Whether replays fork from fork servers here, as `forkserver.spawner` decides."""
+    enabled = os.environ.get("FLOR_FLOWS_REPLAY_FORK", "1").strip() != "0"
+    return enabled and sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
+
+
+def _seconds(
+    item: Item, history: dict[str, RunHistory], concurrent: int, cores: int | None
+) -> float:
+    """The item's seconds, `concurrent` at once, on a fresh interpreter."""
+    return estimate(history[item.run_uid], item.iterations, item.run_level, concurrent, cores=cores)
+
+
+def _halves(
+    item: Item, run: RunHistory, concurrent: int, cores: int | None
+) -> tuple[Item, Item] | None:
+    """The item cut in two at the checkpoint that best balances the halves' estimates
+    (`concurrent` replays at once), or None where it has no checkpoint to cut at.
 
     The first half's estimate grows with the cut and the second's shrinks, so the balanced
     cut is found by bisection: O(n log n) estimates of n iterations, not O(n^2).
     """
     pool = list(run.iterations if item.iterations is None else item.iterations)
-    cuts = [
-        c for c in range(1, len(pool)) if pool[c - 1] in run.checkpoints
-    ]  # 2nd half starts there
+    cuts = [c for c in range(1, len(pool)) if pool[c - 1] in run.checkpoints]  # 2nd starts there
 
     def costs(cut: int) -> tuple[float, float]:
+        first, second = tuple(pool[:cut]), tuple(pool[cut:])
         return (
-            estimate(run, tuple(pool[:cut]), run_level=False),
-            estimate(run, tuple(pool[cut:])),
+            estimate(run, first, False, concurrent, cores=cores),
+            estimate(run, second, item.run_level, concurrent, cores=cores),
         )
 
     low, high = 0, len(cuts)
@@ -112,23 +229,11 @@ def _halves(item: Item, run: RunHistory) -> tuple[Item, Item] | None:
             low = middle + 1
         else:
             high = middle
-    fixed = STARTUP_SECONDS + run.outside
-    best = None
-    for cut in (cuts[i] for i in (low - 1, low) if 0 <= i < len(cuts)):
-        estimates = costs(cut)
-        if min(estimates) - fixed > fixed and (best is None or max(estimates) < max(best[1])):
-            best = (cut, estimates)
-    if best is None:
+    candidates = [cuts[i] for i in (low - 1, low) if 0 <= i < len(cuts)]
+    if not candidates:
         return None
-    cut, estimates = best
+    cut = min(candidates, key=lambda c: max(costs(c)))
     return (
-        replace(
-            item, iterations=tuple(pool[:cut]), estimated_seconds=estimates[0], run_level=False
-        ),
-        replace(
-            item,
-            iterations=tuple(pool[cut:]),
-            estimated_seconds=estimates[1],
-            run_level=item.run_level,
-        ),
+        replace(item, iterations=tuple(pool[:cut]), run_level=False),
+        replace(item, iterations=tuple(pool[cut:])),
     )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from flor_flows.errors import FlorError
+from flor_flows.errors import RequestError
 from flor_flows.replay import costs
 from flor_flows.replay.selection import Selection, check_loops, compact
 from flor_flows.replay.where import Where, parse_where
@@ -55,6 +55,7 @@ class RunHistory:
     # A replay cuts the loop's body short (`skipping.shortcuts`): True when an iteration
     # runs only its requested statements, False when it runs up to them; None: all of it.
     shortcut: bool | None = None
+    write_rate: float | None = None  # bytes/s its checkpoints were written at (median)
 
     @property
     def iterations(self) -> list[int]:
@@ -107,7 +108,7 @@ def plan(
     """
     names = list(dict.fromkeys(names))
     if not names:
-        raise FlorError("a hindsight request needs at least one name to log")
+        raise RequestError("a hindsight request needs at least one name to log")
     if isinstance(where, str):
         where = parse_where(where)
     iters = iters or {}
@@ -161,7 +162,7 @@ def _where_rows(
         if name not in frame.columns
     ]
     if problems:
-        raise FlorError(f"--where {where.expression!r}: " + "; ".join(problems))
+        raise RequestError(f"--where {where.expression!r}: " + "; ".join(problems))
     return frame
 
 
@@ -251,7 +252,14 @@ def _run(
         outside=0.0 if unmeasured else rest,
         skip_nested=skip_nested,
         shortcut=shortcuts.get(loop) if loop else None,
+        write_rate=_write_rate(checkpoints),
     )
+
+
+def _write_rate(checkpoints: pd.DataFrame) -> float | None:
+    """The median speed, in bytes/s, at which a run wrote its checkpoints (None: untimed)."""
+    timed = checkpoints[checkpoints["seconds"] > 0]
+    return float((timed["bytes"] / timed["seconds"]).median()) if len(timed) else None
 
 
 def _outer_loop(contexts: pd.DataFrame, checkpoints: pd.DataFrame) -> str | None:

@@ -59,13 +59,13 @@ def outer_iterations(store: Store, project: str | None) -> pd.DataFrame:
 
 
 def checkpoints(store: Store, project: str | None) -> pd.DataFrame:
-    """The checkpoints written: run_uid, loop_name, iteration, bytes."""
+    """The checkpoints written: run_uid, loop_name, iteration, bytes, seconds (to write)."""
     query = select(
-        s.Run.uid, s.Checkpoint.loop_name, s.Checkpoint.iteration, s.Checkpoint.bytes
-    ).join(s.Run, s.Run.id == s.Checkpoint.run_id)
-    return _frame(
-        store, _in_project(query, project), ["run_uid", "loop_name", "iteration", "bytes"]
-    )
+        s.Run.uid, s.Checkpoint.loop_name, s.Checkpoint.iteration, s.Checkpoint.bytes,
+        s.Checkpoint.seconds,
+    ).join(s.Run, s.Run.id == s.Checkpoint.run_id)  # fmt: skip
+    columns = ["run_uid", "loop_name", "iteration", "bytes", "seconds"]
+    return _frame(store, _in_project(query, project), columns)
 
 
 @dataclass(frozen=True)

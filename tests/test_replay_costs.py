@@ -1,0 +1,202 @@
+"""The replay cost model on constructed histories: contention, set-up, forks, reads, splits.
+
+No timing here: every figure comes from the model's own constants and the histories built.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+
+from flor_flows.replay import costs
+from flor_flows.replay.costs import (
+    CONTENTION,
+    FORK_SAVED_SECONDS,
+    READ_BYTES_PER_SECOND,
+    READ_PER_WRITE,
+    STARTUP_SECONDS,
+    estimate,
+    priced,
+    slowdown,
+    split,
+)
+from flor_flows.replay.plan import Item, RunHistory, _write_rate
+
+
+def run(
+    uid: str = "r",
+    seconds: float = 2.0,
+    count: int = 10,
+    outside: float = 5.0,
+    size: int = 0,
+    every: int = 1,
+    rate: float | None = None,
+) -> RunHistory:
+    """A run of `count` iterations of `seconds` each, `outside` s of set-up, a checkpoint of
+    `size` bytes every `every` iterations (and after the last), written at `rate` bytes/s."""
+    marks = {i for i in range(count) if (i + 1) % every == 0} | {count - 1}
+    return RunHistory(
+        uid=uid,
+        code_version="v1",
+        entry_script="train.py",
+        loop="epoch",
+        seconds=dict.fromkeys(range(count), seconds),
+        inner={},
+        checkpoints=dict.fromkeys(marks, size),
+        outside=outside,
+        skip_nested=False,
+        write_rate=rate,
+    )
+
+
+def item(history: RunHistory, code_version: str | None = None) -> Item:
+    """The replay of every iteration of `history` (of `code_version`, default its own)."""
+    return Item(
+        run_uid=history.uid,
+        code_version=code_version or history.code_version,
+        entry_script=history.entry_script,
+        loop=history.loop,
+        iterations=None,
+        estimated_seconds=0.0,
+        reason="",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _forking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replays fork from fork servers, whatever the host (a test may say otherwise)."""
+    monkeypatch.setattr(costs, "_forks", lambda: True)
+
+
+def test_slowdown_shares_the_cores_then_adds_contention() -> None:
+    assert slowdown(1, cores=2) == 1.0
+    assert slowdown(2, cores=2) == pytest.approx(CONTENTION)  # a core each, plus contention
+    assert slowdown(3, cores=2) == pytest.approx(1.5 * CONTENTION)  # 2 cores for 3
+    assert slowdown(4, cores=8) == pytest.approx(CONTENTION)
+    assert slowdown(16, cores=8) == pytest.approx(2 * CONTENTION)
+
+
+def test_an_estimate_is_start_up_then_set_up_and_compute_stretched_by_contention() -> None:
+    history = run(seconds=2.0, count=10, outside=5.0)
+    alone = estimate(history, None)
+    assert alone == pytest.approx(STARTUP_SECONDS + 5.0 + 20.0)
+    together = estimate(history, None, concurrent=2, cores=2)
+    assert together == pytest.approx(STARTUP_SECONDS + 25.0 * CONTENTION)
+    four = estimate(history, None, concurrent=4, cores=2)
+    assert four == pytest.approx(STARTUP_SECONDS + 25.0 * 2 * CONTENTION)
+    # a run-level replay: the set-up (and the final checkpoint's read)
+    assert estimate(history, ()) == pytest.approx(STARTUP_SECONDS + 5.0)
+
+
+def test_a_replay_forked_from_a_ready_server_skips_part_of_the_set_up() -> None:
+    heavy, light = run(outside=5.0), run(outside=FORK_SAVED_SECONDS / 4)
+    saved = estimate(heavy, ()) - estimate(heavy, (), forked=True)
+    assert saved == pytest.approx(FORK_SAVED_SECONDS)
+    assert estimate(light, (), forked=True) == pytest.approx(STARTUP_SECONDS)  # all of it
+    two = estimate(heavy, (), concurrent=2, forked=True, cores=2)
+    assert two == pytest.approx(STARTUP_SECONDS + (5.0 - FORK_SAVED_SECONDS) * CONTENTION)
+
+
+def test_reads_go_at_the_speed_the_run_wrote_its_checkpoints() -> None:
+    size = 400_000_000
+    unknown = run(size=size, count=4)
+    measured = run(size=size, count=4, rate=100e6)
+    base = STARTUP_SECONDS + 5.0
+    # iteration 3 alone: restored from the checkpoint of 2, 3 executes
+    assert estimate(unknown, (3,)) == pytest.approx(base + 2.0 + size / READ_BYTES_PER_SECOND)
+    assert estimate(measured, (3,)) == pytest.approx(base + 2.0 + 4.0 * READ_PER_WRITE)
+
+
+def test_the_write_rate_is_the_median_over_timed_checkpoints() -> None:
+    frame = pd.DataFrame(
+        {"bytes": [100, 100, 100, 100], "seconds": [10.0, 1.0, 2.0, 0.0]}  # a warm-up, untimed
+    )
+    assert _write_rate(frame) == pytest.approx(50.0)
+    assert _write_rate(frame.iloc[3:]) is None
+    assert _write_rate(frame.iloc[:0]) is None
+
+
+def test_items_after_the_first_wave_of_a_version_fork_from_its_warm_server() -> None:
+    runs = {uid: run(uid) for uid in "abcd"}
+    other = RunHistory(**{**vars(run("e")), "code_version": "v2"})
+    history = runs | {"e": other}
+    items = [item(runs[u]) for u in "abcd"] + [item(other, "v2")]
+    got = [i.estimated_seconds for i in priced(items, history, workers=2, cores=2)]
+    cold, warm = (estimate(runs["a"], None, concurrent=2, forked=f, cores=2) for f in (0, 1))
+    assert got == pytest.approx([cold, cold, warm, warm, cold])  # v2's first starts its own
+
+
+def test_without_fork_servers_no_item_is_forked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(costs, "_forks", lambda: False)
+    runs = {uid: run(uid) for uid in "abc"}
+    got = [i.estimated_seconds for i in priced([item(r) for r in runs.values()], runs, 1)]
+    assert got == pytest.approx([estimate(runs["a"], None)] * 3)
+
+
+def test_a_long_run_splits_and_its_segments_carry_contended_estimates() -> None:
+    history = run(seconds=10.0, count=10, outside=5.0)
+    halves = split([item(history)], {"r": history}, workers=2, cores=2)
+    assert [h.iterations for h in halves] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
+    assert [h.run_level for h in halves] == [False, True]
+    each = STARTUP_SECONDS + (5.0 + 50.0) * CONTENTION
+    assert [h.estimated_seconds for h in halves] == pytest.approx([each, each])
+    assert each < estimate(history, None)
+
+
+def test_no_split_where_reads_or_contention_outweigh_the_halved_compute() -> None:
+    short = run(seconds=0.5, count=4, outside=5.0)
+    slow = RunHistory(**{**vars(short), "checkpoints": {0: 10**9, 1: 10**9, 3: 10**9}})
+    # halving 2 s of compute saves less than a restore of 1 GB costs the second half
+    assert [i.iterations for i in split([item(slow)], {"r": slow}, 2, cores=2)] == [None]
+    long = run(seconds=10.0, count=10, outside=5.0)
+    one_core = split([item(long)], {"r": long}, workers=2, cores=1)  # two on one core
+    assert [i.iterations for i in one_core] == [None]
+    assert one_core[0].estimated_seconds == pytest.approx(estimate(long, None))
+    free = RunHistory(**{**vars(long), "shortcut": True})  # runs its requested lines only
+    assert len(split([item(free)], {"r": free}, workers=2, cores=2)) == 1  # set-up only
+    sparse = run(seconds=10.0, count=10, every=100)  # only the final checkpoint: no cut
+    assert len(split([item(sparse)], {"r": sparse}, workers=2, cores=2)) == 1
+
+
+def test_a_split_reprices_the_items_left_whole() -> None:
+    long, short = run("a", seconds=10.0, count=10), run("b", seconds=1.0, count=2)
+    history = {"a": long, "b": short}
+    items = split([item(long), item(short)], history, workers=3, cores=2)
+    assert [(i.run_uid, i.iterations) for i in items] == [
+        ("a", (0, 1, 2, 3, 4)),
+        ("a", (5, 6, 7, 8, 9)),
+        ("b", None),
+    ]
+    assert items[2].estimated_seconds == pytest.approx(estimate(short, None, concurrent=3, cores=2))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_splits_cover_each_run_once_and_never_lengthen_the_plan(seed: int) -> None:
+    rng = random.Random(seed)
+    history = {
+        uid: run(
+            uid,
+            seconds=rng.uniform(0.1, 20.0),
+            count=rng.randint(1, 12),
+            outside=rng.uniform(0.0, 10.0),
+            size=rng.randrange(10**9),
+            every=rng.randint(1, 4),
+            rate=rng.choice([None, 50e6, 500e6]),
+        )
+        for uid in "abc"[: rng.randint(1, 3)]
+    }
+    items = [item(h) for h in history.values()]
+    workers, cores = rng.randint(1, 6), rng.randint(1, 4)
+    got = split(items, history, workers, cores)
+    assert len(items) <= len(got) <= max(workers, len(items))
+    for uid, h in history.items():
+        segments = [i for i in got if i.run_uid == uid]
+        covered = [
+            n for s in segments for n in (h.iterations if s.iterations is None else s.iterations)
+        ]
+        assert covered == h.iterations  # in order, each once
+        assert [s.run_level for s in segments] == [False] * (len(segments) - 1) + [True]
+    unsplit = priced(items, history, workers, cores)
+    assert max(i.estimated_seconds for i in got) <= max(i.estimated_seconds for i in unsplit)
