@@ -8,8 +8,8 @@ from pathlib import Path
 
 from flor_flows.api import check_api, ephemeral_defaults, use_api
 from flor_flows.commands.inputs import typed_request
-from flor_flows.commands.stopping import exit_now, stoppable
-from flor_flows.commands.watching import reconcile_runs, watch_api
+from flor_flows.commands.stopping import exit_now
+from flor_flows.commands.watching import run_watched
 from flor_flows.errors import ConfigError, PrefectApiError
 
 
@@ -62,16 +62,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from flows.backfill import backfill
 
     flow = backfill.with_options(task_runner=runner) if runner else backfill
-    reconcile_runs(Path(request.project))
-    watch = watch_api(_backfill_api_lost, "backfill")
-    try:
-        state = stoppable(
-            lambda: flow(request, return_state=True),
-            "{n} replays stopped; run the same command again to resume",
-        )
-    finally:
-        if watch is not None:
-            watch.stop()
+    state = run_watched(
+        lambda: flow(request, return_state=True),
+        Path(request.project),
+        _backfill_api_lost,
+        "backfill",
+        "{n} replays stopped; run the same command again to resume",
+    )
     print(state.message or state.name, file=sys.stderr if not state.is_completed() else sys.stdout)
     return 0 if state.is_completed() else 1
 

@@ -11,8 +11,8 @@ from typing import Any
 from flor_flows import errors
 from flor_flows.api import ephemeral_defaults, use_api
 from flor_flows.commands.inputs import typed_request
-from flor_flows.commands.stopping import exit_now, stoppable
-from flor_flows.commands.watching import reconcile_runs, watch_api
+from flor_flows.commands.stopping import exit_now
+from flor_flows.commands.watching import run_watched
 from flor_flows.errors import FlorError, RequestError, TrainingFailed
 
 
@@ -34,16 +34,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     _check_inputs(request)
     use_api()
-    reconcile_runs(Path(request.project))
-    watch = watch_api(_api_lost, "training")
-    try:
-        state = stoppable(
-            lambda: train(request, return_state=True),
-            "the training script was stopped; its run is recorded as failed",
-        )
-    finally:
-        if watch is not None:
-            watch.stop()
+    state = run_watched(
+        lambda: train(request, return_state=True),
+        Path(request.project),
+        _api_lost,
+        "training",
+        "the training script was stopped; its run is recorded as failed",
+    )
     if not state.is_completed():
         _raise_input_error(state, args.script)
         print(f"flor-flows: training failed: {state.message}", file=sys.stderr)

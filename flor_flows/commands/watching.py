@@ -6,7 +6,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from flor_flows.commands.stopping import stoppable
+
+T = TypeVar("T")
 
 
 def reconcile_runs(project: Path) -> None:
@@ -53,3 +57,21 @@ def watch_api(on_lost: Callable[[Any, float], None], kind: str) -> Any:  # noqa:
         watch = ApiWatch(on_lost, lambda: settled_backfill(released))
     watch.start()
     return watch
+
+
+def run_watched(
+    call: Callable[[], T],
+    project: Path,
+    on_lost: Callable[[Any, float], None],
+    kind: str,
+    stopped: str,
+) -> T:
+    """A flow command's flow run `call()`: flow runs a lost API left Running settled first,
+    the API watched while it runs (`watch_api`), Ctrl-C stopping its scripts (`stoppable`)."""
+    reconcile_runs(project)
+    watch = watch_api(on_lost, kind)
+    try:
+        return stoppable(call, stopped)
+    finally:
+        if watch is not None:
+            watch.stop()

@@ -314,34 +314,32 @@ def has_commit(root: Path, commit: str) -> bool:
 
 def archive(root: Path, commit: str) -> bytes:
     """The tree of `commit` as a tar archive (`git archive`: reads the repository only)."""
-    repo = _open_repo(root)
-    try:
-        return repo.git.execute(
-            ["git", "archive", "--format=tar", commit],
-            stdout_as_string=False,
-            strip_newline_in_stdout=False,
-        )
-    except git.GitCommandError as exc:
-        raise CodeVersionError(f"cannot materialise code version {commit}: {_stderr(exc)}") from exc
-    finally:
-        repo.close()
+    return _output(
+        root, ["archive", "--format=tar", commit], f"cannot materialise code version {commit}"
+    )
 
 
 def listed(root: Path, *options: str) -> list[str]:
     """The paths `git ls-files -z <options>` lists in the working tree of `root`, relative to
     it (e.g. the tracked Python files, or with `--others` the untracked entries)."""
+    out = _output(
+        root, ["-C", str(root), "ls-files", "-z", *options], f"cannot list the files of {root}"
+    )
+    return [name for name in out.decode(errors="surrogateescape").split("\0") if name]
+
+
+def _output(root: Path, args: list[str], failing: str) -> bytes:
+    """What `git <args>` prints in the repository of `root`, as bytes; a CodeVersionError
+    `failing: <git's message>` when it fails."""
     repo = _open_repo(root)
     try:
-        out = repo.git.execute(
-            ["git", "-C", str(root), "ls-files", "-z", *options],
-            stdout_as_string=False,
-            strip_newline_in_stdout=False,
+        return repo.git.execute(
+            ["git", *args], stdout_as_string=False, strip_newline_in_stdout=False
         )
     except git.GitCommandError as exc:
-        raise CodeVersionError(f"cannot list the files of {root}: {_stderr(exc)}") from exc
+        raise CodeVersionError(f"{failing}: {_stderr(exc)}") from exc
     finally:
         repo.close()
-    return [name for name in out.decode(errors="surrogateescape").split("\0") if name]
 
 
 def python_files_at(root: Path, ref: str) -> dict[str, str]:
