@@ -17,6 +17,8 @@ from flor_flows.commands.server import cmd_serve, cmd_server
 from flor_flows.commands.train import cmd_train
 from flor_flows.errors import FlorError
 
+Subparsers = argparse._SubParsersAction  # what `add_subparsers` returns
+
 SERVER_HELP = """\
 Run a Prefect server (API and UI) for flor-flows, in the foreground until Ctrl-C.
 
@@ -55,8 +57,17 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"%(prog)s {version('flor-flows')}")
     sub = top.add_subparsers(dest="command", required=True)
-
     read.add_commands(sub, replay=lambda argv: cmd_replay(parser().parse_args(argv)))
+    _add_replay(sub)
+    _add_propagate(sub)
+    _add_demo(sub)
+    _add_servers(sub)
+    _add_train(sub)
+    return top
+
+
+def _add_replay(sub: Subparsers) -> None:
+    """`replay`: a hindsight request over historical runs."""
     rep = sub.add_parser(
         "replay",
         help="Compute new logged values over historical runs (one backfill flow run).",
@@ -94,6 +105,10 @@ def parser() -> argparse.ArgumentParser:
         "ADDRESS (e.g. tcp://10.0.0.5:8786); needs prefect-dask (the `dask` extra)",
     )
     rep.set_defaults(func=cmd_replay)
+
+
+def _add_propagate(sub: Subparsers) -> None:
+    """`propagate`: carry log statements from one version of a file into another."""
     prop = sub.add_parser(
         "propagate",
         help="Carry NEW's flor.log statements into OLD (an older version of the file).",
@@ -111,10 +126,17 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("-o", "--output", type=Path, help="write the result here instead of stdout")
     out.add_argument("--diff", action="store_true", help="print a unified diff instead")
     prop.set_defaults(func=cmd_propagate)
+
+
+def _add_demo(sub: Subparsers) -> None:
+    """`demo`: the record demo."""
     demo = sub.add_parser("demo", help="Run the record demo over several code versions.")
     demo.add_argument("--workdir", type=Path, help="where to create the demo project")
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_servers(sub: Subparsers) -> None:
+    """`server` (the Prefect server) and `serve` (the project's flows)."""
     server = sub.add_parser(
         "server",
         help="Run a Prefect server for flor-flows (SQLite by default, or PostgreSQL).",
@@ -145,6 +167,9 @@ def parser() -> argparse.ArgumentParser:
     serving.add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
+
+def _add_train(sub: Subparsers) -> None:
+    """`train`: one training flow run of a script."""
     train = sub.add_parser(
         "train",
         help="Run one training flow run of SCRIPT (on a batch, if given); prints the run uid.",
@@ -178,7 +203,6 @@ def parser() -> argparse.ArgumentParser:
         "--project-dir", type=Path, metavar="DIR", help="the project (git repo); default: cwd"
     )
     train.set_defaults(func=cmd_train)
-    return top
 
 
 def main(argv: list[str] | None = None) -> int:

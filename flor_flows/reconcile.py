@@ -31,6 +31,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from flor_flows import children
 from flor_flows.api import api_problem
 from flor_flows.config import Settings
 from flor_flows.publishing import API_DOWN
@@ -144,7 +145,7 @@ def _counted(counts: Counter[str]) -> str:
     return ", ".join(f"{n} {status}" for status, n in counts.most_common())
 
 
-def settled_launch(before: set[str]) -> launch.Launch | None:
+def settled_launch(before: set[str]) -> children.Launch | None:
     """The last run launched here since the runs `before` (uids), once every one of them
     has settled in the store; None until then, or if none was launched."""
     ours = [(run, done) for run, done in launch.launches() if run.run_uid not in before]

@@ -8,6 +8,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Completed, State
 
+from flor_flows import children
 from flor_flows.store import open_store
 from flor_flows.training import artifacts, launch
 from flor_flows.training.request import TrainingRequest
@@ -29,42 +30,42 @@ def _run_name() -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def snapshot_code(run: launch.Launch) -> CodeVersion:
+def snapshot_code(run: children.Launch) -> CodeVersion:
     """Version the project's code as it is now (a commit under a hidden ref)."""
     return launch.snapshot_code(run)
 
 
 @task(cache_policy=NO_CACHE)
-def register_batches(run: launch.Launch, request: TrainingRequest) -> dict[str, Batch]:
+def register_batches(run: children.Launch, request: TrainingRequest) -> dict[str, Batch]:
     """Hash and copy the request's data batches, so the run can be replayed on them."""
     return launch.register_batches(run, request.batches())
 
 
 @task(cache_policy=NO_CACHE)
-def find_warm_start(run: launch.Launch) -> str | None:
+def find_warm_start(run: children.Launch) -> str | None:
     """The latest checkpointed run of the same script, to start from; None: from scratch."""
     return launch.warm_start_from(run)
 
 
 @task(cache_policy=NO_CACHE)
 def run_script(
-    run: launch.Launch,
+    run: children.Launch,
     request: TrainingRequest,
     code: CodeVersion,
     batches: dict[str, Batch],
     resumed_from: str | None,
-) -> launch.Outcome:
+) -> children.Outcome:
     """Run the script as a child process, its output as this task's logs; the store agrees
     with how it ended (a script that died before its first flor call gets a failed run)."""
     logger = get_run_logger()
     context = launch.context_of(run, request, code, batches, resumed_from, flow_run.id)
-    outcome = launch.run(run, context, on_output=logger.info)
+    outcome = children.run(run, context, on_output=logger.info)
     launch.account(run, context, outcome)
     return outcome
 
 
 @task(cache_policy=NO_CACHE)
-def publish(run: launch.Launch) -> None:
+def publish(run: children.Launch) -> None:
     """Publish the run's metrics, checkpoints and batches as table artifacts and a chart."""
     store = open_store(run.settings.store_url)
     artifacts.publish(store, run.run_uid, run.settings.project_name, PREFECT_UI_URL.value())

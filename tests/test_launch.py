@@ -13,12 +13,13 @@ from tests.conftest import Project
 LAUNCHER = """
 import signal, sys
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # as Prefect does on cancellation
+from flor_flows import children
 from flor_flows.training import launch
 from flor_flows.training.request import TrainingRequest
 request = TrainingRequest(project=sys.argv[1], warm_start=False)
 run = launch.new_launch(request)
 context = launch.context_of(run, request, launch.snapshot_code(run), {}, None, None)
-launch.run(run, context, on_output=lambda line: print(line, flush=True))
+children.run(run, context, on_output=lambda line: print(line, flush=True))
 """
 
 SLOW = """

@@ -22,7 +22,8 @@ from flor_flows.replay.costs import (
     slowdown,
     split,
 )
-from flor_flows.replay.plan import Item, RunHistory, _write_rate
+from flor_flows.replay.history import RunHistory, _write_rate
+from flor_flows.replay.plan import Item
 
 
 def run(

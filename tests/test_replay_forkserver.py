@@ -19,10 +19,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from flor_flows import children
 from flor_flows.config import load_settings
 from flor_flows.record.context import RunContext
 from flor_flows.replay import engine, forkserver
-from flor_flows.training import launch
 from tests.conftest import Project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,19 +145,19 @@ ENDINGS = {
 
 
 def _run(
-    script: Path, spawn: launch.Spawn | None, on_output: Callable[[str], object] | None = None
+    script: Path, spawn: children.Spawn | None, on_output: Callable[[str], object] | None = None
 ) -> tuple[int, list[str], str]:
-    """Run `script` as `launch.run` runs a replay; its status, output lines (sorted: stdout
+    """Run `script` as `children.run` runs a replay; its status, output lines (sorted: stdout
     and stderr interleave as they come) and stderr tail."""
     settings = load_settings(script.parent)
-    run = launch.Launch("uid", settings, script.parent, script, script.name, ("a",))
+    run = children.Launch("uid", settings, script.parent, script, script.name, ("a",))
     output: list[str] = []
-    outcome = launch.run(run, RunContext(run_uid="uid"), on_output or output.append, spawn=spawn)
+    outcome = children.run(run, RunContext(run_uid="uid"), on_output or output.append, spawn=spawn)
     return outcome.returncode, sorted(output), outcome.stderr_tail
 
 
-def _spawner(script: Path, on_output: Callable[[str], object] = print) -> launch.Spawn | None:
-    env = launch.child_env()
+def _spawner(script: Path, on_output: Callable[[str], object] = print) -> children.Spawn | None:
+    env = children.child_env()
     return forkserver.spawner(script.name, script, script.parent, [script.parent], env, on_output)
 
 
@@ -195,10 +195,10 @@ def test_stop_children_stops_forked_replays(project: Project, library: Path) -> 
                 time.sleep(0.05)
             child = psutil.Process(int(printed[0]))
             assert _is_server(child.parent())  # forked
-            assert launch.stop_children(grace=1.0) == 1
+            assert children.stop_children(grace=1.0) == 1
             worker.join(10)
         finally:
-            launch.stopping.clear()
+            children.stopping.clear()
     assert outcomes and outcomes[0][0] == -signal.SIGTERM
     assert not psutil.pid_exists(child.pid)
 
@@ -208,13 +208,13 @@ import sys
 from pathlib import Path
 from flor_flows.record.context import RunContext
 from flor_flows.replay import forkserver
-from flor_flows.training import launch
+from flor_flows import children
 script = Path(sys.argv[1])
-run = launch.Launch("uid", None, script.parent, script, "s.py")
+run = children.Launch("uid", None, script.parent, script, "s.py")
 with forkserver.scope():
-    env = launch.child_env()
+    env = children.child_env()
     spawn = forkserver.spawner("s.py", script, script.parent, [script.parent], env, print)
-    launch.run(run, RunContext(), lambda line: print(line, flush=True), spawn=spawn)
+    children.run(run, RunContext(), lambda line: print(line, flush=True), spawn=spawn)
 """
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from flor_flows import children
 from flor_flows.training import launch
 from tests.conftest import Project
 
@@ -171,12 +172,13 @@ def test_a_signal_stops_the_replays_and_the_temporary_server(
 
 LAUNCHER = """
 import sys
+from flor_flows import children
 from flor_flows.training import launch
 from flor_flows.training.request import TrainingRequest
 request = TrainingRequest(project=sys.argv[1], warm_start=False)
 run = launch.new_launch(request)
 context = launch.context_of(run, request, launch.snapshot_code(run), {}, None, None)
-launch.run(run, context, on_output=lambda line: print(line, flush=True))
+children.run(run, context, on_output=lambda line: print(line, flush=True))
 """
 
 ENDLESS = """
@@ -223,10 +225,10 @@ def test_stop_children_stops_every_script_and_starts_no_more(project: Project) -
         launch.context_of(r, request, launch.snapshot_code(r), {}, None, None) for r in runs
     ]
     started: list[str] = []
-    outcomes: list[launch.Outcome] = []
+    outcomes: list[children.Outcome] = []
     threads = [
         threading.Thread(
-            target=lambda r=r, c=c: outcomes.append(launch.run(r, c, on_output=started.append))
+            target=lambda r=r, c=c: outcomes.append(children.run(r, c, on_output=started.append))
         )
         for r, c in zip(runs, contexts, strict=True)
     ]
@@ -235,15 +237,15 @@ def test_stop_children_stops_every_script_and_starts_no_more(project: Project) -
             thread.start()
         _wait(lambda: len({x for x in started if x.isdigit()}) == 2, 60, "both scripts to run")
         begun = time.monotonic()
-        assert launch.stop_children(grace=1.0) == 2
+        assert children.stop_children(grace=1.0) == 2
         assert time.monotonic() - begun < 3.0  # SIGKILL after the grace
         for thread in threads:
             thread.join(10)
         assert len(outcomes) == 2 and all(o.returncode != 0 for o in outcomes)
-        assert launch.stopping.is_set()
-        late = launch.run(runs[0], contexts[0])  # after a stop, nothing starts
+        assert children.stopping.is_set()
+        late = children.run(runs[0], contexts[0])  # after a stop, nothing starts
         assert late.returncode == -signal.SIGTERM and late.seconds == 0.0
     finally:
-        launch.stopping.clear()
-        launch.stop_children(grace=1.0)
-        launch.stopping.clear()
+        children.stopping.clear()
+        children.stop_children(grace=1.0)
+        children.stopping.clear()

@@ -239,16 +239,16 @@ def test_values_of_a_diverged_replay_are_hidden_unless_asked_for(store: Store) -
     diverged = [(ctx(("epoch", 1)), "grad_norm", 2.0), (ctx(("epoch", 1)), "loss", 9.0)]
     replay(store, run, diverged, status="diverged")
 
-    hidden = wide_table(store, ["loss", "grad_norm"])
+    hidden = wide_table(store.engine, ["loss", "grad_norm"])
     assert "loss@replay" not in hidden.columns
     assert cells(hidden, "epoch", "loss", "grad_norm") == [[0, 0.0, 1.0], [1, 1.0, None]]
-    shown = wide_table(store, ["loss", "grad_norm"], include_diverged=True)
+    shown = wide_table(store.engine, ["loss", "grad_norm"], include_diverged=True)
     assert cells(shown, "epoch", "loss", "loss@replay", "grad_norm") == [
         [0, 0.0, None, 1.0],
         [1, 1.0, 9.0, 2.0],
     ]
-    only = wide_table(store, ["grad_norm"], uids=["r1"])
+    only = wide_table(store.engine, ["grad_norm"], uids=["r1"])
     assert cells(only, "epoch", "grad_norm") == [[0, 1.0]]
     assert math.isclose(
-        wide_table(store, ["grad_norm"], include_diverged=True)["grad_norm"].sum(), 3.0
+        wide_table(store.engine, ["grad_norm"], include_diverged=True)["grad_norm"].sum(), 3.0
     )

@@ -211,7 +211,7 @@ def replay_notes(ours: dict | Failed, theirs: dict | Failed | None, sz: Sizes) -
         "`engine.prepare_version` per code version and `engine.replay` per item "
         "(`max_parallel` threads), in the same process, on names of its own (no Prefect).",
         "Estimates: `Item.estimated_seconds` of each item the direct backfills planned vs the "
-        "seconds of that item's replay child (`launch.Outcome.seconds`).",
+        "seconds of that item's replay child (`children.Outcome.seconds`).",
         "Values: every value of the rep-0 backfill (flow) and FlorDB replay compared with the "
         "from-scratch run's values at the same (epoch, step); not equal = different (beyond "
         "1e-9 relative) + missing on either side.",

@@ -63,14 +63,14 @@ STOP_SERVER_UNTIL = 3.8
 def _stop_and_exit(signum: int, _frame: object, worker: threading.Thread, stopped: str) -> None:
     """Stop every script (replays, training) and this process's temporary Prefect server;
     exit 128 + signum."""
-    from flor_flows.training import launch
+    from flor_flows import children
 
-    if launch.stopping.is_set():  # a second signal: the first one is already on it
+    if children.stopping.is_set():  # a second signal: the first one is already on it
         return
     start = time.monotonic()
-    running = launch.stop_children(grace=STOP_CHILDREN_GRACE)
+    running = children.stop_children(grace=STOP_CHILDREN_GRACE)
     _cancel_backfill_items()
-    # The flow sees its replays end as stopped (launch.stopping), starts no more, and
+    # The flow sees its replays end as stopped (children.stopping), starts no more, and
     # records that; give it the time that is left, not more.
     worker.join(max(0.0, start + STOP_FLOW_UNTIL - time.monotonic()))
     _stop_temporary_servers(start + STOP_SERVER_UNTIL)

@@ -65,7 +65,7 @@ def _check_inputs(request: Any) -> None:  # noqa: ANN401 - a TrainingRequest
             )
 
 
-def _api_lost(run: Any, down_for: float) -> None:  # noqa: ANN401 - a launch.Launch
+def _api_lost(run: Any, down_for: float) -> None:  # noqa: ANN401 - a children.Launch
     """The Prefect API went away and `run` has settled in the store: say how it ended there
     and exit at once (0 if it completed, 1 if not)."""
     from prefect.settings import PREFECT_API_URL

@@ -1,7 +1,8 @@
 """`Run`: one execution of a training script, in record or replay mode.
 
 The training thread only appends to in-memory queues; `buffer.py` streams them to a writer
-process that owns the store and git (see `writer.py`).
+process that owns the store and git (see `writer.py`). The outer loop of a replay follows
+its plan in `replay_loop.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from flor_flows.record import frames, replay
 from flor_flows.record.buffer import Buffer
 from flor_flows.record.context import RunContext
 from flor_flows.record.frames import ROOT, Frame
+from flor_flows.record.replay_loop import ReplayLoop
 
 if TYPE_CHECKING:
     from flor_flows.record.checkpointer import Checkpointer
@@ -59,7 +60,7 @@ def cast(name: str, raw: str, default: Any) -> Any:
         ) from exc
 
 
-class Run:
+class Run(ReplayLoop):
     """The state of the run in progress and the implementation of the record API."""
 
     def __init__(self, context: RunContext, entry_script: str | None) -> None:
@@ -109,7 +110,7 @@ class Run:
             raise self.buffer.error
         stored = value if type(value) in _IMMUTABLE else values.Frozen(values.encode(value))
         # A replay re-logs the run's own statements too: those values are checked against
-        # the recorded ones (see `writer.Verifier`), the requested ones are stored.
+        # the recorded ones (see `verify.Verifier`), the requested ones are stored.
         checking = self.apply is not None and name not in self.apply
         logs = self.buffer.checks if checking else self.buffer.logs
         logs.append((self.frame, name, stored))
@@ -295,78 +296,6 @@ class Run:
             "iteration": iteration,
         }
         self.checkpointing.boundary(self.uid, row, seconds)
-
-    def _replay_outer(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
-        """Run the outer loop of a replay following `replay.steps` (skip, restore, record).
-
-        A loop cut short (iterations selected) ends in the state of its last checkpoint, the
-        end of training, so statements after it see what they saw in the forward run.
-        """
-        ready = self.buffer.wait_ready()
-        recorded = {}
-        if self.checkpointing is not None:
-            recorded = {c["iteration"]: c for c in ready["checkpoints"] if c["loop_name"] == name}
-        last = ready["history"]["iterations"].get(name)  # never past what the run recorded
-        if name in self.shortcuts and last is not None and self.checkpointing is not None:
-            head = self.shortcuts[name]
-            plan = replay.shortcut_steps(self.selected, recorded, last, head, self.run_level)
-        else:
-            plan = replay.steps(self.selected, recorded, last)
-        items = iter(iterable)
-        position = 0
-        stale = False  # the live state is not that of the end of the last iteration run
-        try:
-            for step in plan:
-                skip = step.iteration - position
-                if skip:
-                    next(islice(items, skip - 1, skip), None)
-                try:
-                    item = next(items)
-                except StopIteration:
-                    return
-                position = step.iteration + 1
-                if step.action == "skip":
-                    continue
-                if step.restore is not None:
-                    self._restore(recorded[step.restore])
-                self.outer_checkpoint = recorded.get(step.iteration)
-                self.muted = step.action == "silent"
-                self.step, stale = step, step.cut
-                self._enter(name, step.iteration, item)
-                yield item
-                self.frame = ROOT
-                self.muted = not self.run_level
-            final = max(recorded, default=None)
-            if self.run_level and final is not None and (final >= position or stale):
-                self._restore(recorded[final])
-        finally:
-            self.frame, self.muted, self.outer_checkpoint = ROOT, not self.run_level, None
-            self.step = None
-
-    def _restore(self, saved: dict[str, Any]) -> None:
-        from flor_flows.versioning.checkpoints import CheckpointStore, restore
-
-        data = CheckpointStore.read(saved["uri"], saved["sha256"], self.settings.fs_options())
-        restore(data, self.checkpointing.objects)
-
-    def runs_head(self) -> bool:
-        """Whether the replay runs the head of this outer iteration; if not, the state is
-        restored to the iteration's end, which is what its requested statements see."""
-        if self.step is None or not self.step.head or self.frame.depth != 1:
-            return True
-        self._restore(self.outer_checkpoint)
-        return False
-
-    def runs_tail(self) -> bool:
-        """Whether the replay runs the tail of this outer iteration."""
-        return self.step is None or not self.step.cut or self.frame.depth != 1
-
-    def _restore_outer(self) -> bool:
-        """Stand in for a skipped nested loop: the state at the end of its outer iteration."""
-        if self.outer_checkpoint is None or self.checkpointing is None:
-            return False
-        self._restore(self.outer_checkpoint)
-        return True
 
     @contextlib.contextmanager
     def iteration(self, name: str, idx: int | None, value: Any) -> Iterator[Any]:

@@ -8,6 +8,9 @@ ended, or the writer was killed) is written by the next writer that opens the st
 (`recover`). Each batch carries its run's sequence number, stored with it, so a batch
 is never written twice.
 
+What cannot wait in a file (opening a session: its run must be found or started before
+anything else) is tried again for a while instead (`Patient`).
+
 A file is a stream of pickles: the session's header (context, settings, entry script,
 pid), then ("batch", seq, payload) records and, if the run ended, ("finish", status, error).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,30 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | InterfaceError):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class Patient:
+    """A store whose calls are tried again while it fails in a way that passes (a dropped
+    connection, a restarting server), for about 15 s: opening a session cannot wait in a
+    spill file as its batches can."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for delay in (0.5, 1.0, 2.0, 4.0, 8.0, None):
+                try:
+                    return method(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - re-raised unless the store may come back
+                    if delay is None or not transient(exc):
+                        raise
+                    time.sleep(delay)
+            return None  # not reached: the last try returns or raises
+
+        return call
 
 
 def directory(settings: Settings) -> Path:

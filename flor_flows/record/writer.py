@@ -4,6 +4,7 @@ The training process only queues records and pickles them down a pipe; this proc
 store, versions the code and inserts rows. Training never waits on SQL, git or their imports
 (which would otherwise compete for its GIL), and if the training process dies, even by
 SIGKILL, this process sees the pipe close, writes what it received and marks the run failed.
+A run's row (started, then its status) is written through `lifecycle`, its one owner.
 
 A store that fails for a while (a dropped connection, a restarting server, a full disk)
 costs nothing: batches wait in a spill file on local disk until it is back (`spill`). If
@@ -27,38 +28,19 @@ import pickle
 import signal
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from flor_flows import values
 from flor_flows.config import Settings
 from flor_flows.process import DIED
-from flor_flows.record import spill
+from flor_flows.record import lifecycle, spill
 from flor_flows.record.context import RunContext
 from flor_flows.record.verify import Verifier
 
 # Seconds a run's end waits for an unreachable store before leaving its last values on disk.
 FINISH_PATIENCE = float(os.environ.get("FLOR_FLOWS_STORE_PATIENCE", "30"))
 MAX_BACKOFF = 10.0  # seconds between tries of an unreachable store
-
-
-_STARTED: set[int] = set()  # training processes whose first run this writer recorded
-
-
-def process_started(pid: int) -> datetime | None:
-    """When process `pid` started (Linux), so a run's span includes the script's imports.
-
-    Replay planning estimates a replay's set-up from that span. None where /proc is absent.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except OSError:
-        return None
-    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, after the command name
-    age = uptime - ticks / os.sysconf("SC_CLK_TCK")
-    return datetime.fromtimestamp(time.time() - age, UTC)
 
 
 class Session:
@@ -78,7 +60,7 @@ class Session:
         self.header = (context, settings, entry_script, pid)
         self.replaying = context.mode == "replay"
         self.store = open_store(settings.store_url, pooled=True)  # this process never reads
-        self.patient = _Patient(self.store)  # for what a session must do before anything else
+        self.patient = spill.Patient(self.store)  # for what a session must do before anything else
         self.history: dict[str, Any] = {}
         self.checkpoints: list[dict[str, Any]] = []
         self.warm_start: dict[str, Any] | None = None
@@ -99,7 +81,7 @@ class Session:
             spec = context.replay
             self.replay_id = spec.replay_id if spec and spec.replay_id else None
             if self.replay_id is None:
-                self.replay_id = self.patient.start_replay(self.run_id)
+                self.replay_id = lifecycle.start_replay(self.patient, self.run_id)
             self.verifier = Verifier(
                 self.store,
                 self.run_id,
@@ -128,33 +110,12 @@ class Session:
         self.written = self.patient.batches_written(self.run_id, self.replay_id)
 
     def _start(self, context: RunContext, entry_script: str | None, pid: int) -> None:
-        from flor_flows.versioning import code
-
         self.source, self.replay_id = "forward", None
-        self.patient.mark_dead_runs()  # readers only show them failed; a writer records it
-        root = self.settings.root
-        if context.code_version is not None:  # the launcher took the snapshot
-            version = code.CodeVersion(**context.code_version)
-        else:
-            entry = Path(entry_script) if entry_script else None
-            version = code.snapshot(root, context.run_uid, entry)
-        project_id = self.patient.project_id(self.settings.project_name, root)
-        invocation = context.invocation
-        if invocation is not None:  # the working directory as the project sees it
-            invocation = invocation | {"cwd": os.path.relpath(invocation["cwd"], root)}
-        self.run_id = self.patient.start_run(
-            uid=context.run_uid,
-            project_id=project_id,
-            entry_script=os.path.relpath(entry_script, root) if entry_script else None,
-            invocation=invocation,
-            prefect_flow_run_id=context.flow_run_id,
-            resumed_from=context.resumed_from,
-            pid=pid,
-            started_at=None if pid in _STARTED else process_started(pid),
+        lifecycle.fail_dead(self.patient)  # readers only show them failed; a writer records it
+        self.run_id, commit = lifecycle.start(
+            self.patient, self.settings, context, entry_script, pid
         )
-        _STARTED.add(pid)  # a later run of the same process starts when it starts
-        self.patient.set_code_version(self.run_id, project_id, version)
-        self._share_code(root, version.commit)
+        self._share_code(self.settings.root, commit)
         if context.resumed_from is not None:
             self.warm_start = self.patient.final_checkpoint(
                 self.patient.run_id(context.resumed_from)
@@ -329,38 +290,12 @@ class Session:
 
     def _record_outcome(self, status: str, error: str | None) -> None:
         if self.verifier is not None:
-            divergence = self.verifier.divergence
-            if divergence is not None and status == "completed":
-                status = "diverged"
-            self.store.finish_replay(
-                self.replay_id, status, self.verifier.checked, divergence or error
+            verifier = self.verifier
+            lifecycle.finish_replay(
+                self.store, self.replay_id, status, verifier.checked, verifier.divergence, error
             )
         else:
-            self.store.finish_run(self.run_id, status, error)
-
-
-class _Patient:
-    """A store whose calls are tried again while it fails in a way that passes (a dropped
-    connection, a restarting server), for about 15 s: opening a session cannot wait in a
-    spill file as its batches can."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._store, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            for delay in (0.5, 1.0, 2.0, 4.0, 8.0, None):
-                try:
-                    return method(*args, **kwargs)
-                except Exception as exc:  # noqa: BLE001 - re-raised unless the store may come back
-                    if delay is None or not spill.transient(exc):
-                        raise
-                    time.sleep(delay)
-            return None  # not reached: the last try returns or raises
-
-        return call
+            lifecycle.finish(self.store, self.run_id, status, error)
 
 
 def _warn(message: str) -> None:
@@ -394,8 +329,10 @@ def recover(settings: Settings) -> None:
         if outcome is not None:
             session._record_outcome(*outcome)
         elif session.verifier is None:
-            session.store.mark_incomplete(
-                session.run_id, f"{DIED}; the values it kept on local disk were written later"
+            lifecycle.incomplete(
+                session.store,
+                session.run_id,
+                f"{DIED}; the values it kept on local disk were written later",
             )
         path.unlink()
         _warn(f"wrote the values of run {context.run_uid} that were kept in {path}")

@@ -11,6 +11,7 @@ __all__ = [
     "engine",
     "forkserver",
     "forkserver_main",
+    "history",
     "plan",
     "reach",
     "selection",

@@ -1,6 +1,6 @@
 """The cost model of a replay: how long one takes, and where to split the longest in segments.
 
-Estimates come from what the forward run recorded (`plan.RunHistory`) and how the plan runs:
+Estimates come from what the forward run recorded (`history.RunHistory`) and how the plan runs:
 
     seconds = STARTUP_SECONDS + (set-up + compute) * slowdown(k) + reads
 
@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 from flor_flows.record.replay import Step, shortcut_steps, steps
 
 if TYPE_CHECKING:
-    from flor_flows.replay.plan import Item, RunHistory
+    from flor_flows.replay.history import RunHistory
+    from flor_flows.replay.plan import Item
 
 # The fixed cost of one replay: a child interpreter, `import flor_flows`, and the writer
 # process (its imports of SQLAlchemy and the store, opening and closing the replay) around

@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flor_flows import pyast
+from flor_flows import children, pyast
 from flor_flows.config import Settings
 from flor_flows.errors import ReplayDiverged, ReplayFailed, Unparsable
 from flor_flows.propagate import Propagation, Refusal, propagate_files
 from flor_flows.propagate.statements import read
+from flor_flows.record import lifecycle
 from flor_flows.record.context import ReplaySpec, RunContext
 from flor_flows.replay import forkserver
 from flor_flows.replay.reach import reachable
 from flor_flows.replay.shortcuts import mark
 from flor_flows.replay.skipping import shortcuts, skippable_loops
 from flor_flows.replay.worktree import link_untracked, project_root, python_files, view
-from flor_flows.training import launch
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def replay(
     statements_sha256: str | None = None,
     flow_run_id: str | None = None,
     run_level: bool = True,
-) -> launch.Outcome:
+) -> children.Outcome:
     """Re-execute run `run_uid` in `version` and record `names`; raises `ReplayFailed`.
 
     `iterations` are the outer iterations to replay (None: all; empty: run level only);
@@ -179,7 +179,8 @@ def replay(
             f"run {run_uid} ran in {invocation.get('cwd')!r}, which code version "
             f"{version.commit[:10]} does not have"
         )
-    replay_id = store.start_replay(
+    replay_id = lifecycle.start_replay(
+        store,
         record["id"],
         code_commit=version.commit,
         statements_sha256=statements_sha256,
@@ -203,14 +204,14 @@ def replay(
         ),
     )
     argv = tuple(invocation.get("argv", ()))
-    run = launch.Launch(run_uid, settings, cwd, script, entry_script, argv=argv)
+    run = children.Launch(run_uid, settings, cwd, script, entry_script, argv=argv)
     label = f"{entry_script} at {version.commit[:10]}"
     roots = (version.directory, settings.root)  # the project's own code is never pre-imported
-    spawn = forkserver.spawner(label, script, cwd, roots, launch.child_env(), on_output)
-    outcome = launch.run(run, context, on_output, spawn=spawn)
+    spawn = forkserver.spawner(label, script, cwd, roots, children.child_env(), on_output)
+    outcome = children.run(run, context, on_output, spawn=spawn)
     what = f"replay of run {run_uid} ({label})"
     if outcome.returncode != 0:
-        store.finish_replay(replay_id, "failed")
+        lifecycle.finish_replay(store, replay_id, "failed")
         raise ReplayFailed(
             f"{what} exited with code {outcome.returncode}; the last lines of its stderr:\n"
             f"{outcome.stderr_tail}"

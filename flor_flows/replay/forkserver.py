@@ -5,7 +5,7 @@ fork from a fork server (`forkserver_main`): a process started as a fresh `pytho
 would be (same interpreter, working directory, environment, `sys.path`) that imported the
 installed libraries the script imports (torch, sklearn, ...) once, and nothing else. A forked
 replay runs the script from its first line in a process of its own, with its own pipes,
-environment, argv and exit status, as a fresh interpreter would; `launch.run` follows and
+environment, argv and exit status, as a fresh interpreter would; `children.run` follows and
 stops it through `Forked`, as it does a `subprocess.Popen`.
 
 A server that cannot start, refuses (an import fails, or its libraries keep threads running
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flor_flows.training.launch import Spawn
+from flor_flows.children import Spawn
 
 ENV_VAR = "FLOR_FLOWS_REPLAY_FORK"
 PROGRAM = Path(__file__).with_name("forkserver_main.py")
@@ -56,7 +56,7 @@ class Key:
 
 
 class Forked:
-    """A replay forked by a fork server, as `launch.run` uses a `subprocess.Popen`.
+    """A replay forked by a fork server, as `children.run` uses a `subprocess.Popen`.
 
     The server reports the exit status on the request's connection; `pidfd` names the
     process itself, so a signal never reaches another process that reused its pid.
@@ -138,7 +138,7 @@ class Server:
         return self.failed is None and self.process.poll() is None
 
     def spawn(self, command: list[str], cwd: Path, env: dict[str, str]) -> Forked | None:
-        """Fork `command` (a `launch.Spawn`); None if this server cannot."""
+        """Fork `command` (a `children.Spawn`); None if this server cannot."""
         if command[1:2] != [self.key.script] or str(cwd) != self.key.cwd:
             return None
         out_r, out_w = os.pipe()

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.states import Completed, Failed, State
 
+from flor_flows import children
 from flor_flows.errors import ReplayDiverged, ReplayFailed
 from flor_flows.publishing import published
 from flor_flows.replay.artifacts import StatusBoard
 from flor_flows.store import open_store
-from flor_flows.training import launch
 
 if TYPE_CHECKING:
     from flor_flows.replay.backfill import Resolved
@@ -57,7 +57,7 @@ class Tracker:
     def failed(self, item: Item, exc: ReplayFailed | ReplayDiverged) -> None:
         """One of the run's replays failed, diverged, or was stopped: the run is not replayed."""
         status = "diverged" if isinstance(exc, ReplayDiverged) else "replay failed"
-        status = "cancelled" if launch.stopping.is_set() else status
+        status = "cancelled" if children.stopping.is_set() else status
         if item.run_uid not in self.outcomes:
             self.outcomes[item.run_uid] = (status, str(exc))
             self._store(item, status, str(exc))

@@ -1,22 +1,24 @@
 """Which historical runs, and which of their outer iterations, a hindsight request replays.
 
 `plan` combines a `--where` filter (`replay.where`) and `--iter` selections
-(`replay.selection`) with what the store holds (`store.history`): the finished runs, the
-outer iterations each recorded, the values already logged (by default only what is missing
-is replayed), and the durations and checkpoint sizes the cost model (`replay.costs`) turns
-into an estimate of what each replay costs.
+(`replay.selection`) with what the store holds (read by `store.history`; no SQL here): the
+finished runs, the outer iterations each recorded (per run, `replay.history`), the values
+already logged (by default only what is missing is replayed), and the durations and
+checkpoint sizes the cost model (`replay.costs`) turns into an estimate of what each replay
+costs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from flor_flows.errors import RequestError
 from flor_flows.replay import costs
+from flor_flows.replay.history import RunHistory, assemble
 from flor_flows.replay.selection import Selection, check_loops, compact
 from flor_flows.replay.where import Where, parse_where
 from flor_flows.store import history as reads
@@ -37,30 +39,6 @@ class Item:
     estimated_seconds: float
     reason: str
     run_level: bool = True  # records the statements outside the loop (one segment of a run)
-
-
-@dataclass(frozen=True)
-class RunHistory:
-    """What planning knows of one candidate run."""
-
-    uid: str
-    code_version: str
-    entry_script: str
-    loop: str | None
-    seconds: dict[int, float]  # each recorded outer iteration: its duration
-    inner: dict[int, float]  # each recorded outer iteration: the time in its nested loops
-    checkpoints: dict[int, int]  # iteration -> bytes of the checkpoint written at its end
-    outside: float  # run time outside the outer loop (set-up, final evaluation)
-    skip_nested: bool  # a replay may skip the nested loops (`skipping.skippable_loops`)
-    # A replay cuts the loop's body short (`skipping.shortcuts`): True when an iteration
-    # runs only its requested statements, False when it runs up to them; None: all of it.
-    shortcut: bool | None = None
-    write_rate: float | None = None  # bytes/s its checkpoints were written at (median)
-
-    @property
-    def iterations(self) -> list[int]:
-        """The recorded outer iterations, ascending."""
-        return sorted(self.seconds)
 
 
 @dataclass
@@ -122,8 +100,8 @@ def plan(
     existing = reads.existing(store, names, runs, project) if only_missing else None
     untimed = sorted(set(runs["run_uid"]) - set(contexts["run_uid"]))
     probe = reads.probe(store, untimed, project)
-    seen = _loops_seen([f for f in (probe, where_rows, existing) if f is not None], loops)
-    history = _history(runs, contexts, checkpoints, seen, skip_nested, shortcuts or {})
+    logged = [probe, where_rows, existing]
+    history = assemble(runs, contexts, checkpoints, logged, loops, skip_nested, shortcuts or {})
     check_loops(iters, (run.loop for run in history.values() if run.loop))
     if where_rows is not None:
         matched = _where_matches(where, where_rows, history)
@@ -164,109 +142,6 @@ def _where_rows(
     if problems:
         raise RequestError(f"--where {where.expression!r}: " + "; ".join(problems))
     return frame
-
-
-def _loops_seen(
-    frames: Sequence[pd.DataFrame], loops: reads.Loops
-) -> dict[str, tuple[str, set[int]]]:
-    """Per run, the outermost loop its rows in `frames` lie in, and their iterations there.
-
-    The loop of a run whose outer loop recorded no context rows (one outside
-    `flor.checkpointing`) is known only from the values logged inside it.
-    """
-    seen: dict[str, tuple[str, set[int]]] = {}
-    for frame in frames:
-        for loop in (name for name in loops.outer if name in frame.columns):
-            pairs = frame.loc[frame[loop].notna(), ["run_uid", loop]].drop_duplicates()
-            for uid, iteration in pairs.itertuples(index=False):
-                found = seen.setdefault(uid, (loop, set()))
-                if found[0] == loop:
-                    found[1].add(int(iteration))
-    return seen
-
-
-def _history(
-    runs: pd.DataFrame,
-    contexts: pd.DataFrame,
-    checkpoints: pd.DataFrame,
-    seen: dict[str, tuple[str, set[int]]],
-    skip_nested: bool,
-    shortcuts: dict[str, bool],
-) -> dict[str, RunHistory]:
-    """What planning knows of each candidate run, by uid, in run order."""
-    contexts_of = dict(tuple(contexts.groupby("run_uid")))
-    checkpoints_of = dict(tuple(checkpoints.groupby("run_uid")))
-    columns = ["run_uid", "code_version", "entry_script", "started_at", "ended_at"]
-    return {
-        run.run_uid: _run(
-            run,
-            contexts_of.get(run.run_uid, contexts.iloc[:0]),
-            checkpoints_of.get(run.run_uid, checkpoints.iloc[:0]),
-            seen.get(run.run_uid),
-            skip_nested,
-            shortcuts,
-        )
-        for run in runs[columns].itertuples(index=False)
-    }
-
-
-def _run(
-    run: Any,
-    contexts: pd.DataFrame,
-    checkpoints: pd.DataFrame,
-    seen: tuple[str, set[int]] | None,
-    skip_nested: bool,
-    shortcuts: dict[str, bool],
-) -> RunHistory:
-    """One run's outer loop, its iterations with their durations, and its checkpoints."""
-    loop = _outer_loop(contexts, checkpoints) or (seen[0] if seen else None)
-    contexts = contexts[contexts["loop_name"] == loop]
-    checkpoints = checkpoints[checkpoints["loop_name"] == loop]
-    timed = contexts[contexts["seconds"].notna()]
-    recorded = dict(
-        zip(timed["iteration"].astype(int), timed["seconds"].astype(float), strict=True)
-    )
-    inner = timed[timed["inner"].notna()]
-    inner = dict(zip(inner["iteration"].astype(int), inner["inner"].astype(float), strict=True))
-    known = set(contexts["iteration"].astype(int)) | (
-        seen[1] if seen and seen[0] == loop else set()
-    )
-    unmeasured = known - recorded.keys()  # e.g. a loop outside `flor.checkpointing`
-    # The run's span: from its first iteration when that came first (a run's started_at is
-    # stamped by its writer process once started, after training began) to the end its
-    # writer stamped once it had written everything. Less the start-up: the whole span of a
-    # run shorter than the writer's start is that, and it is counted for every replay.
-    start = min([run.started_at.timestamp(), *contexts["started_at"]])
-    end = run.ended_at.timestamp() if pd.notna(run.ended_at) else start
-    rest = max(0.0, end - start - sum(recorded.values()) - costs.STARTUP_SECONDS)
-    return RunHistory(
-        uid=run.run_uid,
-        code_version=run.code_version,
-        entry_script=run.entry_script,
-        loop=loop,
-        seconds=recorded | {i: rest / len(unmeasured) for i in unmeasured},
-        inner=inner,
-        checkpoints=dict(
-            zip(checkpoints["iteration"].astype(int), checkpoints["bytes"].astype(int), strict=True)
-        ),
-        outside=0.0 if unmeasured else rest,
-        skip_nested=skip_nested,
-        shortcut=shortcuts.get(loop) if loop else None,
-        write_rate=_write_rate(checkpoints),
-    )
-
-
-def _write_rate(checkpoints: pd.DataFrame) -> float | None:
-    """The median speed, in bytes/s, at which a run wrote its checkpoints (None: untimed)."""
-    timed = checkpoints[checkpoints["seconds"] > 0]
-    return float((timed["bytes"] / timed["seconds"]).median()) if len(timed) else None
-
-
-def _outer_loop(contexts: pd.DataFrame, checkpoints: pd.DataFrame) -> str | None:
-    """The outer loop a replay selects iterations of: the checkpointed one, else the first."""
-    names = list(contexts.sort_values("started_at")["loop_name"].unique())
-    checkpointed = set(checkpoints["loop_name"])
-    return next((name for name in names if name in checkpointed), names[0] if names else None)
 
 
 def _outer_iterations(frame: pd.DataFrame, history: dict[str, RunHistory]) -> pd.Series:

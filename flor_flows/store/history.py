@@ -94,7 +94,7 @@ def logged(store: Store, names: Iterable[str]) -> list[str]:
     query = select(s.LogName.name).where(s.LogName.name.in_(names)).distinct()
     found = set(_frame(store, query, ["name"])["name"])
     if any(name.startswith(ARG) for name in names):
-        found |= {f"{ARG}{name}" for name in arg_names(store)}
+        found |= {f"{ARG}{name}" for name in arg_names(store.engine)}
     return [name for name in names if name in found]
 
 

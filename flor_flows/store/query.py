@@ -9,6 +9,8 @@ table then has a `seq` column, 0, 1, ... in logging order, and one row per (run,
 Names logged at most once per context are broadcast onto every `seq` row of their context; an
 enclosing context whose values repeat keeps its own rows. Values of diverged replays are left
 out unless asked for.
+
+Here are the reads (the SQL, on the store's engine); `store.cells` shapes what they return.
 """
 
 from __future__ import annotations
@@ -17,27 +19,25 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import connectorx
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 
 from flor_flows import values
+from flor_flows.store import cells
 from flor_flows.store import schema as s
 from flor_flows.store.names import ARG, expand_args, known
-
-if TYPE_CHECKING:
-    from flor_flows.store.store import Store
 
 WIDE_RUN_COLUMNS = ["run_id", "run_uid", "code_version", "started_at"]
 
 
-def _connectorx_url(store: Store) -> str | None:
-    """The store's URL in connectorx's form, when connectorx can read that database."""
-    url = store.engine.url
+def _connectorx_url(engine: Engine) -> str | None:
+    """The database's URL in connectorx's form, when connectorx can read that database."""
+    url = engine.url
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         return f"sqlite://{os.path.abspath(url.database)}"
     if url.get_backend_name() == "postgresql":
@@ -45,14 +45,14 @@ def _connectorx_url(store: Store) -> str | None:
     return None
 
 
-def _fetch(store: Store, sql: str) -> pd.DataFrame:
+def _fetch(engine: Engine, sql: str) -> pd.DataFrame:
     """Run a SELECT into a DataFrame, columnar (connectorx) where the database allows it."""
-    source = _connectorx_url(store)
+    source = _connectorx_url(engine)
     if source is not None:
         with warnings.catch_warnings():  # connectorx builds frames with a pandas-internal API
             warnings.simplefilter("ignore", DeprecationWarning)
             return connectorx.read_sql(source, sql)
-    with store.engine.connect() as conn:
+    with engine.connect() as conn:
         result = conn.exec_driver_sql(sql)
         return pd.DataFrame.from_records(result.cursor.fetchall(), columns=list(result.keys()))
 
@@ -62,7 +62,7 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _runs(store: Store, project: str | None, uids: Sequence[str] | None = None) -> pd.DataFrame:
+def _runs(engine: Engine, project: str | None, uids: Sequence[str] | None = None) -> pd.DataFrame:
     resumed = aliased(s.Run)
     query = (
         select(
@@ -92,7 +92,7 @@ def _runs(store: Store, project: str | None, uids: Sequence[str] | None = None) 
     if uids is not None:
         query = query.where(s.Run.uid.in_(uids))
         batches = batches.join(s.Run, s.Run.id == s.DataBatch.run_id).where(s.Run.uid.in_(uids))
-    with store.engine.connect() as conn:
+    with engine.connect() as conn:
         runs = pd.DataFrame(conn.execute(query).mappings().all())
         data = pd.DataFrame(conn.execute(batches).mappings().all())
     if runs.empty:
@@ -121,10 +121,10 @@ def _show_dead_runs(runs: pd.DataFrame) -> None:
 
 
 def run_table(
-    store: Store, project: str | None = None, uids: Sequence[str] | None = None
+    engine: Engine, project: str | None = None, uids: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """One row per run: uid, code version, status, times, args and data batches."""
-    runs = _runs(store, project, uids)
+    runs = _runs(engine, project, uids)
     return expand_args(runs).drop(columns=["run_id"]).reset_index(drop=True)
 
 
@@ -142,10 +142,10 @@ def _typed(frame: pd.DataFrame, kinds: set[int]) -> pd.Series:
             np.where(ints, frame["ival"].astype("float64"), frame["num"].astype("float64")),
             index=frame.index,
         )
-    cells = frame[["vtype", "num", "ival", "txt"]].astype(object)
-    cells = cells.where(frame[["vtype", "num", "ival", "txt"]].notna(), None)
+    stored = frame[["vtype", "num", "ival", "txt"]].astype(object)
+    stored = stored.where(frame[["vtype", "num", "ival", "txt"]].notna(), None)
     return pd.Series(
-        [values.decode(*row) for row in cells.itertuples(index=False)],
+        [values.decode(*row) for row in stored.itertuples(index=False)],
         index=frame.index,
         dtype=object,
     )
@@ -162,7 +162,7 @@ def _value_columns(kinds: set[int]) -> list[str]:
 
 
 def _name_values(
-    store: Store,
+    engine: Engine,
     name: str,
     signatures: dict[int, tuple[str, ...]],
     run_ids: Sequence[int] | None,
@@ -173,7 +173,7 @@ def _name_values(
     The `log_names` catalog says which signatures, types and sources exist, so only the
     columns this name needs are fetched. Values of a diverged replay only with `include_diverged`.
     """
-    with store.engine.connect() as conn:
+    with engine.connect() as conn:
         catalog = conn.execute(
             select(s.LogName.sig_id, s.LogName.vtype, s.LogName.source).where(
                 s.LogName.name == name
@@ -195,7 +195,7 @@ def _name_values(
         diverged = f"SELECT id FROM replays WHERE status = {_literal('diverged')}"
         where += f" AND (replay_id IS NULL OR replay_id NOT IN ({diverged}))"
     sql = f"SELECT {', '.join(columns)} FROM logs WHERE {where} ORDER BY run_id, id"
-    frame = _fetch(store, sql)
+    frame = _fetch(engine, sql)
     frame["ctx_id"] = frame["ctx_id"].fillna(0).astype("int64")
     if "sig_id" in frame:
         frame["sig_id"] = frame["sig_id"].fillna(0).astype("int64")
@@ -209,64 +209,14 @@ def _name_values(
     return frame.drop(columns=[c for c in ("vtype", "num", "ival", "txt") if c in frame])
 
 
-def _signatures(store: Store) -> dict[int, tuple[str, ...]]:
-    with store.engine.connect() as conn:
+def _signatures(engine: Engine) -> dict[int, tuple[str, ...]]:
+    with engine.connect() as conn:
         rows = conn.execute(select(s.LoopSignature.id, s.LoopSignature.names)).all()
     return {sig: tuple(json.loads(names)) for sig, names in rows}
 
 
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _may_repeat(frame: pd.DataFrame) -> bool:
-    """Whether a (run, ctx, source) may hold several values: a cheap test, sure when False."""
-    key = frame["ctx_id"].to_numpy(np.uint64) ^ (frame["run_id"].to_numpy(np.uint64) * _MIX)
-    return not pd.Index(key ^ frame["forward"].to_numpy(np.uint64)).is_unique
-
-
-def _name_cells(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    """One name's cells keyed by (run, ctx[, seq]); `seq` only if some context repeats.
-
-    The k-th forward and the k-th replayed value of a context share a cell: the forward one
-    wins it, and a name that has both also gets `<name>@replay`.
-    """
-    keys = ["run_id", "ctx_id"]
-    forward = frame["forward"]
-    if _may_repeat(frame):  # rows are in write order: number each context's values
-        frame["seq"] = frame.groupby([*keys, "forward"], sort=False).cumcount()
-        keys.append("seq")
-    elif forward.all():
-        return frame.drop(columns=["forward"]).rename(columns={"value": name})
-    if not forward.all():  # forward values win: put them last, keeping write order
-        frame = frame.sort_values("forward", kind="stable")
-    best = frame.drop_duplicates(keys, keep="last").rename(columns={"value": name})
-    if forward.any() and not forward.all():
-        replayed = frame.loc[~frame["forward"], [*keys, "value"]]
-        best = best.merge(replayed.rename(columns={"value": f"{name}@replay"}), on=keys, how="left")
-    best = best.drop(columns=["forward"])
-    return best if "seq" not in best or (best["seq"] > 0).any() else best.drop(columns=["seq"])
-
-
-def _join(frames: list[pd.DataFrame], names: list[str], keys: list[str]) -> pd.DataFrame:
-    """Outer join of name frames on their shared path; names in the same cells share a frame."""
-    groups: list[pd.DataFrame] = []
-    for frame, name in zip(frames, names, strict=True):
-        same = next((g for g in groups if _same_keys(g, frame, keys)), None)
-        if same is None:
-            groups.append(frame.reset_index(drop=True))
-        else:
-            for column in (name, f"{name}@replay"):
-                if column in frame:
-                    same[column] = frame[column].to_numpy()
-    rows = groups[0]
-    for group in groups[1:]:
-        path = [c for c in group.columns if c in rows.columns]
-        rows = rows.merge(group, on=path, how="outer")
-    return rows
-
-
-def _cells(
-    store: Store,
+def _logged_rows(
+    engine: Engine,
     names: list[str],
     signatures: dict[int, tuple[str, ...]],
     run_ids: Sequence[int] | None,
@@ -275,7 +225,7 @@ def _cells(
     """Rows keyed by (run_id, ctx_id[, seq]) with their loop path and one column per name,
     and the columns of the names that repeat in some context."""
     frames = [
-        _name_cells(_name_values(store, name, signatures, run_ids, include_diverged), name)
+        cells.name_cells(_name_values(engine, name, signatures, run_ids, include_diverged), name)
         for name in names
     ]
     many = [k for k, frame in enumerate(frames) if "seq" in frame]
@@ -283,90 +233,23 @@ def _cells(
     repeated = [c for k in many for c in frames[k].columns if c in (names[k], f"{names[k]}@replay")]
     keys = ["run_id", "ctx_id"]
     if not many:
-        return _join(frames, names, keys), repeated
-    rows = _join([frames[k] for k in many], [names[k] for k in many], [*keys, "seq"])
+        return cells.join(frames, names, keys), repeated
+    rows = cells.join([frames[k] for k in many], [names[k] for k in many], [*keys, "seq"])
     if once:  # values logged once per context go onto every `seq` row of their context
-        single = _join([frames[k] for k in once], [names[k] for k in once], keys)
+        single = cells.join([frames[k] for k in once], [names[k] for k in once], keys)
         rows = rows.merge(single, on=[c for c in single.columns if c in rows.columns], how="outer")
     rows["seq"] = rows["seq"].fillna(0).astype("int64")
     return rows, repeated
 
 
-def _same_keys(left: pd.DataFrame, right: pd.DataFrame, keys: list[str]) -> bool:
-    return len(left) == len(right) and all(
-        np.array_equal(left[k].to_numpy(), right[k].to_numpy()) for k in keys
-    )
-
-
-def _broadcast(
-    rows: pd.DataFrame,
-    names: list[str],
-    signatures: dict[int, tuple[str, ...]],
-    repeated: Sequence[str] = (),
-) -> pd.DataFrame:
-    """Fold rows of enclosing contexts onto the rows of the contexts nested in them
-    (with `seq`, a context keeps its rows when a `repeated` column has several values in it)."""
-    sig = rows["sig_id"]
-    depth_of = {x: len(signatures.get(x, ())) for x in sig.unique()}  # sig 0: run level
-    if len(set(depth_of.values())) < 2:
-        return rows  # every row at one depth: nothing encloses anything
-    depth = sig.map(depth_of).to_numpy()
-    keep = np.ones(len(rows), dtype=bool)
-    filled = rows.copy()
-    for k in range(int(depth.max(initial=0))):
-        outer, inner = depth == k, depth > k
-        if not outer.any() or not inner.any():
-            continue
-        prefix = sig.map({x: "/".join(signatures.get(x, ())[:k]) for x in depth_of})
-        key_cols = ["run_id", *(f"i{j}" for j in range(k))]
-        key = pd.MultiIndex.from_arrays([prefix, *(rows[c] for c in key_cols)])
-        enclosing = rows.loc[outer, names].set_axis(key[outer])
-        if "seq" in rows:
-            enclosing, stays = _singles(enclosing, [c for c in names if c in repeated])
-            keep[outer] &= ~key[outer].isin(key[inner]) | key[outer].isin(stays)
-        else:
-            enclosing = enclosing[~enclosing.index.duplicated(keep="last")]
-            keep[outer] &= ~key[outer].isin(key[inner])
-        found = enclosing.reindex(key[inner])
-        for name in names:
-            target = filled.loc[inner, name]
-            filled.loc[inner, name] = target.where(target.notna(), found[name].to_numpy())
-    return filled[keep]
-
-
-def _singles(enclosing: pd.DataFrame, repeated: list[str]) -> tuple[pd.DataFrame, pd.Index]:
-    """Per enclosing context, the values to broadcast (not a `repeated` column's several ones)
-    and the contexts where some value repeats: those keep their rows."""
-    grouped = enclosing.groupby(level=list(range(enclosing.index.nlevels)), dropna=False)
-    singles = grouped.last()
-    several = grouped[repeated].count() > 1
-    singles[repeated] = singles[repeated].mask(several)
-    return singles, singles.index[several.any(axis=1).to_numpy()]
-
-
-def _loop_columns(
-    rows: pd.DataFrame, signatures: dict[int, tuple[str, ...]]
-) -> dict[str, pd.Series]:
-    """One nullable integer column per loop name, read from the flattened path."""
-    sigs = rows["sig_id"].unique()
-    loops: dict[str, pd.Series] = {}
-    for sig in sigs:
-        for level, loop in enumerate(signatures.get(int(sig), ())):
-            column = rows[f"i{level}"].astype("Int64")
-            if len(sigs) > 1:
-                column = column.where(rows["sig_id"] == sig)
-            loops[loop] = column if loop not in loops else loops[loop].fillna(column)
-    return loops
-
-
 def _loop_values(
-    store: Store, rows: pd.DataFrame, signatures: dict[int, tuple[str, ...]]
+    engine: Engine, rows: pd.DataFrame, signatures: dict[int, tuple[str, ...]]
 ) -> dict[str, pd.Series]:
     """`<loop>_value` columns for loops whose items are not their index (FlorDB's convention)."""
     query = select(s.Context.run_id, s.Context.ctx_id, s.Context.path_values).where(
         s.Context.path_values.is_not(None)
     )
-    with store.engine.connect() as conn:
+    with engine.connect() as conn:
         found = conn.execute(query).all()
     if not found:
         return {}
@@ -379,12 +262,12 @@ def _loop_values(
             if value is not None:
                 columns.setdefault(f"{loop}_value", [None] * len(rows))[position] = value
     return {
-        name: pd.Series(cells, index=rows.index, dtype=object) for name, cells in columns.items()
+        name: pd.Series(column, index=rows.index, dtype=object) for name, column in columns.items()
     }
 
 
 def wide_table(
-    store: Store,
+    engine: Engine,
     names: list[str],
     project: str | None = None,
     uids: Sequence[str] | None = None,
@@ -396,15 +279,15 @@ def wide_table(
     run holding an asked-for arg but none of the values still has a row. Values of replays
     whose status is 'diverged' are left out unless `include_diverged`.
     """
-    runs = _runs(store, project, uids)
+    runs = _runs(engine, project, uids)
     data = [c for c in runs.columns if c.startswith("data.")]
     runs = runs[[*WIDE_RUN_COLUMNS, *data, "args"]].reset_index(drop=True)
-    logged, args = known(store, names, runs)
-    signatures = _signatures(store)
+    logged, args = known(engine, names, runs)
+    signatures = _signatures(engine)
     # Only the runs shown: another project's repeats must not add a `seq` column here.
     run_ids = None if uids is None and project is None else runs["run_id"].tolist()
     rows, repeated = (
-        _cells(store, logged, signatures, run_ids, include_diverged)
+        _logged_rows(engine, logged, signatures, run_ids, include_diverged)
         if logged
         else (pd.DataFrame({"run_id": [], "ctx_id": [], "sig_id": []}, dtype="int64"), [])
     )
@@ -413,9 +296,9 @@ def wide_table(
     value_columns = [c for c in rows.columns if c in logged or c.endswith("@replay")]
     if "seq" in rows:  # repeated names were joined first: show them in the order asked
         value_columns = [c for n in logged for c in (n, f"{n}@replay") if c in value_columns]
-    rows = _broadcast(rows, value_columns, signatures, repeated)
+    rows = cells.broadcast(rows, value_columns, signatures, repeated)
     position = pd.Index(runs["run_id"]).get_indexer(rows["run_id"])
-    loops = _loop_columns(rows, signatures) | _loop_values(store, rows, signatures)
+    loops = cells.loop_columns(rows, signatures) | _loop_values(engine, rows, signatures)
     # Order: runs by start time, then loop iterations, then seq; one lexsort over integer keys.
     sort_keys = [
         c.fillna(-1).to_numpy() for c in reversed(list(loops.values())) if c.dtype == "Int64"

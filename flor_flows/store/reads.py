@@ -40,7 +40,7 @@ class ReadsArea:
         """One row per run: uid, status, code version, times, entry script, args, batches."""
         from flor_flows.store.query import run_table
 
-        return run_table(self, project, uids)
+        return run_table(self.engine, project, uids)
 
     def dataframe(
         self,
@@ -55,8 +55,8 @@ class ReadsArea:
 
         names = list(dict.fromkeys(names))
         if not names:
-            return run_table(self, project, uids)
-        return wide_table(self, names, project, uids, include_diverged=include_diverged)
+            return run_table(self.engine, project, uids)
+        return wide_table(self.engine, names, project, uids, include_diverged=include_diverged)
 
     def logged_names(self, uid: str) -> list[str]:
         """The names run `uid` logged, forward or replayed, in first-logged order."""

@@ -171,7 +171,7 @@ def _warn_dirty_submodules(repo: git.Repo, top: Path, run_uid: str, env: dict[st
             "records a submodule at its HEAD commit); commit them in the submodule to "
             "version them.",
             DirtySubmodule,
-            stacklevel=3,
+            stacklevel=4,  # snapshot's caller (via _write_tree, snapshot)
         )
 
 
@@ -208,66 +208,70 @@ def snapshot(
         base = base_tree = None
         if info:  # [commit, tree, a_time, a_tz, c_time, c_tz]
             base, base_tree = info[0], info[1]
-            author_date, committer_date = f"@{info[2]} {info[3]}", f"@{info[4]} {info[5]}"
+            dates = f"@{info[2]} {info[3]}", f"@{info[4]} {info[5]}"
         else:  # unborn branch: no commits yet
-            author_date = committer_date = _UNBORN_DATE
+            dates = _UNBORN_DATE, _UNBORN_DATE
 
-        tmpdir = tempfile.mkdtemp(prefix="flor-index-")
-        try:
-            index = os.path.join(tmpdir, "index")
-            env["GIT_INDEX_FILE"] = index
-            user_index = Path(repo.git_dir) / "index"
-            if user_index.is_file():
-                shutil.copy2(user_index, index)  # keeps git's stat cache (and its mtime)
-            elif base is not None:
-                _git(repo, "read-tree", base, env=env, what="read HEAD's tree")
-            _git(repo, "add", "-u", env=env, what="stage tracked changes")
-            if forced:
-                _git(
-                    repo,
-                    "add",
-                    "-f",
-                    "--",
-                    *forced,
-                    env=env,
-                    what="add the entry script and includes",
-                )
-            tree = _git(repo, "write-tree", env=env, what="write the snapshot tree")
-            _warn_dirty_submodules(repo, top, run_uid, env)
-        finally:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-
+        tree = _write_tree(repo, top, run_uid, base, forced, env)
         if tree == base_tree:
             commit, dirty = base, False
         else:
-            name, email = SNAPSHOT_IDENTITY
-            env.update(
-                GIT_AUTHOR_NAME=name,
-                GIT_AUTHOR_EMAIL=email,
-                GIT_AUTHOR_DATE=author_date,
-                GIT_COMMITTER_NAME=name,
-                GIT_COMMITTER_EMAIL=email,
-                GIT_COMMITTER_DATE=committer_date,
-            )
-            parent = ["-p", base] if base is not None else []
-            commit = _git(
-                repo,
-                "-c",
-                "i18n.commitEncoding=UTF-8",
-                "commit-tree",
-                "--no-gpg-sign",
-                tree,
-                *parent,
-                "-m",
-                f"flor-flows snapshot\n\nbase {base or 'none'}",
-                env=env,
-                what="commit the snapshot",
-            )
-            dirty = True
+            commit, dirty = _commit_tree(repo, tree, base, dates, env), True
         _git(repo, "update-ref", ref, commit, env=env, what=f"update {ref}")
         return CodeVersion(commit=commit, tree=tree, base=base, branch=branch, dirty=dirty)
     finally:
         repo.close()
+
+
+def _write_tree(
+    repo: git.Repo,
+    top: Path,
+    run_uid: str,
+    base: str | None,
+    forced: list[str],
+    env: dict[str, str],
+) -> str:
+    """The snapshot's tree, written from a throwaway index: the user's index (or HEAD's tree)
+    plus the tracked changes and the `forced` paths. Warns of dirty submodules."""
+    tmpdir = tempfile.mkdtemp(prefix="flor-index-")
+    try:
+        index = os.path.join(tmpdir, "index")
+        env["GIT_INDEX_FILE"] = index
+        user_index = Path(repo.git_dir) / "index"
+        if user_index.is_file():
+            shutil.copy2(user_index, index)  # keeps git's stat cache (and its mtime)
+        elif base is not None:
+            _git(repo, "read-tree", base, env=env, what="read HEAD's tree")
+        _git(repo, "add", "-u", env=env, what="stage tracked changes")
+        if forced:
+            _git(
+                repo, "add", "-f", "--", *forced, env=env, what="add the entry script and includes"
+            )
+        tree = _git(repo, "write-tree", env=env, what="write the snapshot tree")
+        _warn_dirty_submodules(repo, top, run_uid, env)
+        return tree
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _commit_tree(
+    repo: git.Repo, tree: str, base: str | None, dates: tuple[str, str], env: dict[str, str]
+) -> str:
+    """A snapshot commit of `tree` on `base`, by flor-flows, with HEAD's (author, committer)
+    `dates` so that the same source on the same HEAD is the same commit."""
+    name, email = SNAPSHOT_IDENTITY
+    env.update(
+        GIT_AUTHOR_NAME=name,
+        GIT_AUTHOR_EMAIL=email,
+        GIT_AUTHOR_DATE=dates[0],
+        GIT_COMMITTER_NAME=name,
+        GIT_COMMITTER_EMAIL=email,
+        GIT_COMMITTER_DATE=dates[1],
+    )
+    parent = ["-p", base] if base is not None else []
+    command = ["-c", "i18n.commitEncoding=UTF-8", "commit-tree", "--no-gpg-sign", tree, *parent]
+    message = f"flor-flows snapshot\n\nbase {base or 'none'}"
+    return _git(repo, *command, "-m", message, env=env, what="commit the snapshot")
 
 
 def read_file(root: Path, commit: str, path: str) -> bytes:
