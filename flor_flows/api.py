@@ -9,6 +9,7 @@ dead one is one line at once, not a traceback after Prefect's retries.
 from __future__ import annotations
 
 import os
+import time
 
 from flor_flows import background as bg
 from flor_flows.errors import PrefectApiError
@@ -53,6 +54,10 @@ def use_api(background: bool = True) -> None:
 # in milliseconds, so a few seconds only separates "down or unreachable" from "slow".
 API_CHECK_TIMEOUT = 3.0
 START_IT = "start it (flor-flows server)"
+# A command checks its API before it reads the store and again once it has chosen it: an
+# API that answered this process within this many seconds is not asked again.
+CHECKED_FOR = 10.0
+_answered: dict[str, float] = {}  # API URL -> when it last answered this process
 
 
 def api_problem(timeout: float = API_CHECK_TIMEOUT) -> BaseException | None:
@@ -81,10 +86,14 @@ def check_api(temporary_allowed: bool = True, timeout: float = API_CHECK_TIMEOUT
     import httpx
     from prefect.settings import PREFECT_API_URL
 
+    url = PREFECT_API_URL.value()
+    if url and time.monotonic() - _answered.get(url, -CHECKED_FOR) < CHECKED_FOR:
+        return
     problem = api_problem(timeout)
     if problem is None:
+        if url:
+            _answered[url] = time.monotonic()
         return
-    url = PREFECT_API_URL.value()
     where = f"the Prefect API at {redact_url(url)}"
     way_out = START_IT + (
         " or unset PREFECT_API_URL to use a local one" if temporary_allowed else ""

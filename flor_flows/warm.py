@@ -9,9 +9,12 @@ command exactly as the command line would, in its own process group; the caller 
 Ctrl-C and other signals to that group and exits with the child's code.
 
 Forking is safe because the warm process only imports: it starts no thread (checked before
-it listens) and opens no connection. A caller whose Python, Prefect settings (PREFECT_*
-variables) or flor-flows sources differ from the warm process's runs the command itself, as
-does every caller when no warm process answers: the warm path only ever saves time.
+it listens) and opens no connection. Prefect reads most of its settings (logging above all)
+when it is imported, so a caller whose Python, Prefect settings (PREFECT_* variables) or
+flor-flows sources differ from the warm process's runs the command itself, as does every
+caller when no warm process answers: the warm path only ever saves time. The settings Prefect
+reads when it uses them (`AT_USE`: which API, its key, the ephemeral server's) may differ:
+the child reads Prefect's settings again with the caller's.
 """
 
 from __future__ import annotations
@@ -40,18 +43,25 @@ COMMANDS = frozenset({"replay", "train", "runs", "dataframe", "query", "backfill
 MAX_REQUEST = 1 << 20  # argv, cwd and environment, as JSON
 SERVER_CHECK = 2.0  # seconds between checks that the Prefect server it serves still runs
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# Prefect settings read when used, not at import: a caller's own are applied in its child.
+AT_USE = frozenset({
+    "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING",
+    "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+})  # fmt: skip
 SOURCES = [Path(flor_flows.__file__).parent, *(Path(flor_flows.__file__).parents[1] / d for d in ("flows", "deployments"))]  # fmt: skip
 
 
 def fingerprint() -> dict[str, str]:
     """What a caller and the warm process must share for a forked command to behave as a
-    fresh one: the interpreter, Prefect's settings (read at import) and our sources."""
+    fresh one: the interpreter, Prefect's settings read at import and our sources."""
     stats = hashlib.sha256()
     for root in SOURCES:
         for path in sorted(root.rglob("*.py")):
             found = path.stat()
             stats.update(f"{path}:{found.st_mtime_ns}:{found.st_size}\n".encode())
-    prefect = {k: v for k, v in sorted(os.environ.items()) if k.startswith("PREFECT_")}
+    prefect = {
+        k: v for k, v in sorted(os.environ.items()) if k.startswith("PREFECT_") and k not in AT_USE
+    }
     return {
         "python": sys.executable,
         "prefect": json.dumps(prefect),
@@ -233,8 +243,13 @@ def _become(request: dict, fds: list[int]) -> None:
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])
+    ours = {k: os.environ.get(k) for k in AT_USE}
     os.environ.clear()
     os.environ.update(request["env"])
+    if ours != {k: os.environ.get(k) for k in AT_USE}:  # another API (or key) than ours
+        import prefect.context
+
+        prefect.context.refresh_global_settings_context()
     os.umask(request["umask"])
     sys.argv = ["flor-flows", *request["argv"]]
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))

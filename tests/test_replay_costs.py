@@ -157,6 +157,10 @@ def test_no_split_where_reads_or_contention_outweigh_the_halved_compute() -> Non
     assert one_core[0].estimated_seconds == pytest.approx(estimate(long, None))
     free = RunHistory(**{**vars(long), "shortcut": True})  # runs its requested lines only
     assert len(split([item(free)], {"r": free}, workers=2, cores=2)) == 1  # set-up only
+    # no set-up, 20 small checkpoints: halving their reads saves less than a process costs
+    reads = RunHistory(**{**vars(run(count=20, outside=0.0, size=10**6)), "shortcut": True})
+    assert estimate(reads, None) - estimate(reads, tuple(range(10))) > 0  # halves are shorter
+    assert len(split([item(reads)], {"r": reads}, workers=2, cores=2)) == 1
     sparse = run(seconds=10.0, count=10, every=100)  # only the final checkpoint: no cut
     assert len(split([item(sparse)], {"r": sparse}, workers=2, cores=2)) == 1
 

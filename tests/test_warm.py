@@ -88,6 +88,16 @@ def test_the_warm_process_runs_commands_as_the_command_line_does(
         assert (other.returncode, other.stdout) == (0, runs.stdout)
         assert _log(home).count("flor-flows runs") == served
 
+        # another API than the warm process's: served, with the caller's API (read when used)
+        named = _flor(env | {"PREFECT_API_URL": started.stdout.strip()}, project.root, "runs")
+        assert (named.returncode, named.stdout) == (0, runs.stdout)
+        assert _log(home).count("flor-flows runs") == served + 1
+        dead = "http://127.0.0.1:9/api"
+        other = _flor(env | {"PREFECT_API_URL": dead}, project.root, "replay", "--apply", "twice")
+        assert other.returncode == 2, other.stderr
+        assert other.stderr.startswith(f"flor-flows: error: the Prefect API at {dead} does not")
+        assert "flor-flows replay --apply twice" in _log(home)
+
         # Ctrl-C at the caller reaches the command and its training script
         out = tmp_path / "train.out"
         with out.open("w") as sink:

@@ -155,7 +155,7 @@ def split(
 
     A segment starts from the checkpoint before its first iteration and pays the set-up
     again, and more replays at once slow each other (`slowdown`): a split pays off only
-    where the compute it halves outweighs both.
+    where the compute it halves outweighs both by more than a replay's start-up.
     """
     items = list(items)
     while items and len(items) < workers:
@@ -165,7 +165,10 @@ def split(
         if halves is None:
             break
         after = [*items[:at], *halves, *items[at + 1 :]]
-        if max(_seconds(item, history, len(after), cores) for item in after) >= max(now):
+        # The new segment is one more process, its start-up CPU work on a shared host: a
+        # split must save more than that start-up to be worth one.
+        longest = max(_seconds(item, history, len(after), cores) for item in after)
+        if longest >= max(now) - STARTUP_SECONDS:
             break
         items = after
     return priced(items, history, workers, cores)
