@@ -13,6 +13,7 @@ from flor_flows.errors import FlorError
 
 
 def main() -> None:
+    """Run the command line, in the warm process when there is one, and exit with its code."""
     code = None
     with contextlib.suppress(FlorError):  # a bad FLOR_FLOWS_PREFECT: the command says so
         if os.environ.get("FLOR_FLOWS_WARM") != "0" and background.prefect_mode() == "background":

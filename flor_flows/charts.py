@@ -31,6 +31,8 @@ COLOURS = (
 
 @dataclass(frozen=True)
 class Series:
+    """One line of a panel: its legend label and its points, x and y in step."""
+
     label: str
     xs: tuple[float, ...]
     ys: tuple[float, ...]

@@ -49,11 +49,20 @@ class Child(Protocol):
     stderr: IO[str] | None
     returncode: int | None
 
-    def poll(self) -> int | None: ...
-    def wait(self, timeout: float | None = None) -> int: ...
-    def send_signal(self, sig: int) -> None: ...
-    def terminate(self) -> None: ...
-    def kill(self) -> None: ...
+    def poll(self) -> int | None:
+        """As subprocess.Popen.poll."""
+
+    def wait(self, timeout: float | None = None) -> int:
+        """As subprocess.Popen.wait."""
+
+    def send_signal(self, sig: int) -> None:
+        """As subprocess.Popen.send_signal."""
+
+    def terminate(self) -> None:
+        """As subprocess.Popen.terminate."""
+
+    def kill(self) -> None:
+        """As subprocess.Popen.kill."""
 
 
 Spawn = Callable[[list[str], Path, dict[str, str]], Child | None]

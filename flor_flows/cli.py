@@ -44,12 +44,14 @@ them Prefect's temporary server of each command instead.
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    """Run the demo (see `demo`), in --workdir when given."""
     from flor_flows import demo
 
     demo.main(["--workdir", str(args.workdir)] if args.workdir else [])
 
 
 def parser() -> argparse.ArgumentParser:
+    """The `flor-flows` command line: every command, each dispatching to its `cmd_` function."""
     top = argparse.ArgumentParser(
         prog="flor-flows",
         description="Multiversion hindsight logging for continuous training, on Prefect. "

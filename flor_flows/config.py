@@ -77,6 +77,7 @@ class Settings:
 
     @property
     def project_name(self) -> str:
+        """The project's name: its root directory's."""
         return self.root.name
 
 

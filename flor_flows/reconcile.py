@@ -207,6 +207,7 @@ class ApiWatch(threading.Thread):
         self._quiet(False)
 
     def run(self) -> None:
+        """Check the API every `interval` until stopped, or until it is lost and work settled."""
         down_since: float | None = None
         while not self._done.wait(self.interval):
             if api_problem(WATCH_TIMEOUT) is None:

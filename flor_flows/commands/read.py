@@ -59,6 +59,7 @@ def _read(args: argparse.Namespace, read: Callable[[Any], T]) -> T:
 
 
 def cmd_runs(args: argparse.Namespace) -> None:
+    """The recorded runs; as text, the main columns and data batches unless --all-columns."""
     runs = _read(args, lambda store: store.runs())
     if not (args.all_columns or args.csv or args.json) and len(runs):
         wanted = ["run_uid", "status", "code_version", "started_at", "entry_script"]
@@ -81,6 +82,7 @@ def cmd_dataframe(args: argparse.Namespace) -> None:
 
 
 def cmd_query(args: argparse.Namespace) -> None:
+    """The rows of an SQL query on the store, as given."""
     _print_frame(_read(args, lambda store: store.query(args.sql)), args)
 
 

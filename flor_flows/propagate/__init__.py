@@ -37,6 +37,8 @@ MIN_CONFIDENCE = 0.5  # and below this refused
 
 @dataclass(frozen=True)
 class Placement:
+    """A log statement inserted into the old version: what, where, and how sure we are."""
+
     name: str  # the logged name
     code: str  # what was inserted (renamed to the old version's names)
     line: int  # 1-based line of the inserted statement in the result
@@ -45,11 +47,14 @@ class Placement:
 
     @property
     def low_confidence(self) -> bool:
+        """Whether the placement is uncertain enough to be reported for review."""
         return self.confidence < LOW_CONFIDENCE
 
 
 @dataclass(frozen=True)
 class Refusal:
+    """A logged name that was not carried into the old version, and why."""
+
     name: str
     reason: str
 
@@ -59,6 +64,8 @@ class Refusal:
 
 @dataclass
 class Propagation:
+    """The old version with the log statements it gained, and those it could not."""
+
     source: str  # the old version with the statements inserted (unchanged if none were)
     placements: list[Placement] = field(default_factory=list)
     present: list[str] = field(default_factory=list)  # names the old version logs already
@@ -66,6 +73,7 @@ class Propagation:
 
     @property
     def ok(self) -> bool:
+        """Whether every wanted log statement is in the result (none was refused)."""
         return not self.refusals
 
 

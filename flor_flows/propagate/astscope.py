@@ -86,6 +86,7 @@ def _line(stmt: Statement) -> list[ast.AST]:
 
 
 def ast_parameters(node: ast.AST) -> set[str]:
+    """The parameter names of a function or lambda of an old version (none for other nodes)."""
     args = getattr(node, "args", None)
     if not isinstance(args, ast.arguments):
         return set()

@@ -15,6 +15,8 @@ import libcst as cst
 
 
 class InsertStatements(cst.CSTTransformer):
+    """Insert statements at given indices of given blocks, leaving everything else as it was."""
+
     def __init__(
         self,
         insertions: dict[int, dict[int, Sequence[cst.BaseStatement]]],
@@ -40,11 +42,13 @@ class InsertStatements(cst.CSTTransformer):
     def leave_IndentedBlock(
         self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock
     ) -> cst.IndentedBlock:
+        """Insert this block's statements, if it has any."""
         if id(original_node) not in self.insertions:
             return updated_node
         return updated_node.with_changes(body=self._body(original_node, updated_node.body))
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        """Insert the module body's statements, if it has any."""
         if id(original_node) not in self.insertions:
             return updated_node
         return updated_node.with_changes(body=self._body(original_node, updated_node.body))
@@ -58,6 +62,7 @@ class RenameNames(cst.CSTTransformer):
         self.renames = renames
 
     def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.Name:
+        """Rename the name when it is one to rename."""
         return updated_node.with_changes(
             value=self.renames.get(updated_node.value, updated_node.value)
         )
@@ -65,7 +70,9 @@ class RenameNames(cst.CSTTransformer):
     def leave_Attribute(
         self, original_node: cst.Attribute, updated_node: cst.Attribute
     ) -> cst.Attribute:
+        """Keep the attribute's own name (`x.lr` stays `.lr` when `lr` is renamed)."""
         return updated_node.with_changes(attr=original_node.attr)
 
     def leave_Arg(self, original_node: cst.Arg, updated_node: cst.Arg) -> cst.Arg:
+        """Keep the keyword of a keyword argument (`f(lr=lr)` keeps `lr=`)."""
         return updated_node.with_changes(keyword=original_node.keyword)

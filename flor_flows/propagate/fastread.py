@@ -40,6 +40,7 @@ class AstClause:
 
     @property
     def end_lineno(self) -> int:
+        """The clause's last line: that of its last statement."""
         return self.body[-1].end_lineno
 
 
@@ -56,11 +57,14 @@ class AstBlock:
 
 @dataclass(eq=False)
 class FastModule(Module):
+    """A module read by CPython's parser, with its lines kept to be written back (`splice`)."""
+
     lines: list[str] = field(default_factory=list)  # the source's lines, with their endings
     newline: str = "\n"
     indent_unit: str = "    "
 
     def line(self, stmt: Statement) -> int:
+        """The 1-based line where `stmt` starts, as `ast` gives it."""
         return getattr(stmt.node, "lineno", 0)
 
 

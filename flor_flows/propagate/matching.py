@@ -29,6 +29,8 @@ UPDATE_GAIN = 0.15
 
 @dataclass(frozen=True)
 class Match:
+    """A new statement's old counterpart, and how alike the two are."""
+
     old: Statement
     similarity: float
     update: bool = False  # the same statement edited (GumTree's update): its text differs
@@ -62,6 +64,7 @@ class Matching:
         self.renames = self._one_to_one()
 
     def get(self, stmt: Statement) -> Match | None:
+        """The match of a new statement; None if it has no old counterpart."""
         return self.pairs.get(id(stmt))
 
     def _pair(self, a: Statement, b: Statement, similarity: float) -> None:

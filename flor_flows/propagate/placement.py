@@ -62,6 +62,8 @@ def _only_logs(stmt: Statement) -> bool:
 
 
 class Placer:
+    """Finds and checks where each new log statement goes in the old version."""
+
     def __init__(self, new: Module, old: Module, matching: Matching, targets: set[int]) -> None:
         self.new, self.old, self.matching, self.targets = new, old, matching, targets
 
@@ -79,6 +81,7 @@ class Placer:
         return unit
 
     def spot(self, unit: Statement) -> Spot:
+        """Where `unit` goes in the old version, its confidence so far; Refused if nowhere."""
         siblings = unit.block.statements
         before = [s for s in siblings[: unit.index] if id(s) not in self.targets]
         after = [s for s in siblings[unit.index + 1 :] if id(s) not in self.targets]
@@ -336,4 +339,5 @@ def end_order(block: object) -> int:
 
 
 def code_of(node: cst.CSTNode) -> str:
+    """A node's source code, stripped of surrounding whitespace (for reports)."""
     return _EMPTY.code_for_node(node).strip()

@@ -40,6 +40,7 @@ class Binding:
     value: ast.expr | None = None
 
     def describe(self) -> str:
+        """The binding in words for a refusal: its kind, or the call or expression it assigns."""
         if self.value is None:
             return _KINDS.get(self.kind, self.kind)
         if isinstance(self.value, ast.Call):

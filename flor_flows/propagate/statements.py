@@ -41,6 +41,8 @@ class Block:
 
 @dataclass(eq=False)
 class Statement:
+    """One statement (or compound header) as propagation sees it: text, shape, block, names."""
+
     node: cst.CSTNode  # a statement, or an `else:`/`except:`/`finally:` clause
     kind: str  # "simple", "for", "while", "with", "if", "elif", "def", "class", "try", "else", ...
     block: Block  # the block holding it
@@ -64,9 +66,11 @@ class Statement:
 
     @property
     def parent(self) -> Statement | None:
+        """The compound statement whose body holds this one (None at module level)."""
         return self.block.owner
 
     def ancestors(self) -> Iterator[Statement]:
+        """The compound statements around this one, innermost first."""
         node = self.parent
         while node is not None:
             yield node
@@ -83,15 +87,19 @@ class Statement:
         return self if self.kind == "def" else self.function
 
     def encloses(self, other: Statement) -> bool:
+        """Whether `other` is inside this statement's bodies, at any depth."""
         return any(a is self for a in other.ancestors())
 
     @property
     def is_loop(self) -> bool:
+        """Whether this is a `for` or `while` loop."""
         return self.kind in LOOPS
 
 
 @dataclass(eq=False)
 class Module:
+    """A source file read as statements: its tree, its statements in order, its top block."""
+
     source: str
     tree: cst.Module
     statements: list[Statement]

@@ -81,6 +81,7 @@ class WriterProcess:
             self.listener(message)
 
     def send(self, message: tuple[Any, ...]) -> None:
+        """Pickle a message down the pipe to the writer, flushed at once."""
         pickle.dump(message, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         self.process.stdin.flush()
 
@@ -236,6 +237,7 @@ class Buffer:
 
     # -- synchronisation -------------------------------------------------------------------
     def check(self) -> None:
+        """Raise the error the writer reported, if any: the run must not go on unrecorded."""
         if self.error is not None:
             raise self.error
 

@@ -22,6 +22,8 @@ from flor_flows.versioning import checkpoints
 
 
 class Checkpointer:
+    """The checkpoints of one `flor.checkpointing` block: when to take them, and taking them."""
+
     def __init__(
         self,
         objects: dict[str, Any],

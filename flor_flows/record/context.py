@@ -41,6 +41,8 @@ class ReplaySpec:
 
 @dataclass(frozen=True)
 class RunContext:
+    """What a training process is told from outside: its mode, run, store and inputs."""
+
     mode: Literal["record", "replay"] = "record"
     run_uid: str | None = None  # record: preassigned by a launcher; replay: the historical run
     store_url: str | None = None
@@ -68,6 +70,7 @@ class RunContext:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | os._Environ[str] = os.environ) -> RunContext:
+        """The context a launcher handed this process (`to_env`); the default if none."""
         raw = environ.get(ENV_VAR)
         if not raw:
             return cls()

@@ -17,6 +17,8 @@ _SCALARS = (int, float, str, bool)
 
 
 class Frame(NamedTuple):
+    """A loop context: the loops and iterations around a logged value, and its id."""
+
     ctx_id: int | None
     names: tuple[str, ...]  # loop names from the outermost in
     path: tuple[int | None, ...]  # iterations from the outermost in
@@ -25,6 +27,7 @@ class Frame(NamedTuple):
 
     @property
     def depth(self) -> int:
+        """How many loops deep the context is (0 at run level)."""
         return len(self.names)
 
 

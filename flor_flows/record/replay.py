@@ -25,6 +25,8 @@ Action = Literal["skip", "silent", "record"]
 
 @dataclass(frozen=True)
 class Step:
+    """What a replay does with one outer iteration, and what it restores first."""
+
     iteration: int
     action: Action
     restore: int | None = None  # restore the checkpoint written at the end of this iteration first

@@ -102,6 +102,7 @@ class Run(ReplayLoop):
 
     # -- API --------------------------------------------------------------------------------
     def log(self, name: str, value: Any) -> Any:
+        """`flor.log`: queue `value` under `name` in the current loop context; return it."""
         if name not in self.names:
             self.names.add(_valid_name(name))
         if self.muted:
@@ -119,6 +120,7 @@ class Run(ReplayLoop):
         return value
 
     def arg(self, name: str, default: Any) -> Any:
+        """`flor.arg`: the hyperparameter's value, as given, defaulted or recorded (replay)."""
         if name in self.args:
             return self.args[name]
         self.asked.add(name)
@@ -170,6 +172,7 @@ class Run(ReplayLoop):
         self.buffer.divergences.append(why)
 
     def data(self, name: str, uri: str) -> str:
+        """`flor.data`: a local path to the batch, versioned now or fetched as recorded."""
         from flor_flows.versioning import data
 
         if name in self.batches:
@@ -204,6 +207,7 @@ class Run(ReplayLoop):
 
     @contextlib.contextmanager
     def checkpoint_objects(self, objects: dict[str, Any]) -> Iterator[None]:
+        """`flor.checkpointing`: checkpoint `objects` at the loop boundaries inside the block."""
         from flor_flows.record.checkpointer import Checkpointer
 
         previous = self.checkpointing
@@ -232,6 +236,7 @@ class Run(ReplayLoop):
         return saved["run_uid"]
 
     def loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
+        """`flor.loop`: the items, each an iteration of loop `name` (a replay follows its plan)."""
         parent = self.frame
         if self.replaying and parent is ROOT:
             yield from self._replay_outer(name, iterable)
@@ -299,6 +304,7 @@ class Run(ReplayLoop):
 
     @contextlib.contextmanager
     def iteration(self, name: str, idx: int | None, value: Any) -> Iterator[Any]:
+        """`flor.iteration`: one user-driven iteration of loop `name`, timed and recorded."""
         parent = self.frame
         muted = self.muted
         if self.replaying and parent is ROOT and self.selected is not None:

@@ -43,6 +43,7 @@ def current() -> Run:
 
 
 def active() -> Run | None:
+    """The run in progress, if any; unlike `current`, never starts one."""
     run = _state["run"]
     return None if run is None or run.finished else run
 

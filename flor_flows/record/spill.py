@@ -62,6 +62,7 @@ class Patient:
 
 
 def directory(settings: Settings) -> Path:
+    """Where a project's spill files are kept: under its state directory."""
     return settings.root / STATE_DIR / "spill"
 
 
@@ -76,6 +77,7 @@ class SpillFile:
 
     @classmethod
     def for_run(cls, settings: Settings, run_uid: str, header: tuple[Any, ...]) -> SpillFile:
+        """A new spill file for `run_uid`, named for this host and process (see `orphans`)."""
         name = f"{run_uid}.{HOST}.{os.getpid()}.spill"
         return cls(directory(settings) / name, header)
 
@@ -84,10 +86,12 @@ class SpillFile:
             pickle.dump(record, file, protocol=pickle.HIGHEST_PROTOCOL)
 
     def append_batch(self, seq: int, payload: tuple[Any, ...]) -> None:
+        """Keep batch `seq` until the store takes it."""
         self._append(("batch", seq, payload))
         self.batches += 1
 
     def append_finish(self, status: str, error: str | None) -> None:
+        """Keep the run's outcome, to record once its batches are written."""
         self._append(("finish", status, error))
 
 

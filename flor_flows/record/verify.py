@@ -71,5 +71,6 @@ class Verifier:
                 )
 
     def diverge(self, why: str) -> None:
+        """Mark the replay diverged; the first reason is the one kept."""
         if self.divergence is None:
             self.divergence = why

@@ -137,6 +137,7 @@ class Session:
             )
 
     def ready(self) -> dict[str, Any]:
+        """What the training process learns once its session is open (`Buffer.wait_ready`)."""
         return {
             "run_id": self.run_id,
             "replay_id": self.replay_id,
@@ -206,6 +207,7 @@ class Session:
         checks: list,
         divergences: list,
     ) -> None:
+        """Write one batch to the store; the replay's re-logged values are checked first."""
         if self.verifier is not None:
             for why in divergences:
                 self.verifier.diverge(why)

@@ -162,6 +162,7 @@ class StatusBoard:
         )
 
     def description(self) -> str:
+        """The artifact's caption: how many runs are in each status now."""
         counts: dict[str, int] = {}
         for row in self.rows.values():
             counts[row["status"]] = counts.get(row["status"], 0) + 1

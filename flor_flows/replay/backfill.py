@@ -107,6 +107,8 @@ class BackfillRequest(ProjectRequest):
 
 @dataclass(frozen=True)
 class Resolved:
+    """A hindsight request made concrete: its settings, new statements, identity and plan."""
+
     settings: Settings
     names: tuple[str, ...]
     new_files: dict[str, str]
@@ -118,6 +120,7 @@ class Resolved:
 
     @property
     def commits(self) -> list[str]:
+        """The code versions of the planned runs, each once, in plan order."""
         return list(dict.fromkeys(item.code_version for item in self.items))
 
 
@@ -147,6 +150,7 @@ def statements_sha256(files: dict[str, str], names: tuple[str, ...]) -> str:
 
 
 def resolve(request: BackfillRequest) -> Resolved:
+    """The request's statements, identity and plan, less the runs already replayed for it."""
     settings = load_settings(request.project)
     names = tuple(dict.fromkeys(request.names))
     files = new_files(settings.root, request.source_ref)

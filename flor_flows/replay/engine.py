@@ -53,6 +53,7 @@ class Version:
 
     @property
     def refusals(self) -> list[str]:
+        """Every statement propagation refused in this version, prefixed with its file."""
         return [f"{path}: {r}" for path, p in self.propagations.items() for r in p.refusals]
 
     def outcome(self, entry_script: str) -> tuple[str, str | None]:

@@ -101,24 +101,29 @@ class Forked:
         on_exit()
 
     def poll(self) -> int | None:
+        """As subprocess.Popen.poll."""
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        """As subprocess.Popen.wait."""
         if not self._ended.wait(timeout):
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
         assert self.returncode is not None
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
+        """As subprocess.Popen.send_signal."""
         with self._lock:
             if self.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     signal.pidfd_send_signal(self._pidfd, sig)
 
     def terminate(self) -> None:
+        """As subprocess.Popen.terminate."""
         self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
+        """As subprocess.Popen.kill."""
         self.send_signal(signal.SIGKILL)
 
 
@@ -135,6 +140,7 @@ class Server:
     failed: str | None = None  # why it stopped answering
 
     def alive(self) -> bool:
+        """Whether the server is still running and answering."""
         return self.failed is None and self.process.poll() is None
 
     def spawn(self, command: list[str], cwd: Path, env: dict[str, str]) -> Forked | None:

@@ -20,6 +20,8 @@ from flor_flows.replay.skipping import Shortcut
 
 
 class MarkBody(cst.CSTTransformer):
+    """Guard the head and tail of one outer loop's body with the replay markers."""
+
     METADATA_DEPENDENCIES = (PositionProvider,)
 
     def __init__(self, shortcut: Shortcut) -> None:
@@ -28,6 +30,7 @@ class MarkBody(cst.CSTTransformer):
         self.marked = False
 
     def leave_For(self, original_node: cst.For, updated_node: cst.For) -> cst.For:
+        """Guard the tail (and the head, when it may go) of the shortcut's loop body."""
         if not (
             self._is_the_loop(original_node) and isinstance(updated_node.body, cst.IndentedBlock)
         ):

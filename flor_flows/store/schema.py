@@ -31,6 +31,8 @@ SCHEMA_VERSION = 1
 
 
 class Base(DeclarativeBase):
+    """The declarative base of the store's models: their tables are its metadata."""
+
     pass
 
 
@@ -43,6 +45,8 @@ class Meta(Base):
 
 
 class Project(Base):
+    """A project: the repository whose runs the store records."""
+
     __tablename__ = "projects"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
@@ -51,6 +55,8 @@ class Project(Base):
 
 
 class CodeVersion(Base):
+    """A code version of a project: the commit a run's code was snapshotted as."""
+
     __tablename__ = "code_versions"
     __table_args__ = (UniqueConstraint("project_id", "commit"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -64,6 +70,8 @@ class CodeVersion(Base):
 
 
 class Run(Base):
+    """A run: one execution of a training script, its status, args and invocation."""
+
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uid: Mapped[str] = mapped_column(String(64), unique=True)
@@ -89,6 +97,8 @@ class Run(Base):
 
 
 class DataBatch(Base):
+    """A data batch a run read: where from, its hash and size, and its stored copy."""
+
     __tablename__ = "data_batches"
     __table_args__ = (UniqueConstraint("run_id", "name"), Index("ix_data_batches_sha", "sha256"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -255,6 +265,8 @@ class Log(Base):
 
 
 class Checkpoint(Base):
+    """A checkpoint a run wrote at the end of an iteration of a loop: where, hash, cost."""
+
     __tablename__ = "checkpoints"
     __table_args__ = (Index("ix_checkpoints_run_loop", "run_id", "loop_name", "iteration"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 
 def now() -> datetime:
+    """The current time in UTC, as the store records times."""
     return datetime.now(UTC)
 
 

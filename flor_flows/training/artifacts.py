@@ -224,6 +224,7 @@ def run_row(store: Store, uid: str) -> dict[str, Any]:
 
 
 def batches_table(store: Store, uid: str) -> list[dict[str, Any]]:
+    """The run's data batches as table rows: name, URI, hash, size and stored copy."""
     batches = store.run_record(uid)["data"].values()
     columns = ("name", "uri", "sha256", "bytes", "stored_uri")
     return [{c: batch[c] for c in columns} for batch in batches]

@@ -183,6 +183,8 @@ def restore(data: bytes, objects: dict[str, Any], rng: bool = True) -> None:
 
 @dataclass(frozen=True)
 class Written:
+    """A checkpoint file as written: where, its hash and size, and how long writing took."""
+
     uri: str
     sha256: str
     bytes: int
@@ -261,9 +263,11 @@ class EveryIteration:
     every_iteration = True
 
     def should_write(self, loop_seconds: float) -> bool:
+        """Always: every iteration ends with a checkpoint."""
         return True
 
     def wrote(self, seconds: float) -> None:
+        """Nothing to learn from a checkpoint's cost."""
         pass
 
 
@@ -288,10 +292,12 @@ class Adaptive:
         self.since_last = 0.0
 
     def should_write(self, loop_seconds: float) -> bool:
+        """Whether to checkpoint now, `loop_seconds` after the previous iteration ended."""
         self.since_last += loop_seconds
         return self.samples < self.WARMUP or self.cost <= self.epsilon * self.since_last
 
     def wrote(self, seconds: float) -> None:
+        """Learn a checkpoint's cost (copy and write), and start counting loop time anew."""
         self.cost = min(self.cost, seconds)
         self.samples += 1
         self.since_last = 0.0

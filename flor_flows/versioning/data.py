@@ -29,6 +29,8 @@ NO_COPY = ("", "none")
 
 @dataclass(frozen=True)
 class Batch:
+    """A versioned data batch: where it came from, its hash and size, its copy, what to read."""
+
     name: str
     uri: str  # as declared (or overridden)
     sha256: str

@@ -55,6 +55,7 @@ def _escape(ch: str) -> str:
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether `fs` is the local filesystem, whose paths are used in place (`os.replace`)."""
     protocol = fs.protocol
     return "file" in protocol if isinstance(protocol, tuple) else protocol == "file"
 
