@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # No --quiet: pip prints a line per package it collects and installs.
 PIP := $(BIN)/pip install --progress-bar on
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-random bench clean
 
 $(BIN)/pip:
 	@echo "==> creating $(VENV)"
@@ -41,6 +41,13 @@ test: $(TEST_STAMP)
 	$(BIN)/ruff check flor_flows flows deployments tests bench examples
 	$(BIN)/ruff format --check flor_flows flows deployments tests bench examples
 	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
+
+# The same tests in a random order, files and tests shuffled together (pytest-random-order),
+# to show that none relies on another having run: SEED=<n> repeats an order, which the run
+# prints in its header (`make test` keeps the order above: the plugin is off unless asked).
+SEED ?= $(shell date +%s)
+test-random: $(TEST_STAMP)
+	$(BIN)/pytest -n 2 --dist loadfile -p random_order --random-order-bucket=global --random-order-seed=$(SEED)
 
 bench: $(TEST_STAMP)
 	bash bench/setup_flordb.sh

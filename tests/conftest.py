@@ -12,8 +12,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,16 @@ def git(root: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def wait_for(condition: Callable[[], object], seconds: float, what: str) -> object:
+    """Poll `condition` until it is truthy (returned) or `seconds` pass (a failure naming
+    `what`): a test waits for the event itself, never for a fixed time."""
+    deadline = time.monotonic() + seconds
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        time.sleep(0.05)
+    return found
+
+
 @dataclass
 class Project:
     root: Path
@@ -63,16 +74,19 @@ class Project:
         git(self.root, "commit", "-q", "-m", message)
         return git(self.root, "rev-parse", "HEAD")
 
+    def env(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment a script runs in: the test's, without flor-flows settings."""
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOR_FLOWS_")}
+        return full_env | (env or {})
+
     def run(
         self, script: str, *args: str, env: dict[str, str] | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """Run `script` (a path in the project) with this interpreter, as a user would."""
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLOR_FLOWS_")}
-        full_env |= env or {}
         proc = subprocess.run(
             [sys.executable, script, *args],
             cwd=self.root,
-            env=full_env,
+            env=self.env(env),
             capture_output=True,
             text=True,
             timeout=240,
@@ -80,6 +94,19 @@ class Project:
         if check and proc.returncode != 0:
             raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
+
+    def start(self, script: str, *args: str) -> subprocess.Popen[str]:
+        """Start `script` as `run` would, without waiting: for a test that acts while it runs.
+        Its stdin is a pipe it may block on (until the test ends it); its output is captured."""
+        return subprocess.Popen(
+            [sys.executable, script, *args],
+            cwd=self.root,
+            env=self.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def store(self):  # noqa: ANN201
         from flor_flows.store import Store

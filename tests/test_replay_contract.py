@@ -172,3 +172,18 @@ def test_a_replay_exits_once_stored_with_the_scripts_status(recorded, ending, st
     assert "teardown" not in proc.stdout  # the interpreter's teardown is skipped
     replayed = project.store().query("select count(*) as n from logs where source = 'replay'")
     assert replayed["n"][0] == 1  # stored before the exit either way
+
+
+def test_a_replay_executes_nothing_after_its_last_selected_iteration(recorded) -> None:
+    """The epochs a replay runs, as the script itself sees them: none after the last target."""
+    project, uid, truth = recorded
+    ran = project.root.parent / "epochs-run"
+    mark = f"open({str(ran)!r}, 'a').write(str(epoch) + ' ')"
+    project.write("train.py", V1.format(start=mark, end=HINDSIGHT["end"]))
+    project.run("train.py", env=_replay_env(project, uid, ("w_end",), (1,)))
+    assert ran.read_text().split() == ["1"]  # from the checkpoint of epoch 0, then stopped
+    df = project.store().dataframe(["w_end"])
+    mine = df[df["run_uid"] == uid].dropna(subset=["w_end"]).drop_duplicates("epoch")
+    expected = truth.drop_duplicates("epoch").set_index("epoch")
+    assert mine["epoch"].tolist() == [1]
+    assert mine["w_end"].iloc[0] == expected.loc[1, "w_end"]

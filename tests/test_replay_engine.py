@@ -202,3 +202,39 @@ def test_a_failing_replay_is_reported_with_its_stderr(history, tmp_path: Path) -
             ("w_end",),
             on_output=lambda _: None,
         )
+
+
+RELATIVE = """
+import flor_flows as flor
+scale = float(open("scale.txt").read())  # a tracked file, by a path relative to the cwd
+with open("written.txt", "a") as out:  # and a file the run writes there
+    print("ran", file=out)
+for epoch in flor.loop("epoch", range(3)):
+    flor.log("loss", scale * epoch)
+"""
+
+
+def test_a_replay_resolves_relative_paths_in_the_version_copy(
+    project: Project, tmp_path: Path
+) -> None:
+    """The run's working directory is that of its code version: a tracked file it read is
+    read as the version has it (not as the user's tree has it today), and what it writes
+    lands in the copy, not in the user's tree."""
+    project.write("scale.txt", "2\n")
+    project.write("train.py", RELATIVE)
+    commit = project.commit("v1")
+    project.run("train.py")
+    (project.root / "written.txt").unlink()  # the run's output, not part of the project
+    project.write("scale.txt", "3\n")  # today's tree: another scale, uncommitted
+    new = RELATIVE + '    flor.log("double", 2 * scale * epoch)\n'
+    project.write("train.py", new)
+    before = git(project.root, "status", "--porcelain")
+    uid = project.store().runs()["run_uid"][0]
+    names = ("double",)
+    version = prepare_version(project.root, commit, {"train.py": new}, names, tmp_path / "v")
+    replay(version, uid, "train.py", load_settings(project.root), names, on_output=lambda _: None)
+    got = project.store().dataframe(["double"])
+    assert got["double"].tolist() == [2 * 2.0 * epoch for epoch in range(3)]  # scale 2, v1's
+    assert (version.directory / "written.txt").read_text() == "ran\n"
+    assert not (project.root / "written.txt").exists()
+    assert git(project.root, "status", "--porcelain") == before

@@ -341,8 +341,13 @@ def recover(settings: Settings) -> None:
 
 
 def _reply(out: BinaryIO, *message: Any) -> None:
-    pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
-    out.flush()
+    """Answer the training process; one that died no longer reads, but what it sent before
+    is still in the pipe: go on writing it (its end marks the run failed)."""
+    try:
+        pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+    except BrokenPipeError:
+        pass
 
 
 def _error(exc: BaseException) -> tuple[str, str, str]:
