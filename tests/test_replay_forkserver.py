@@ -268,3 +268,48 @@ def test_replays_start_fresh_when_the_server_cannot_fork(
         assert _spawner(script) is None and not _servers()
     monkeypatch.delenv(forkserver.ENV_VAR)
     assert _spawner(script) is None  # no scope, no server
+
+
+def test_the_server_imports_only_what_precedes_a_change_to_how_imports_resolve(
+    tmp_path: Path,
+) -> None:
+    from flor_flows.replay.forkserver_main import libraries
+
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import os\n"
+        "import numpy\n"
+        "try:\n"
+        "    import pandas\n"
+        "except ImportError:\n"
+        "    pandas = None\n"
+        "DATA = os.path.join(os.path.dirname(__file__), 'data')  # harmless\n"
+        "def helper():\n"
+        "    os.environ['X'] = '1'  # not run at import\n"
+        "if True:\n"
+        "    os.environ['OMP_NUM_THREADS'] = '1'  # the imports below depend on it\n"
+        "import torch\n"
+        "import sqlalchemy\n"
+    )
+    assert libraries(str(script), [str(tmp_path)]) == ["numpy", "pandas"]
+    script.write_text("import sys\nsys.path.insert(0, 'vendor')\nimport numpy\n")
+    assert libraries(str(script), [str(tmp_path)]) == []
+    script.write_text("import numpy\nimport torch.nn as nn\n")
+    assert libraries(str(script), [str(tmp_path)]) == ["numpy", "torch.nn"]
+
+
+def test_the_server_also_imports_what_torch_imports_on_first_use(tmp_path: Path) -> None:
+    """An optimizer's first use imports torch._dynamo (~1.5 s): the server pays it once."""
+    script = tmp_path / "train.py"
+    script.write_text("import torch\n")
+    probe = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(Path(forkserver.PROGRAM).parent)!r})\n"
+        "import forkserver_main\n"
+        f"state = forkserver_main.prepare({str(script)!r}, [{str(tmp_path)!r}])\n"
+        "print(json.dumps([state['ready'], 'torch._dynamo' in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[true, true]", out.stderr[-2000:]

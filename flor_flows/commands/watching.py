@@ -71,7 +71,22 @@ def run_watched(
     reconcile_runs(project)
     watch = watch_api(on_lost, kind)
     try:
-        return stoppable(call, stopped)
+        return stoppable(lambda: _without_heartbeats(call), stopped)
     finally:
         if watch is not None:
             watch.stop()
+
+
+def _without_heartbeats(call: Callable[[], T]) -> T:
+    """`call()` with Prefect's flow-run heartbeats off, unless the user set their frequency:
+    the engine joins its heartbeat thread at the flow's end (up to a second per command), and
+    they only feed an automation created by hand; a flow run a command leaves Running is
+    settled by the project's next command (`reconcile`)."""
+    from prefect.settings import get_current_settings
+
+    from flor_flows.api import prefect_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        return call()
+    with prefect_settings("flows", heartbeat_frequency=None):
+        return call()

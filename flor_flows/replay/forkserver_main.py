@@ -46,25 +46,59 @@ class Request(NamedTuple):
     stderr: int
 
 
+# Modules a library imports lazily on first use, at a cost every replay would pay again
+# (torch: its compiler stack, ~1.5 s, imported by the first optimizer a script creates).
+LAZY = {"torch": ("torch._dynamo",)}
+# What a script may change before its imports that changes what they do: the server, which
+# imports them before the script runs, stops at the first module-level statement naming one.
+BEFORE_IMPORTS = frozenset({"environ", "putenv", "unsetenv", "sys.path", "meta_path", "path_hooks"})
+
+
 def libraries(script: str, roots: list[str]) -> list[str]:
     """The modules `script` imports at module level that are installed libraries: found on
-    sys.path outside `roots` and the standard library, and not flor_flows."""
+    sys.path outside `roots` and the standard library, and not flor_flows. Only those before
+    a statement that may change how they import (`BEFORE_IMPORTS`, e.g. `os.environ[...] =`)."""
     with open(script, "rb") as f:
         tree = ast.parse(f.read(), script)
     names: list[str] = []
     todo = list(tree.body)
-    while todo:  # module level, into if/try/with blocks, not into functions or classes
+    while todo:  # module level in source order, into if/try/with blocks, not into functions
         node = todo.pop(0)
+        if _changes_imports(node):
+            break
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.append(node.module)
         elif isinstance(node, ast.If | ast.Try | ast.With):
-            for field in ("body", "orelse", "finalbody", "handlers"):
-                todo += getattr(node, field, [])
+            fields = ("body", "handlers", "orelse", "finalbody")
+            todo[:0] = [inner for field in fields for inner in getattr(node, field, [])]
         elif isinstance(node, ast.ExceptHandler):
-            todo += node.body
+            todo[:0] = node.body
     return [name for name in dict.fromkeys(names) if _installed(name.partition(".")[0], roots)]
+
+
+def _changes_imports(node: ast.AST) -> bool:
+    """Whether a module-level statement (not a definition) names something in BEFORE_IMPORTS."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return False
+    if isinstance(node, ast.If | ast.Try | ast.With | ast.ExceptHandler):  # bodies: one by one
+        heads = [getattr(node, "test", None), getattr(node, "type", None)]
+        heads += getattr(node, "items", [])
+        return any(_names(head) & BEFORE_IMPORTS for head in heads if head is not None)
+    return bool(_names(node) & BEFORE_IMPORTS)
+
+
+def _names(node: ast.AST) -> set[str]:
+    """The names and attributes in `node` (`sys.path` as such: `os.path` is harmless)."""
+    found = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            found.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            sys_path = n.attr == "path" and isinstance(n.value, ast.Name) and n.value.id == "sys"
+            found.add("sys.path" if sys_path else n.attr)
+    return found
 
 
 def _installed(top: str, roots: list[str]) -> bool:
@@ -101,6 +135,11 @@ def prepare(script: str, roots: list[str]) -> dict:
             importlib.import_module(name)
         except ImportError as exc:
             return {"ready": False, "why": f"importing {name} failed: {exc}"}
+    for library, lazy in LAZY.items():
+        if library in sys.modules:
+            for name in lazy:
+                with contextlib.suppress(ImportError):  # then the replays import it, or fail
+                    importlib.import_module(name)
     if "flor_flows" in sys.modules:
         return {"ready": False, "why": "its libraries import flor_flows"}
     if _threads() > 1:  # libraries' pools (OpenBLAS) stop before a fork: see if all do
