@@ -30,13 +30,18 @@ class _Unavailable(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def unavailable_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+def unavailable_api() -> Iterator[list[str]]:
+    """The requests a 503-answering server got, with it as this context's Prefect API (set
+    over whatever settings context a session fixture of this worker left open)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
     _Unavailable.requests = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{server.server_port}/api")
+    url = f"http://127.0.0.1:{server.server_port}/api"
     try:
-        yield _Unavailable.requests
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield _Unavailable.requests
     finally:
         server.shutdown()
         server.server_close()
@@ -47,9 +52,7 @@ def test_a_publish_to_an_unavailable_api_gives_up_after_its_few_retries(
     unavailable_api: list[str],
 ) -> None:
     from prefect.artifacts import create_table_artifact
-    from prefect.context import refresh_global_settings_context
 
-    refresh_global_settings_context()
     try:
         got = publishing.published(create_table_artifact, [{"a": 1}], key="some-table")
     finally:
@@ -76,23 +79,22 @@ def test_a_commands_flow_run_sends_no_heartbeats_unless_the_user_set_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Prefect joins its heartbeat thread at a flow's end (up to a second a command)."""
-    from prefect.context import refresh_global_settings_context
-    from prefect.settings import get_current_settings
+    from prefect.context import SettingsContext, get_settings_context
+    from prefect.settings import Settings, get_current_settings
 
     from flor_flows.commands.watching import _without_heartbeats
 
     def frequency() -> int | None:
         return get_current_settings().flows.heartbeat_frequency
 
+    def as_configured() -> SettingsContext:  # the environment's settings, as a command has them
+        return SettingsContext(profile=get_settings_context().profile, settings=Settings())
+
     monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
-    refresh_global_settings_context()
-    assert frequency() == 180  # Prefect's default ...
-    assert _without_heartbeats(frequency) is None  # ... off in a command's flow run
-    assert frequency() == 180  # and only there
+    with as_configured():
+        assert frequency() == 180  # Prefect's default ...
+        assert _without_heartbeats(frequency) is None  # ... off in a command's flow run
+        assert frequency() == 180  # and only there
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
-    refresh_global_settings_context()
-    try:
+    with as_configured():
         assert _without_heartbeats(frequency) == 60  # the user's choice stands
-    finally:
-        monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY")
-        refresh_global_settings_context()
