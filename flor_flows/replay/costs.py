@@ -42,13 +42,13 @@ if TYPE_CHECKING:
 # 0.46 s (`python -c pass` 0.02 s, `import flor_flows` 0.06 s, the writer's imports 0.34 s).
 STARTUP_SECONDS = 0.5
 # What a replay forked from a ready fork server saves against a fresh interpreter, for
-# workloads/real_torch.py (its server imports torch): `bench/workloads/estimate_check.py
-# fork --repeat 5` (and --repeat 3), replays of two recorded runs one after the other, fresh
-# then forked: the second forked replay saved 0.5-2.2 s, median of 8: 1.5 s (not all of
-# torch's 1.9-2.4 s import: the forked child's set-up is slower than a fresh one's). The
-# first, which starts the server, took the time of a fresh one (-1.6 to +2.4 s, median
-# -0.25 s).
-FORK_SAVED_SECONDS = 1.5
+# workloads/real_torch.py (its server imports torch, and torch._dynamo, which the script's
+# first optimizer would import): `bench/workloads/estimate_check.py fork --repeat 3`
+# (2026-12-02), replays of two recorded runs one after the other, fresh then forked: the
+# second forked replay took 0.68-0.79 s against 3.5-4.7 s fresh, median saving 2.9 s of the
+# runs' 3.4-3.5 s set-up. The first, which starts the server, took the time of a fresh one
+# (median -0.12 s). (Before the server imported torch._dynamo: 1.5 s.)
+FORK_SAVED_SECONDS = 2.9
 # Restoring a checkpoint (read, sha256, deserialise, copy into the live objects) against
 # writing it (copy, serialise, sha256, write), through `versioning.checkpoints` on this VM
 # (a torch model with its SGD optimizer, median of 3, page cache): 17 MB 1.0-1.2x, 269 MB
