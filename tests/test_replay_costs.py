@@ -119,14 +119,15 @@ def test_the_write_rate_is_the_median_over_timed_checkpoints() -> None:
     assert _write_rate(frame.iloc[:0]) is None
 
 
-def test_items_after_the_first_wave_of_a_version_fork_from_its_warm_server() -> None:
+def test_items_after_the_first_wave_of_a_script_fork_from_its_warm_server() -> None:
     runs = {uid: run(uid) for uid in "abcd"}
-    other = RunHistory(**{**vars(run("e")), "code_version": "v2"})
-    history = runs | {"e": other}
-    items = [item(runs[u]) for u in "abcd"] + [item(other, "v2")]
+    later = RunHistory(**{**vars(run("e")), "code_version": "v2"})  # the same script, later
+    other = RunHistory(**{**vars(run("f")), "entry_script": "eval.py"})
+    history = runs | {"e": later, "f": other}
+    items = [item(runs[u]) for u in "abcd"] + [item(later, "v2"), item(other)]
     got = [i.estimated_seconds for i in priced(items, history, workers=2, cores=2)]
     cold, warm = (estimate(runs["a"], None, concurrent=2, forked=f, cores=2) for f in (0, 1))
-    assert got == pytest.approx([cold, cold, warm, warm, cold])  # v2's first starts its own
+    assert got == pytest.approx([cold, cold, warm, warm, warm, cold])  # eval.py starts its own
 
 
 def test_without_fork_servers_no_item_is_forked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -309,7 +309,95 @@ def test_the_server_also_imports_what_torch_imports_on_first_use(tmp_path: Path)
         f"state = forkserver_main.prepare({str(script)!r}, [{str(tmp_path)!r}])\n"
         "print(json.dumps([state['ready'], 'torch._dynamo' in sys.modules]))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    out = subprocess.run(  # in the script's directory, as a server is started
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=tmp_path,
     )
     assert out.stdout.strip().splitlines()[-1] == "[true, true]", out.stderr[-2000:]
+
+
+def test_versions_that_import_the_same_libraries_share_one_server(
+    project: Project, library: Path, tmp_path: Path
+) -> None:
+    """Each forked replay runs in its own version's directory, with its own modules."""
+    where = HELPERS.replace('f"{os.getpid()}\\n"', '__file__ + "\\n"')  # which helpers.py
+    assert where != HELPERS
+    project.write("helpers.py", where + "STEP = 1.0\n")
+    project.write("train.py", SCRIPT.replace("w += ", "w += helpers.STEP * "))
+    first = project.commit("v1")
+    project.run("train.py", "--epochs", "3", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
+    project.write("helpers.py", where + "STEP = -2.0\n")
+    second = project.commit("v2")
+    project.run("train.py", "--epochs", "3", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
+    runs = project.store().runs()
+    settings = load_settings(project.root)
+    new = {"train.py": SCRIPT.replace("w += ", "w += helpers.STEP * ") + NEW[len(SCRIPT) :]}
+    output: list[str] = []
+    directories = {}
+    with engine.sharing_setup():
+        for commit in (first, second):
+            version = engine.prepare_version(
+                project.root, commit, new, ["w_norm"], tmp_path / "work", ["train.py"]
+            )
+            directories[commit] = version.directory
+            (uid,) = runs.loc[runs["code_version"] == commit, "run_uid"]
+            engine.replay(version, uid, "train.py", settings, ["w_norm"], on_output=output.append)
+        assert len(_servers()) == 1
+    said = sorted(line for line in output if line.startswith("flor-flows: replays of"))
+    assert said == [
+        f"flor-flows: replays of train.py at {c[:10]} fork from one process that imported "
+        "numpy, countlib"
+        for c in sorted((first, second))
+    ]
+    assert len(_lines(library)) == 2 + 1  # the two recorded runs, then one server
+    imported = _lines(project.root.parent / "helpers-imported")
+    for directory in directories.values():  # each replay imported its own version's helpers
+        assert imported.count(str(directory / "helpers.py")) == 1, imported
+    assert len(project.store().dataframe(["w_norm"]).dropna(subset=["w_norm"])) == 2 * 3
+
+
+def test_a_module_beside_the_script_shadowing_the_servers_makes_its_replays_fresh(
+    project: Project, library: Path
+) -> None:
+    first = project.write("a/train.py", "import countlib\nprint('a', countlib.SCALE)\n")
+    second = project.write("b/train.py", "import countlib\nprint('b', countlib.SCALE)\n")
+    project.write("b/countlib.py", "SCALE = 'local'\n")  # what a fresh `python b/train.py` imports
+    env = children.child_env()
+    said: list[str] = []
+    with forkserver.scope():
+        spawn_a = forkserver.spawner("a", first, first.parent, [project.root], env, said.append)
+        assert spawn_a is not None and _run(first, spawn_a)[:2] == (0, ["a 0.5"])
+        spawn_b = forkserver.spawner("b", second, second.parent, [project.root], env, said.append)
+        assert spawn_b is not None  # the same imports: the same server ...
+        assert _run(second, spawn_b)[:2] == (0, ["b local"])  # ... refuses it: run fresh
+        third = project.write("c/train.py", "import countlib, os, sys\nprint(os.getcwd())\n")
+        spawn_c = forkserver.spawner("c", third, third.parent, [project.root], env, said.append)
+        assert spawn_c is not None and _run(third, spawn_c)[:2] == (0, [str(third.parent)])
+        assert len(_servers()) == 1
+    assert said == [
+        "flor-flows: replays of a fork from one process that imported countlib",
+        "flor-flows: replays of b start fresh processes: countlib beside the script shadows "
+        "its fork server's",
+        "flor-flows: replays of c fork from one process that imported countlib",
+    ]
+
+
+def test_a_server_whose_libraries_import_a_project_module_is_refused(
+    project: Project, library: Path
+) -> None:
+    (library.parent / "site" / "leaky").mkdir()
+    (library.parent / "site" / "leaky" / "__init__.py").write_text("import projmod\n")
+    project.write("projmod.py", "VALUE = 'project'\n")
+    script = project.write("train.py", "import leaky\nprint(leaky.projmod.VALUE)\n")
+    said: list[str] = []
+    with forkserver.scope():
+        assert _spawner(script, said.append) is None
+    assert said == [
+        "flor-flows: replays of train.py start fresh processes: its libraries import the "
+        "project's projmod"
+    ]
+    assert _run(script, None)[:2] == (0, ["project"])

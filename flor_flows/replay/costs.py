@@ -5,8 +5,8 @@ Estimates come from what the forward run recorded (`history.RunHistory`) and how
     seconds = STARTUP_SECONDS + (set-up + compute) * slowdown(k) + reads
 
 - set-up: the run's recorded time outside its outer loop (the script's imports, data
-  loading and model building, what follows the loop). Within a backfill, the replays of a
-  code version after the first (and those starting with it) fork from its fork server
+  loading and model building, what follows the loop). Within a backfill, the replays of an
+  entry script after the first (and those starting with it) fork from its fork server
   (`forkserver`) ready, and skip up to FORK_SAVED_SECONDS of it.
 - compute: the recorded seconds of every outer iteration the replay executes (`_executed`).
 - slowdown(k): the recorded run had the host to itself; k replays at once (`workers` at a
@@ -178,15 +178,15 @@ def priced(
     items: list[Item], history: dict[str, RunHistory], workers: int, cores: int | None = None
 ) -> list[Item]:
     """The items with their estimates as they run: min(workers, len(items)) at once, and
-    forked from a ready fork server unless the first of their version (script) or starting
-    with it (among the first `workers`)."""
+    forked from a ready fork server unless the first of their entry script or starting with
+    it (among the first `workers`). A server serves every version whose script imports the
+    same libraries: the versions of one entry script, as a rule."""
     concurrent = min(workers, len(items))
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     out = []
     for position, item in enumerate(items):
-        version = (item.code_version, item.entry_script)
-        forked = _forks() and version in seen and position >= workers
-        seen.add(version)
+        forked = _forks() and item.entry_script in seen and position >= workers
+        seen.add(item.entry_script)
         run = history[item.run_uid]
         seconds = estimate(run, item.iterations, item.run_level, concurrent, forked, cores)
         out.append(replace(item, estimated_seconds=seconds))

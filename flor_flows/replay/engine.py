@@ -7,8 +7,9 @@ in a child interpreter, in replay mode: the run's own command line and working d
 requested outer iterations, each started from the checkpoint written before it, and the
 requested names written under the historical run with `source = replay`. The run's own
 statements re-log their values, which are checked against the record (`record.verify`).
-Within `sharing_setup` (a backfill), the replays of one version fork from a process that
-imported the script's libraries once (`forkserver`) instead of each importing them again.
+Within `sharing_setup` (a backfill), replays fork from a process that imported the script's
+libraries once (`forkserver`), shared by the versions that import the same ones, instead of
+each importing them again.
 """
 
 from __future__ import annotations
@@ -143,8 +144,9 @@ def _scope(
 
 
 def sharing_setup() -> AbstractContextManager[None]:
-    """While open, a version's replays on this worker pay the script's library imports once:
-    they fork from a process that made them (`forkserver`), stopped when this closes."""
+    """While open, replays on this worker pay their script's library imports once per set of
+    libraries: they fork from a process that made them (`forkserver`), stopped when this
+    closes."""
     return forkserver.scope()
 
 

@@ -1,10 +1,12 @@
 """Pay a script's imports once per code version on a worker, not once per replay.
 
-While a `scope` is open (a backfill), the replays of one entry script of one code version
-fork from a fork server (`forkserver_main`): a process started as a fresh `python SCRIPT`
-would be (same interpreter, working directory, environment, `sys.path`) that imported the
-installed libraries the script imports (torch, sklearn, ...) once, and nothing else. A forked
-replay runs the script from its first line in a process of its own, with its own pipes,
+While a `scope` is open (a backfill), replays fork from a fork server (`forkserver_main`): a
+process started as a fresh `python SCRIPT` would be (same interpreter, environment,
+`sys.path`) that imported the installed libraries the script imports (torch, sklearn, ...)
+once, and nothing else. One server serves every code version whose script imports the same
+modules in the same environment (`Key`), unless a file beside a version's script would shadow
+a module the server imported: that version's replays start fresh. A forked replay runs the
+script from its first line in a process of its own, with its own working directory, pipes,
 environment, argv and exit status, as a fresh interpreter would; `children.run` follows and
 stops it through `Forked`, as it does a `subprocess.Popen`.
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from flor_flows.children import Spawn
+from flor_flows.replay import forkserver_main
 
 ENV_VAR = "FLOR_FLOWS_REPLAY_FORK"
 PROGRAM = Path(__file__).with_name("forkserver_main.py")
@@ -47,11 +50,9 @@ AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
 
 @dataclass(frozen=True)
 class Key:
-    """What a fresh interpreter of a replay starts from: one server serves one key."""
+    """What decides the libraries a server imports: one server serves one key."""
 
-    script: str
-    cwd: str
-    roots: tuple[str, ...]  # the project's own code: never imported by the server
+    imports: tuple[str, ...]  # what the script imports at module level, less the stdlib
     env: tuple[tuple[str, str], ...]
 
 
@@ -143,10 +144,9 @@ class Server:
         """Whether the server is still running and answering."""
         return self.failed is None and self.process.poll() is None
 
-    def spawn(self, command: list[str], cwd: Path, env: dict[str, str]) -> Forked | None:
-        """Fork `command` (a `children.Spawn`); None if this server cannot."""
-        if command[1:2] != [self.key.script] or str(cwd) != self.key.cwd:
-            return None
+    def spawn(self, command: list[str], cwd: Path, env: dict[str, str]) -> Forked | str | None:
+        """Fork `command` (as a `children.Spawn` would) in `cwd`; why the server refused it,
+        or None if it did not answer."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -155,9 +155,15 @@ class Server:
             conn.settimeout(REQUEST_TIMEOUT)
             conn.connect(os.path.join(self.directory, "socket"))
             socket.send_fds(conn, [b"R"], [out_w, err_w])
-            conn.sendall(json.dumps({"argv": command[2:], "env": env}).encode() + b"\n")
-            reply, fds, _, _ = socket.recv_fds(conn, 64, 1)
+            request = {"script": command[1], "cwd": str(cwd), "argv": command[2:], "env": env}
+            conn.sendall(json.dumps(request).encode() + b"\n")
+            reply, fds, _, _ = socket.recv_fds(conn, 4096, 1)
             head, _, status = reply.partition(b"\n")
+            if head.startswith(b"refused ") and not fds:
+                for fd in (out_r, err_r):
+                    os.close(fd)
+                conn.close()
+                return head.removeprefix(b"refused ").decode(errors="replace")
             pid, (pidfd,) = int(head), fds
         except (OSError, ValueError) as exc:
             self.failed = f"it did not answer: {exc}"
@@ -191,7 +197,8 @@ class Server:
 _lock = threading.Lock()
 _scopes = [0]  # open scopes: servers live while there is one
 _servers: dict[Key, Server] = {}
-_refused: set[Key] = set()  # keys whose replays start fresh processes (said once)
+_refused: set[Key | str] = set()  # keys and labels whose replays start fresh (said once)
+_announced: set[str] = set()  # labels whose forking was said
 _starting: dict[Key, threading.Lock] = {}  # one start per key, the others wait for it
 
 
@@ -209,6 +216,7 @@ def scope() -> Iterator[None]:
             if not _scopes[0]:
                 _servers.clear()
                 _refused.clear()
+                _announced.clear()
                 _starting.clear()
         for server in ending:
             server.stop()
@@ -223,12 +231,20 @@ def spawner(
     on_output: Callable[[str], Any],
 ) -> Spawn | None:
     """How to start a replay of `script` in `cwd` with `env` (and its run context): a fork
-    of the server for them, started now if need be; None for a fresh process."""
+    of the server for them, started now if need be; None for a fresh process. `roots` hold
+    the project's own code, which a server never imports."""
     if not AVAILABLE or os.environ.get(ENV_VAR, "1").strip() == "0":
         return None
-    key = Key(str(script), str(cwd), tuple(str(r) for r in roots), tuple(sorted(env.items())))
+    roots = tuple(str(root) for root in roots)
+    try:
+        names = forkserver_main.imported_names(str(script))
+    except (OSError, SyntaxError, ValueError) as exc:
+        _refuse(label, label, f"the script does not parse: {exc}", on_output)
+        return None
+    imports = (n for n in names if n.partition(".")[0] not in sys.stdlib_module_names)
+    key = Key(tuple(dict.fromkeys(imports)), tuple(sorted(env.items())))
     with _lock:
-        if not _scopes[0] or key in _refused:
+        if not _scopes[0] or key in _refused or label in _refused:
             return None
         starting = _starting.setdefault(key, threading.Lock())
     with starting:
@@ -237,36 +253,63 @@ def spawner(
             refused = key in _refused
         if refused:
             return None
-        if server is not None and server.alive():
-            return server.spawn
-        if server is not None:  # it died since
+        if server is not None and not server.alive():  # it died since
             why = server.failed or f"it exited with code {server.process.returncode}"
             _refuse(key, label, f"its fork server ended ({why})", on_output)
             return None
-        if not _make_room():
-            return None  # every server is busy: this replay starts fresh, the next may not
-        started = _start(key)
-        if isinstance(started, str):
-            _refuse(key, label, started, on_output)
+        if server is None:
+            server = _started(key, label, script, cwd, roots, on_output)
+            if server is None:
+                return None
+
+    def spawn(command: list[str], cwd: Path, env: dict[str, str]) -> Forked | None:
+        """Fork the replay; a refusal (said once) or no answer leaves it a fresh process."""
+        forked = server.spawn(command, cwd, env)
+        if isinstance(forked, str):
+            _refuse(label, label, forked, on_output)
             return None
-        with _lock:
-            if not _scopes[0]:  # the scope closed while the server started
-                ending: Server | None = started
-            else:
-                ending, _servers[key] = None, started
-        if ending is not None:
-            ending.stop()
-            return None
-    libraries = ", ".join(started.modules) or "no library"
-    on_output(f"flor-flows: replays of {label} fork from one process that imported {libraries}")
-    return started.spawn
+        if forked is not None and label not in _announced:
+            _announced.add(label)
+            libraries = ", ".join(server.modules) or "no library"
+            on_output(f"flor-flows: replays of {label} fork from one process that imported "
+                      f"{libraries}")  # fmt: skip
+        return forked
+
+    return spawn
 
 
-def _refuse(key: Key, label: str, why: str, on_output: Callable[[str], Any]) -> None:
-    """From now on the replays of `key` start fresh processes. A server that stopped
-    answering is left to the scope's end: replays it forked may still be running."""
+def _started(
+    key: Key,
+    label: str,
+    script: Path,
+    cwd: Path,
+    roots: tuple[str, ...],
+    on_output: Callable[[str], Any],
+) -> Server | None:
+    """A server for `key`, started now from `script` in `cwd` and registered; None (said
+    once) if it cannot start, or every server is busy, or the scope closed meanwhile."""
+    if not _make_room():
+        return None  # every server is busy: this replay starts fresh, the next may not
+    started = _start(key, script, cwd, roots)
+    if isinstance(started, str):
+        _refuse(key, label, started, on_output)
+        return None
     with _lock:
-        _refused.add(key)
+        if not _scopes[0]:  # the scope closed while the server started
+            ending: Server | None = started
+        else:
+            ending, _servers[key] = None, started
+    if ending is not None:
+        ending.stop()
+        return None
+    return started
+
+
+def _refuse(what: Key | str, label: str, why: str, on_output: Callable[[str], Any]) -> None:
+    """From now on the replays of `what` (a key, or a label) start fresh processes. A server
+    that stopped answering is left to the scope's end: replays it forked may still run."""
+    with _lock:
+        _refused.add(what)
     on_output(f"flor-flows: replays of {label} start fresh processes: {why}")
 
 
@@ -286,19 +329,20 @@ def _make_room() -> bool:
     return len(live) < MAX_SERVERS
 
 
-def _start(key: Key) -> Server | str:
-    """A fork server for `key`, ready; else why there is none."""
+def _start(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server | str:
+    """A fork server for `key`, started as `python script` in `cwd` would be, ready; else
+    why there is none."""
     directory = tempfile.mkdtemp(prefix="flor-flows-fork-")
     command = [
         sys.executable,
         str(PROGRAM),
         os.path.join(directory, "socket"),
-        key.script,
-        json.dumps(key.roots),
+        str(script),
+        json.dumps(roots),
         str(os.getpid()),
     ]
     process = subprocess.Popen(
-        command, cwd=key.cwd, env=dict(key.env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+        command, cwd=cwd, env=dict(key.env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
     )
     assert process.stdout is not None
     with process.stdout:

@@ -1,14 +1,17 @@
 """The fork server's program: import a script's libraries once, then fork a child per replay.
 
 `flor_flows.replay.forkserver` runs it as `python forkserver_main.py SOCKET SCRIPT ROOTS
-LAUNCHER` in the replays' working directory, with their environment less the run context: what
-a fresh `python SCRIPT` starts from. It imports the installed libraries the script imports at
-module level (not the project's own modules under ROOTS, which differ per version and may have
-side effects; never flor_flows, whose run context is captured at import), makes sure no thread
-survives a fork, says so on stdout, then serves. A request brings a replay's argv, environment
-and stdout/stderr pipes: the server forks, sends back the child's pid and a pidfd, and later its
-exit status. The child becomes what `python SCRIPT ARGV` would be and runs the script as
-`__main__`. The server ends when its launcher does; its children end with it.
+LAUNCHER` in the first replay's working directory, with the replays' environment less the run
+context: what a fresh `python SCRIPT` starts from. It imports the installed libraries the
+script imports at module level (not the project's own modules under ROOTS, which differ per
+version and may have side effects; never flor_flows, whose run context is captured at import),
+makes sure no thread survives a fork and that nothing it imported came from ROOTS, says so on
+stdout, then serves. A request brings a replay's script (of any version that imports the same
+libraries), working directory, argv, environment and stdout/stderr pipes: the server refuses
+it when a module beside that script would shadow one it imported (a fresh process would have
+imported that file instead), else forks, sends back the child's pid and a pidfd, and later its
+exit status. The child becomes what `python SCRIPT ARGV` in that directory would be and runs
+the script as `__main__`. The server ends when its launcher does; its children end with it.
 
 Only the standard library is imported here: this file runs as a script, before anything else.
 """
@@ -40,6 +43,7 @@ class Request(NamedTuple):
     """One replay, as the forked child receives it."""
 
     script: str
+    cwd: str
     argv: list[str]
     env: dict[str, str]
     stdout: int
@@ -58,6 +62,13 @@ def libraries(script: str, roots: list[str]) -> list[str]:
     """The modules `script` imports at module level that are installed libraries: found on
     sys.path outside `roots` and the standard library, and not flor_flows. Only those before
     a statement that may change how they import (`BEFORE_IMPORTS`, e.g. `os.environ[...] =`)."""
+    names = imported_names(script)
+    return [name for name in dict.fromkeys(names) if _installed(name.partition(".")[0], roots)]
+
+
+def imported_names(script: str) -> list[str]:
+    """Every module `script` imports at module level before a statement that may change how
+    they import."""
     with open(script, "rb") as f:
         tree = ast.parse(f.read(), script)
     names: list[str] = []
@@ -75,7 +86,7 @@ def libraries(script: str, roots: list[str]) -> list[str]:
             todo[:0] = [inner for field in fields for inner in getattr(node, field, [])]
         elif isinstance(node, ast.ExceptHandler):
             todo[:0] = node.body
-    return [name for name in dict.fromkeys(names) if _installed(name.partition(".")[0], roots)]
+    return names
 
 
 def _changes_imports(node: ast.AST) -> bool:
@@ -126,6 +137,7 @@ def _threads() -> int:
 def prepare(script: str, roots: list[str]) -> dict:
     """Import the script's libraries; what was imported, or why this process must not fork."""
     started = time.perf_counter()
+    before = set(sys.modules)
     try:
         modules = libraries(script, roots)
     except (SyntaxError, ValueError) as exc:
@@ -142,6 +154,17 @@ def prepare(script: str, roots: list[str]) -> dict:
                     importlib.import_module(name)
     if "flor_flows" in sys.modules:
         return {"ready": False, "why": "its libraries import flor_flows"}
+    files = {
+        name: getattr(sys.modules[name], "__file__", None) for name in set(sys.modules) - before
+    }
+    project = sorted(  # (torch.ops and torch.classes are objects with a relative __file__)
+        name
+        for name, file in files.items()
+        if isinstance(file, str) and os.path.isabs(file) and _under(file, roots)
+    )
+    if project:  # a file of the project shadows a module its libraries import
+        return {"ready": False, "why": f"its libraries import the project's {', '.join(project)}"}
+    _IMPORTED.update(name.partition(".")[0] for name in set(sys.modules) - before)
     if _threads() > 1:  # libraries' pools (OpenBLAS) stop before a fork: see if all do
         pid = os.fork()
         if pid == 0:
@@ -194,8 +217,16 @@ def serve(argv: list[str]) -> Request:
                 _reap(children)
                 continue
             conn, _ = listener.accept()
-            request = _receive(conn, script)
+            request = _receive(conn)
             if request is None:
+                conn.close()
+                continue
+            refusal = _shadowed(request.script)
+            if refusal is not None:
+                for fd in (request.stdout, request.stderr):
+                    os.close(fd)
+                with contextlib.suppress(OSError):
+                    conn.sendall(f"refused {refusal}\n".encode())
                 conn.close()
                 continue
             pid = os.fork()
@@ -235,7 +266,21 @@ def _reap(children: dict[int, socket.socket]) -> None:
         conn.close()
 
 
-def _receive(conn: socket.socket, script: str) -> Request | None:
+def _shadowed(script: str) -> str | None:
+    """Why a fresh `python SCRIPT` would not use every module this server imported: a module
+    file or directory beside it named like one; None if there is none."""
+    directory = os.path.dirname(os.path.realpath(script))
+    try:
+        entries = os.listdir(directory)
+    except OSError as exc:
+        return f"its directory cannot be read ({exc})"
+    names = {entry.partition(".")[0] for entry in entries if entry.endswith(_MODULE_SUFFIXES)}
+    names |= {entry for entry in entries if os.path.isdir(os.path.join(directory, entry))}
+    clash = sorted(names & _IMPORTED)
+    return f"{', '.join(clash)} beside the script shadows its fork server's" if clash else None
+
+
+def _receive(conn: socket.socket) -> Request | None:
     """A request: a byte with the child's stdout and stderr fds, then a JSON line."""
     conn.settimeout(REQUEST_TIMEOUT)
     try:
@@ -248,7 +293,14 @@ def _receive(conn: socket.socket, script: str) -> Request | None:
         for fd in fds:
             os.close(fd)
         return None
-    return Request(script, list(fields["argv"]), dict(fields["env"]), fds[0], fds[1])
+    return Request(
+        str(fields["script"]),
+        str(fields["cwd"]),
+        list(fields["argv"]),
+        dict(fields["env"]),
+        fds[0],
+        fds[1],
+    )
 
 
 def become(request: Request) -> None:
@@ -262,6 +314,8 @@ def become(request: Request) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     os.environ.clear()
     os.environ.update(request.env)
+    os.chdir(request.cwd)
+    sys.path[0] = os.path.dirname(os.path.realpath(request.script))  # as `python SCRIPT` has it
     sys.argv = [request.script, *request.argv]
     sys.orig_argv = [sys.executable, *sys.argv]
     importlib.invalidate_caches()  # files may have appeared since the server started
@@ -300,6 +354,8 @@ def run(script: str) -> None:
 
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 _SERVER = os.getpid()
+_IMPORTED: set[str] = set()  # the top-level names of the modules `prepare` imported
+_MODULE_SUFFIXES = tuple(importlib.machinery.all_suffixes())
 
 if __name__ == "__main__":
     child = serve(sys.argv[1:])
