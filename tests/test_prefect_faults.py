@@ -25,17 +25,18 @@ GRACE = 3.0  # seconds after its run ended that a flow run is settled (FLOR_FLOW
 FLOR_FLOWS = str(Path(sys.executable).parent / "flor-flows")
 EPOCHS = 16
 
-# About 8 s of training; it writes `started` once it runs, so the test knows when to strike.
+# About 8 s of training; it writes `started` a few epochs in, so the test knows when to strike.
 SCRIPT = f"""
 import time
 from pathlib import Path
 
 import flor_flows as flor
 
-Path("started").write_text("")
 for epoch in flor.loop("epoch", range({EPOCHS})):
     time.sleep(0.5)
     flor.log("loss", 1.0 / (epoch + 1))
+    if epoch == 1:
+        Path("started").write_text("")
 """
 QUICK = """
 import flor_flows as flor
@@ -154,7 +155,6 @@ def test_a_server_killed_during_train_leaves_a_true_store_and_no_orphan(
                 "the training script to start",
             )
             assert train.poll() is None, err.read_text()[-3000:]
-            time.sleep(1.0)  # a few epochs in
             killed = time.monotonic()
             server.kill()
             code = train.wait(timeout=90)

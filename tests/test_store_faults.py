@@ -19,7 +19,7 @@ session.current().buffer.wait_ready()  # the run is open in the store
 for step in flor.loop("step", range(40)):
     flor.log("x", step)
     if step == 20:
-        time.sleep(1.2)  # a flush reaches the store first
+        session.current().buffer.sync()  # steps 0-20 are in the store before the cut
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
             if lock:
                 admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
