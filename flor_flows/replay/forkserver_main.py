@@ -126,6 +126,10 @@ def _installed(top: str, roots: list[str]) -> bool:
 
 
 def _under(path: str, directories: list[str]) -> bool:
+    """Whether absolute `path` is in one of `directories` (a relative one is in none: torch's
+    `torch.ops` and `torch.classes` are objects whose `__file__` is a bare file name)."""
+    if not os.path.isabs(path):
+        return False
     real = os.path.realpath(path)
     return any(real.startswith(os.path.join(os.path.realpath(d), "")) for d in directories)
 
@@ -154,17 +158,14 @@ def prepare(script: str, roots: list[str]) -> dict:
                     importlib.import_module(name)
     if "flor_flows" in sys.modules:
         return {"ready": False, "why": "its libraries import flor_flows"}
-    files = {
-        name: getattr(sys.modules[name], "__file__", None) for name in set(sys.modules) - before
-    }
-    project = sorted(  # (torch.ops and torch.classes are objects with a relative __file__)
-        name
-        for name, file in files.items()
-        if isinstance(file, str) and os.path.isabs(file) and _under(file, roots)
+    imported = set(sys.modules) - before
+    files = {name: getattr(sys.modules[name], "__file__", None) for name in imported}
+    project = sorted(
+        name for name, file in files.items() if isinstance(file, str) and _under(file, roots)
     )
     if project:  # a file of the project shadows a module its libraries import
         return {"ready": False, "why": f"its libraries import the project's {', '.join(project)}"}
-    _IMPORTED.update(name.partition(".")[0] for name in set(sys.modules) - before)
+    _IMPORTED.update(name.partition(".")[0] for name in imported)
     if _threads() > 1:  # libraries' pools (OpenBLAS) stop before a fork: see if all do
         pid = os.fork()
         if pid == 0:
