@@ -15,21 +15,29 @@ flor-flows sources differ from the warm process's runs the command itself, as do
 caller when no warm process answers: the warm path only ever saves time. The settings Prefect
 reads when it uses them (`AT_USE`: which API, its key, the ephemeral server's) may differ:
 the child reads Prefect's settings again with the caller's.
+
+The fork servers that replays fork from (`replay.forkserver`) are kept from one command to
+the next: the first command's replays of a script start one (torch: ~3 s of imports), the
+next commands' fork from it. They come to this process when their command ends (it is their
+subreaper) and end with it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import hashlib
 import io
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -37,9 +45,11 @@ import flor_flows
 from flor_flows.api import ephemeral_defaults
 from flor_flows.background import warm_socket
 from flor_flows.process import alive
+from flor_flows.replay import forkserver
 
 # The commands worth a warm start: those that import Prefect, pandas or libcst.
 COMMANDS = frozenset({"replay", "train", "runs", "dataframe", "query", "backfills", "propagate"})
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 MAX_REQUEST = 1 << 20  # argv, cwd and environment, as JSON
 SERVER_CHECK = 2.0  # seconds between checks that the Prefect server it serves still runs
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -167,7 +177,18 @@ def serve(home: Path, server_pid: int) -> None:
     os.umask(old_mask)
     listener.listen(16)
     listener.settimeout(SERVER_CHECK)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # sessions are reaped as they end
+    # Sessions are reaped as they end, and so are the fork servers their commands leave
+    # running (they come to us when their command ends): they live as long as we do.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
+    forks = Path(tempfile.mkdtemp(prefix="flor-flows-forks-"))
+    forkserver.keep(forks, os.pidfd_open(os.getpid()))
+
+    def leave() -> None:  # not a `finally`: a command's child leaves through this frame too
+        path.unlink(missing_ok=True)
+        shutil.rmtree(forks, ignore_errors=True)
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(leave()))
     print(f"flor-flows warm: serving on {path} (pid {os.getpid()})", flush=True)
     while alive(server_pid):
         try:
@@ -175,11 +196,12 @@ def serve(home: Path, server_pid: int) -> None:
         except TimeoutError:
             continue
         if os.fork() == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             listener.close()
             _session(conn, shared)
             os._exit(0)
         conn.close()
-    path.unlink(missing_ok=True)
+    leave()
 
 
 def _preload() -> None:

@@ -10,7 +10,7 @@ import random
 import pandas as pd
 import pytest
 
-from flor_flows.replay import costs
+from flor_flows.replay import forkserver
 from flor_flows.replay.costs import (
     CONTENTION,
     FORK_SAVED_SECONDS,
@@ -68,7 +68,7 @@ def item(history: RunHistory, code_version: str | None = None) -> Item:
 @pytest.fixture(autouse=True)
 def _forking(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replays fork from fork servers, whatever the host (a test may say otherwise)."""
-    monkeypatch.setattr(costs, "_forks", lambda: True)
+    monkeypatch.setattr(forkserver, "enabled", lambda: True)
 
 
 def test_slowdown_shares_the_cores_then_adds_contention() -> None:
@@ -130,8 +130,20 @@ def test_items_after_the_first_wave_of_a_script_fork_from_its_warm_server() -> N
     assert got == pytest.approx([cold, cold, warm, warm, warm, cold])  # eval.py starts its own
 
 
+def test_a_server_kept_from_an_earlier_command_forks_even_the_first_wave(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs = {uid: run(uid) for uid in "ab"}
+    other = RunHistory(**{**vars(run("f")), "entry_script": "eval.py"})
+    monkeypatch.setattr(forkserver, "kept", lambda entry: entry == runs["a"].entry_script)
+    items = [item(runs["a"]), item(runs["b"]), item(other)]
+    got = [i.estimated_seconds for i in priced(items, runs | {"f": other}, workers=2, cores=2)]
+    cold, warm = (estimate(runs["a"], None, concurrent=2, forked=f, cores=2) for f in (0, 1))
+    assert got == pytest.approx([warm, warm, cold])
+
+
 def test_without_fork_servers_no_item_is_forked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(costs, "_forks", lambda: False)
+    monkeypatch.setattr(forkserver, "enabled", lambda: False)
     runs = {uid: run(uid) for uid in "abc"}
     got = [i.estimated_seconds for i in priced([item(r) for r in runs.values()], runs, 1)]
     assert got == pytest.approx([estimate(runs["a"], None)] * 3)

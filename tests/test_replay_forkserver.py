@@ -8,12 +8,13 @@ is imported by every replay, forked or not.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -401,3 +402,118 @@ def test_a_server_whose_libraries_import_a_project_module_is_refused(
         "project's projmod"
     ]
     assert _run(script, None)[:2] == (0, ["project"])
+
+
+PARENT = "import os\nimport countlib\nprint(os.getppid(), countlib.SCALE)\n"
+
+
+@pytest.fixture
+def keeper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen[bytes]]:
+    """Fork servers kept (`forkserver.keep`, as the warm process keeps them) until this
+    process ends; the keeper's directory is ours, as the warm process's is its own."""
+    process = subprocess.Popen(["sleep", "600"])
+    (tmp_path / "forks").mkdir()
+    monkeypatch.setattr(forkserver, "_keeper", [])
+    pidfd = os.pidfd_open(process.pid)
+    forkserver.keep(tmp_path / "forks", pidfd)
+    yield process
+    process.kill()
+    process.wait()
+    os.close(pidfd)
+
+
+def _forked_by(script: Path, entry: str | None = None, said: list[str] | None = None) -> int:
+    """Run `script` in a scope of its own: the pid of its parent (its fork server's if forked)."""
+    env = children.child_env()
+    on_output = (said if said is not None else []).append
+    with forkserver.scope():
+        spawn = forkserver.spawner(
+            "s", script, script.parent, [script.parent], env, on_output, entry
+        )
+        code, printed, _ = _run(script, spawn)
+    assert code == 0 and printed[0].endswith(" 0.5"), printed
+    return int(printed[0].split()[0])
+
+
+def test_a_kept_server_serves_later_scopes_until_a_library_changes_or_its_keeper_ends(
+    project: Project, library: Path, keeper: subprocess.Popen[bytes]
+) -> None:
+    script = project.write("s.py", PARENT)
+    said: list[str] = []
+    assert not forkserver.kept("s.py")
+    first = _forked_by(script, "s.py", said)
+    assert first != os.getpid() and len(_lines(library)) == 1  # the server imported countlib
+    assert _is_server(psutil.Process(first))  # its scope closed: it stays
+    assert said == ["flor-flows: replays of s fork from one process that imported countlib "
+                    "(kept for the next commands until 10 min without a replay, or until "
+                    "`flor-flows server stop`)"]  # fmt: skip
+    assert forkserver.kept("s.py") and not forkserver.kept("other.py")  # for the cost model
+    assert _forked_by(script) == first and len(_lines(library)) == 1  # a later scope: forked
+
+    countlib = library.parent / "site" / "countlib" / "__init__.py"
+    countlib.write_text(countlib.read_text() + "\n")  # upgraded, or edited
+    second = _forked_by(script)
+    assert second != first and len(_lines(library)) == 2  # a new server imported the new file
+    psutil.Process(first).wait(10)  # the stale one retired
+    assert _forked_by(script) == second
+
+    keeper.kill()
+    psutil.Process(second).wait(10)  # its keeper ended: so did it
+
+
+def test_a_kept_server_ends_when_idle_and_the_next_scope_starts_another(
+    project: Project,
+    library: Path,
+    keeper: subprocess.Popen[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(forkserver, "KEPT_IDLE_SECONDS", 1.0)
+    script = project.write("s.py", PARENT)
+    first = _forked_by(script)
+    psutil.Process(first).wait(10)  # idle for a second
+    second = _forked_by(script)
+    assert second != first and len(_lines(library)) == 2
+
+
+KEPT_LAUNCHER = """
+import os, sys
+from pathlib import Path
+from flor_flows.record.context import RunContext
+from flor_flows.replay import forkserver
+from flor_flows import children
+script, forks = Path(sys.argv[1]), Path(sys.argv[2])
+forkserver.keep(forks, os.pidfd_open(os.getppid()))
+run = children.Launch("uid", None, script.parent, script, "s.py")
+with forkserver.scope():
+    env = children.child_env()
+    spawn = forkserver.spawner("s.py", script, script.parent, [script.parent], env, print)
+    children.run(run, RunContext(), lambda line: print(line, flush=True), spawn=spawn)
+"""
+
+
+def test_a_killed_launcher_leaves_no_forked_replay_and_its_kept_server_serving(
+    project: Project, library: Path, tmp_path: Path
+) -> None:
+    script = project.write("s.py", "import countlib\n" + ENDLESS)
+    (tmp_path / "forks").mkdir()
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", KEPT_LAUNCHER, str(script), str(tmp_path / "forks")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert launcher.stdout is not None
+    line = launcher.stdout.readline()
+    while not line.strip().isdigit():
+        assert line, "the launcher ended before the script ran"
+        line = launcher.stdout.readline()
+    child = psutil.Process(int(line))
+    server = child.parent()
+    assert _is_server(server)
+    launcher.kill()  # SIGKILL: no handler of ours runs
+    launcher.wait(timeout=10)
+    child.wait(timeout=30)  # its client went: the server ended it
+    try:
+        assert _is_server(server)
+    finally:
+        server.terminate()

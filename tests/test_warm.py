@@ -1,6 +1,7 @@
 """The warm process next to the background server runs `flor-flows` commands as the command
 line does: the caller's directory, environment, output and exit code; Ctrl-C reaches the
-command and its training script; a caller it does not match runs the command itself."""
+command and its training script; a caller it does not match runs the command itself; the
+replays of its commands fork from fork servers it keeps from one command to the next."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import Project
@@ -40,6 +42,14 @@ def _wait(check: Callable[[], object], seconds: float, what: str) -> object:
             raise AssertionError(f"no {what} within {seconds} s")
         time.sleep(0.1)
     return found
+
+
+def _is_fork_server(process: psutil.Process) -> bool:
+    try:
+        running = process.status() != psutil.STATUS_ZOMBIE
+        return running and any("forkserver_main.py" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
 
 
 def _log(home: Path) -> str:
@@ -98,6 +108,17 @@ def test_the_warm_process_runs_commands_as_the_command_line_does(
         assert other.stderr.startswith(f"flor-flows: error: the Prefect API at {dead} does not")
         assert "flor-flows replay --apply twice" in _log(home)
 
+        # replays fork from one fork server, kept by the warm process across commands
+        for name in ("parent_1", "parent_2"):  # the replay's parent: the server it forked from
+            source = (project.root / "train.py").read_text()
+            logged = '        flor.log("twice", 2 * epoch)\n'
+            project.write("train.py", source.replace(logged, f"{logged}        flor.log({name!r}, __import__('os').getppid())\n"))  # fmt: skip
+            replayed = _flor(env, project.root, "replay", "--apply", name)
+            assert replayed.returncode == 0, replayed.stderr
+        (server,) = [p for p in psutil.Process(pid).children() if _is_fork_server(p)]
+        parents = project.store().dataframe(["parent_1", "parent_2"])
+        assert parents[["parent_1", "parent_2"]].stack().unique().tolist() == [server.pid]
+
         # Ctrl-C at the caller reaches the command and its training script
         out = tmp_path / "train.out"
         with out.open("w") as sink:
@@ -120,4 +141,5 @@ def test_the_warm_process_runs_commands_as_the_command_line_does(
         stopped = _flor(env, project.root, "server", "stop")
     assert stopped.returncode == 0, stopped.stderr
     _wait(lambda: not Path(f"/proc/{pid}").exists(), 15, "warm process exit")
+    _wait(lambda: not _is_fork_server(server), 15, "fork server exit")  # it ends with it
     assert not (home / "flor-flows-warm.sock").exists()

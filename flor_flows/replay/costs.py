@@ -7,7 +7,8 @@ Estimates come from what the forward run recorded (`history.RunHistory`) and how
 - set-up: the run's recorded time outside its outer loop (the script's imports, data
   loading and model building, what follows the loop). Within a backfill, the replays of an
   entry script after the first (and those starting with it) fork from its fork server
-  (`forkserver`) ready, and skip up to FORK_SAVED_SECONDS of it.
+  (`forkserver`) ready, and skip up to FORK_SAVED_SECONDS of it; all of them do when the
+  warm process kept a server for that script from an earlier command.
 - compute: the recorded seconds of every outer iteration the replay executes (`_executed`).
 - slowdown(k): the recorded run had the host to itself; k replays at once (`workers` at a
   time) on c cores, each using RUN_CORES, get at most c / k cores each and lose CONTENTION
@@ -25,11 +26,11 @@ under more contention, and is done only where that shortens the plan's longest r
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from flor_flows.record.replay import Step, shortcut_steps, steps
+from flor_flows.replay import forkserver
 
 if TYPE_CHECKING:
     from flor_flows.replay.history import RunHistory
@@ -179,24 +180,21 @@ def priced(
 ) -> list[Item]:
     """The items with their estimates as they run: min(workers, len(items)) at once, and
     forked from a ready fork server unless the first of their entry script or starting with
-    it (among the first `workers`). A server serves every version whose script imports the
-    same libraries: the versions of one entry script, as a rule."""
+    it (among the first `workers`), or a server kept from an earlier command serves it. A
+    server serves every version whose script imports the same libraries: the versions of
+    one entry script, as a rule."""
     concurrent = min(workers, len(items))
+    kept = {entry: forkserver.kept(entry) for entry in {item.entry_script for item in items}}
     seen: set[str] = set()
     out = []
     for position, item in enumerate(items):
-        forked = _forks() and item.entry_script in seen and position >= workers
+        later = item.entry_script in seen and position >= workers
+        forked = kept[item.entry_script] or (forkserver.enabled() and later)
         seen.add(item.entry_script)
         run = history[item.run_uid]
         seconds = estimate(run, item.iterations, item.run_level, concurrent, forked, cores)
         out.append(replace(item, estimated_seconds=seconds))
     return out
-
-
-def _forks() -> bool:
-    """Whether replays fork from fork servers here, as `forkserver.spawner` decides."""
-    enabled = os.environ.get("FLOR_FLOWS_REPLAY_FORK", "1").strip() != "0"
-    return enabled and sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
 
 
 def _seconds(

@@ -146,7 +146,7 @@ def _scope(
 def sharing_setup() -> AbstractContextManager[None]:
     """While open, replays on this worker pay their script's library imports once per set of
     libraries: they fork from a process that made them (`forkserver`), stopped when this
-    closes."""
+    closes unless the warm process keeps it for its next commands."""
     return forkserver.scope()
 
 
@@ -210,7 +210,8 @@ def replay(
     run = children.Launch(run_uid, settings, cwd, script, entry_script, argv=argv)
     label = f"{entry_script} at {version.commit[:10]}"
     roots = (version.directory, settings.root)  # the project's own code is never pre-imported
-    spawn = forkserver.spawner(label, script, cwd, roots, children.child_env(), on_output)
+    env = children.child_env()
+    spawn = forkserver.spawner(label, script, cwd, roots, env, on_output, entry=entry_script)
     outcome = children.run(run, context, on_output, spawn=spawn)
     what = f"replay of run {run_uid} ({label})"
     if outcome.returncode != 0:

@@ -14,12 +14,21 @@ A server that cannot start, refuses (an import fails, or its libraries keep thre
 across a fork) or dies leaves its replays on fresh processes, said once in the replay's
 output: the optimisation never fails a replay. Servers end with the last scope, when evicted
 (at most MAX_SERVERS live, idle ones first), or with this process (they watch it); their
-children end with them. `FLOR_FLOWS_REPLAY_FORK=0` turns this off.
+children end with them, or when the process that asked for them does.
+
+In the warm process (`keep`) servers outlive the scope instead: the next command's replays of
+the same libraries fork from the server an earlier command started, so only the first pays
+the imports. A kept server ends after KEPT_IDLE_SECONDS without a replay, with the warm
+process, or on the first request after one of the files it imported changed (an upgrade, an
+edit): that replay and the next fork from a new server that imports them anew.
+`FLOR_FLOWS_REPLAY_FORK=0` turns all this off.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import io
 import json
 import os
@@ -35,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from flor_flows.children import Spawn
 from flor_flows.replay import forkserver_main
@@ -45,7 +54,10 @@ PROGRAM = Path(__file__).with_name("forkserver_main.py")
 MAX_SERVERS = 4  # each holds its libraries in memory (torch + sklearn: about 340 MB)
 START_TIMEOUT = 600.0  # seconds a server may take to import the script's libraries
 REQUEST_TIMEOUT = 10.0  # seconds a server may take to fork a replay
+KEPT_IDLE_SECONDS = 600.0  # a kept server (`keep`) ends after this long without a replay
 AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
+# What a shell sets per command or directory; no library reads it at import: not in the key.
+SHELL_BOOKKEEPING = frozenset({"PWD", "OLDPWD", "_", "SHLVL"})
 
 
 @dataclass(frozen=True)
@@ -133,37 +145,43 @@ class Server:
     """A running fork server, ready to fork replays of `key`."""
 
     key: Key
-    process: subprocess.Popen[bytes]
-    directory: str  # private, holds the socket
+    path: str  # its socket
     modules: list[str]
+    process: subprocess.Popen[bytes] | None  # None: a kept one an earlier command started
+    kept: bool = False  # it outlives the scope (`keep`)
     busy: int = 0  # replays running
     used: float = field(default_factory=time.monotonic)
     failed: str | None = None  # why it stopped answering
 
     def alive(self) -> bool:
-        """Whether the server is still running and answering."""
-        return self.failed is None and self.process.poll() is None
+        """Whether the server is still running and answering, as far as this process knows."""
+        return self.failed is None and (self.process is None or self.process.poll() is None)
 
-    def spawn(self, command: list[str], cwd: Path, env: dict[str, str]) -> Forked | str | None:
+    def spawn(
+        self, command: list[str], cwd: Path, env: dict[str, str], roots: tuple[str, ...]
+    ) -> Forked | str | None:
         """Fork `command` (as a `children.Spawn` would) in `cwd`; why the server refused it,
-        or None if it did not answer."""
+        or None if it did not answer or retired (`failed` says why)."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         fds: list[int] = []
         try:
             conn.settimeout(REQUEST_TIMEOUT)
-            conn.connect(os.path.join(self.directory, "socket"))
+            conn.connect(self.path)
             socket.send_fds(conn, [b"R"], [out_w, err_w])
             request = {"script": command[1], "cwd": str(cwd), "argv": command[2:], "env": env}
-            conn.sendall(json.dumps(request).encode() + b"\n")
+            conn.sendall(json.dumps(request | {"roots": roots}).encode() + b"\n")
             reply, fds, _, _ = socket.recv_fds(conn, 4096, 1)
             head, _, status = reply.partition(b"\n")
-            if head.startswith(b"refused ") and not fds:
+            verdict, _, why = head.decode(errors="replace").partition(" ")
+            if verdict in ("refused", "retired") and not fds:
+                if verdict == "retired":
+                    self.failed = why
                 for fd in (out_r, err_r):
                     os.close(fd)
                 conn.close()
-                return head.removeprefix(b"refused ").decode(errors="replace")
+                return why if verdict == "refused" else None
             pid, (pidfd,) = int(head), fds
         except (OSError, ValueError) as exc:
             self.failed = f"it did not answer: {exc}"
@@ -184,14 +202,24 @@ class Server:
             self.busy -= 1
 
     def stop(self) -> None:
-        """End the server (and any replay it still runs) and remove its socket."""
+        """End the server this process started (and any replay it still runs) and remove
+        its socket."""
+        assert self.process is not None
         self.process.terminate()
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Keeper:
+    """Where fork servers outlive the scopes that start them (`keep`)."""
+
+    directory: Path  # this user's only: the servers' sockets, start locks, states and logs
+    pidfd: int  # the process they end with
 
 
 _lock = threading.Lock()
@@ -200,11 +228,39 @@ _servers: dict[Key, Server] = {}
 _refused: set[Key | str] = set()  # keys and labels whose replays start fresh (said once)
 _announced: set[str] = set()  # labels whose forking was said
 _starting: dict[Key, threading.Lock] = {}  # one start per key, the others wait for it
+_keeper: list[Keeper] = []  # set by `keep`: then servers outlive their scopes
+
+
+def keep(directory: Path, pidfd: int) -> None:
+    """From now on fork servers started here (and in the processes this one forks) outlive
+    their scope: each serves later scopes too, found in `directory`, until the process of
+    `pidfd` ends or it was KEPT_IDLE_SECONDS without a replay. The warm process keeps them
+    for its commands, so that only a command's first replay of a script waits for its
+    libraries. A server whose imported files changed forks no more: the next one imports
+    them anew."""
+    _keeper[:] = [Keeper(directory, pidfd)]
+
+
+def enabled() -> bool:
+    """Whether replays fork from fork servers here (`FLOR_FLOWS_REPLAY_FORK` not 0, Linux)."""
+    return AVAILABLE and os.environ.get(ENV_VAR, "1").strip() != "0"
+
+
+def kept(entry: str) -> bool:
+    """Whether a kept server (`keep`) that forked replays of entry script `entry` runs."""
+    if not _keeper or not enabled():
+        return False
+    try:
+        name = (_keeper[0].directory / _entry_file(entry)).read_text()
+    except OSError:
+        return False
+    return (_keeper[0].directory / name).exists()
 
 
 @contextlib.contextmanager
 def scope() -> Iterator[None]:
-    """While open, replays may fork from fork servers; the last one to close stops them."""
+    """While open, replays may fork from fork servers; the last one to close stops those
+    it does not keep."""
     with _lock:
         _scopes[0] += 1
     try:
@@ -212,7 +268,7 @@ def scope() -> Iterator[None]:
     finally:
         with _lock:
             _scopes[0] -= 1
-            ending = list(_servers.values()) if not _scopes[0] else []
+            ending = [s for s in _servers.values() if not s.kept] if not _scopes[0] else []
             if not _scopes[0]:
                 _servers.clear()
                 _refused.clear()
@@ -229,11 +285,12 @@ def spawner(
     roots: Iterable[Path],
     env: dict[str, str],
     on_output: Callable[[str], Any],
+    entry: str | None = None,
 ) -> Spawn | None:
-    """How to start a replay of `script` in `cwd` with `env` (and its run context): a fork
-    of the server for them, started now if need be; None for a fresh process. `roots` hold
-    the project's own code, which a server never imports."""
-    if not AVAILABLE or os.environ.get(ENV_VAR, "1").strip() == "0":
+    """How to start a replay of `script` (entry script `entry`) in `cwd` with `env` (and its
+    run context): a fork of the server for them, started now if need be; None for a fresh
+    process. `roots` hold the project's own code, which a server never imports."""
+    if not enabled():
         return None
     roots = tuple(str(root) for root in roots)
     try:
@@ -242,43 +299,34 @@ def spawner(
         _refuse(label, label, f"the script does not parse: {exc}", on_output)
         return None
     imports = (n for n in names if n.partition(".")[0] not in sys.stdlib_module_names)
-    key = Key(tuple(dict.fromkeys(imports)), tuple(sorted(env.items())))
+    shared = {k: v for k, v in env.items() if k not in SHELL_BOOKKEEPING}
+    key = Key(tuple(dict.fromkeys(imports)), tuple(sorted(shared.items())))
     with _lock:
-        if not _scopes[0] or key in _refused or label in _refused:
+        if not _scopes[0] or label in _refused:
             return None
-        starting = _starting.setdefault(key, threading.Lock())
-    with starting:
-        with _lock:
-            server = _servers.get(key)
-            refused = key in _refused
-        if refused:
-            return None
-        if server is not None and not server.alive():  # it died since
-            why = server.failed or f"it exited with code {server.process.returncode}"
-            _refuse(key, label, f"its fork server ended ({why})", on_output)
-            return None
-        if server is None:
-            server = _started(key, label, script, cwd, roots, on_output)
-            if server is None:
-                return None
+    server = _server(key, label, script, cwd, roots, on_output)
+    if server is None:
+        return None
 
     def spawn(command: list[str], cwd: Path, env: dict[str, str]) -> Forked | None:
         """Fork the replay; a refusal (said once) or no answer leaves it a fresh process."""
-        forked = server.spawn(command, cwd, env)
+        nonlocal server
+        forked = server.spawn(command, cwd, env, roots)
+        if forked is None and server.kept:  # it retired or went: once more, from a new one
+            server = _server(key, label, script, cwd, roots, on_output)
+            forked = server.spawn(command, cwd, env, roots) if server is not None else None
         if isinstance(forked, str):
             _refuse(label, label, forked, on_output)
             return None
         if forked is not None and label not in _announced:
             _announced.add(label)
-            libraries = ", ".join(server.modules) or "no library"
-            on_output(f"flor-flows: replays of {label} fork from one process that imported "
-                      f"{libraries}")  # fmt: skip
+            _announce(label, server, entry, on_output)
         return forked
 
     return spawn
 
 
-def _started(
+def _server(
     key: Key,
     label: str,
     script: Path,
@@ -286,23 +334,98 @@ def _started(
     roots: tuple[str, ...],
     on_output: Callable[[str], Any],
 ) -> Server | None:
-    """A server for `key`, started now from `script` in `cwd` and registered; None (said
-    once) if it cannot start, or every server is busy, or the scope closed meanwhile."""
-    if not _make_room():
-        return None  # every server is busy: this replay starts fresh, the next may not
-    started = _start(key, script, cwd, roots)
-    if isinstance(started, str):
-        _refuse(key, label, started, on_output)
-        return None
+    """The live server for `key`: this scope's, a kept one, or one started now from
+    `script` in `cwd`; None (said once) if there is none, or the scope closed meanwhile."""
     with _lock:
-        if not _scopes[0]:  # the scope closed while the server started
-            ending: Server | None = started
-        else:
-            ending, _servers[key] = None, started
-    if ending is not None:
-        ending.stop()
-        return None
+        starting = _starting.setdefault(key, threading.Lock())
+    with starting:
+        with _lock:
+            server = _servers.get(key)
+            if key in _refused:
+                return None
+        if server is not None and server.alive():
+            return server
+        if server is not None and not server.kept:  # it died since
+            why = server.failed or f"it exited with code {server.process.returncode}"
+            _refuse(key, label, f"its fork server ended ({why})", on_output)
+            return None
+        found = _kept(key, script, cwd, roots) if _keeper else _started(key, script, cwd, roots)
+        if isinstance(found, str):
+            _refuse(key, label, found, on_output)
+            return None
+        with _lock:
+            if not _scopes[0]:  # the scope closed while the server started
+                ending: Server | None = found
+            else:
+                ending, _servers[key] = None, found
+        if ending is not None and not ending.kept:
+            ending.stop()
+        return None if ending is not None else found
+
+
+def _kept(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server | str:
+    """The kept server for `key` (`keep`): the one running, else one started now."""
+    keeper = _keeper[0]
+    name = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    path, state = keeper.directory / name, keeper.directory / f"{name}.json"
+    with (keeper.directory / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one start per key across the warm process's commands
+        if _answers(path) and state.exists():
+            return Server(key, str(path), json.loads(state.read_text()), None, kept=True)
+        path.unlink(missing_ok=True)  # left by a server that was killed
+        with (keeper.directory / f"{name}.log").open("ab") as log:
+            started = _start(key, script, cwd, roots, str(path), keeper.pidfd, log)
+        if isinstance(started, Server):
+            state.write_text(json.dumps(started.modules))
+            started.kept = True
+        return started
+
+
+def _started(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server | str:
+    """A server for `key` that ends with this scope (or this process); why there is none."""
+    if not _make_room():
+        return "every fork server is busy"
+    directory = tempfile.mkdtemp(prefix="flor-flows-fork-")
+    watch = os.pidfd_open(os.getpid())
+    try:
+        started = _start(key, script, cwd, roots, os.path.join(directory, "socket"), watch)
+    finally:
+        os.close(watch)
+    if isinstance(started, str):
+        shutil.rmtree(directory, ignore_errors=True)
     return started
+
+
+def _answers(path: Path) -> bool:
+    """Whether a server listens on `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _entry_file(entry: str) -> str:
+    return f"entry-{hashlib.sha256(entry.encode()).hexdigest()[:16]}"
+
+
+def _announce(
+    label: str, server: Server, entry: str | None, on_output: Callable[[str], Any]
+) -> None:
+    """Say once that `label`'s replays fork, from which libraries, and for a kept server
+    how long it stays; note its entry script for the cost model (`kept`)."""
+    libraries = ", ".join(server.modules) or "no library"
+    said = f"flor-flows: replays of {label} fork from one process that imported {libraries}"
+    if server.kept:
+        minutes = KEPT_IDLE_SECONDS / 60
+        said += (
+            f" (kept for the next commands until {minutes:.0f} min without a replay, or until "
+            f"`flor-flows server stop`)"
+        )
+        if entry is not None:
+            (_keeper[0].directory / _entry_file(entry)).write_text(os.path.basename(server.path))
+    on_output(said)
 
 
 def _refuse(what: Key | str, label: str, why: str, on_output: Callable[[str], Any]) -> None:
@@ -317,7 +440,7 @@ def _make_room() -> bool:
     """Stop the least recently used idle servers beyond MAX_SERVERS - 1; False if all busy."""
     ending = []
     with _lock:
-        live = sorted(_servers.values(), key=lambda s: s.used)
+        live = sorted((s for s in _servers.values() if not s.kept), key=lambda s: s.used)
         while len(live) >= MAX_SERVERS:
             idle = next((s for s in live if s.busy == 0), None)
             if idle is None:
@@ -329,20 +452,29 @@ def _make_room() -> bool:
     return len(live) < MAX_SERVERS
 
 
-def _start(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server | str:
-    """A fork server for `key`, started as `python script` in `cwd` would be, ready; else
-    why there is none."""
-    directory = tempfile.mkdtemp(prefix="flor-flows-fork-")
-    command = [
-        sys.executable,
-        str(PROGRAM),
-        os.path.join(directory, "socket"),
-        str(script),
-        json.dumps(roots),
-        str(os.getpid()),
-    ]
+def _start(
+    key: Key,
+    script: Path,
+    cwd: Path,
+    roots: tuple[str, ...],
+    path: str,
+    watch: int,
+    log: IO[bytes] | None = None,
+) -> Server | str:
+    """A fork server for `key` on socket `path`, started as `python script` in `cwd` would
+    be, ready; else why there is none. It ends when the process of pidfd `watch` does, and
+    when given a `log` (its stderr), also after KEPT_IDLE_SECONDS without a replay."""
+    idle = KEPT_IDLE_SECONDS if log is not None else 0.0
+    command = [sys.executable, str(PROGRAM), path, str(script), json.dumps(roots), str(watch)]
     process = subprocess.Popen(
-        command, cwd=cwd, env=dict(key.env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
+        [*command, str(idle)],
+        cwd=cwd,
+        env=dict(key.env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        pass_fds=(watch,),
+        start_new_session=log is not None,  # outside the command's process group and its signals
     )
     assert process.stdout is not None
     with process.stdout:
@@ -350,11 +482,10 @@ def _start(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server 
         line = process.stdout.readline() if ready else b""
     state = json.loads(line) if line.startswith(b"{") else {"ready": False}
     if state["ready"]:
-        return Server(key, process, directory, state["modules"])
+        return Server(key, path, state["modules"], process)
     if not ready:
         process.kill()
     code = process.wait()
-    shutil.rmtree(directory, ignore_errors=True)
     if "why" in state:
         return str(state["why"])
     if not ready:

@@ -1,17 +1,21 @@
 """The fork server's program: import a script's libraries once, then fork a child per replay.
 
 `flor_flows.replay.forkserver` runs it as `python forkserver_main.py SOCKET SCRIPT ROOTS
-LAUNCHER` in the first replay's working directory, with the replays' environment less the run
-context: what a fresh `python SCRIPT` starts from. It imports the installed libraries the
+PIDFD IDLE` in the first replay's working directory, with the replays' environment less the
+run context: what a fresh `python SCRIPT` starts from. It imports the installed libraries the
 script imports at module level (not the project's own modules under ROOTS, which differ per
 version and may have side effects; never flor_flows, whose run context is captured at import),
 makes sure no thread survives a fork and that nothing it imported came from ROOTS, says so on
 stdout, then serves. A request brings a replay's script (of any version that imports the same
-libraries), working directory, argv, environment and stdout/stderr pipes: the server refuses
-it when a module beside that script would shadow one it imported (a fresh process would have
-imported that file instead), else forks, sends back the child's pid and a pidfd, and later its
-exit status. The child becomes what `python SCRIPT ARGV` in that directory would be and runs
-the script as `__main__`. The server ends when its launcher does; its children end with it.
+libraries), working directory, argv, environment, project roots and stdout/stderr pipes: the
+server refuses it when a module beside that script would shadow one it imported (a fresh
+process would have imported that file instead) or it holds a module from those roots, retires
+when a file it imported changed since, else forks, sends back the child's pid and a pidfd,
+and later its exit status. The child becomes what `python SCRIPT ARGV` in that directory
+would be and runs the script as `__main__`; it gets SIGTERM if the request's connection closes
+first (its client died). The server ends when the process of PIDFD does, or once retired or
+IDLE seconds without a replay (0: never) when its children have ended; its children end with
+it.
 
 Only the standard library is imported here: this file runs as a script, before anything else.
 """
@@ -46,6 +50,7 @@ class Request(NamedTuple):
     cwd: str
     argv: list[str]
     env: dict[str, str]
+    roots: list[str]  # the project's code: the server must hold none of it
     stdout: int
     stderr: int
 
@@ -126,12 +131,15 @@ def _installed(top: str, roots: list[str]) -> bool:
 
 
 def _under(path: str, directories: list[str]) -> bool:
-    """Whether absolute `path` is in one of `directories` (a relative one is in none: torch's
-    `torch.ops` and `torch.classes` are objects whose `__file__` is a bare file name)."""
-    if not os.path.isabs(path):
-        return False
+    """Whether `path` is in one of `directories`."""
     real = os.path.realpath(path)
     return any(real.startswith(os.path.join(os.path.realpath(d), "")) for d in directories)
+
+
+def _project_modules(roots: list[str]) -> list[str]:
+    """The modules imported here whose files are in one of `roots`."""
+    inside = tuple(os.path.join(os.path.realpath(root), "") for root in roots)
+    return sorted(name for name, real in _REAL.items() if real.startswith(inside))
 
 
 def _threads() -> int:
@@ -159,12 +167,17 @@ def prepare(script: str, roots: list[str]) -> dict:
     if "flor_flows" in sys.modules:
         return {"ready": False, "why": "its libraries import flor_flows"}
     imported = set(sys.modules) - before
-    files = {name: getattr(sys.modules[name], "__file__", None) for name in imported}
-    project = sorted(
-        name for name, file in files.items() if isinstance(file, str) and _under(file, roots)
-    )
+    for name in imported:  # relative paths name no file (torch.ops: an object, '_ops.py')
+        file = getattr(sys.modules[name], "__file__", None)
+        if isinstance(file, str) and os.path.isabs(file):
+            _REAL[name] = os.path.realpath(file)
+    project = _project_modules(roots)
     if project:  # a file of the project shadows a module its libraries import
         return {"ready": False, "why": f"its libraries import the project's {', '.join(project)}"}
+    for real in _REAL.values():
+        with contextlib.suppress(OSError):
+            found = os.stat(real)
+            _FILES[real] = (found.st_mtime_ns, found.st_size)
     _IMPORTED.update(name.partition(".")[0] for name in imported)
     if _threads() > 1:  # libraries' pools (OpenBLAS) stop before a fork: see if all do
         pid = os.fork()
@@ -181,12 +194,10 @@ def prepare(script: str, roots: list[str]) -> dict:
 
 def serve(argv: list[str]) -> Request:
     """Prepare, then fork a child per request; returns only in a child, as that child."""
-    socket_path, script, roots, launcher = argv[0], argv[1], json.loads(argv[2]), int(argv[3])
+    socket_path, script, roots = argv[0], argv[1], json.loads(argv[2])
+    watch, idle = int(argv[3]), float(argv[4])  # the launcher's pidfd; 0: no idle timeout
     sys.path[0] = os.path.dirname(os.path.realpath(script))  # as `python SCRIPT` has it
     on_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the replays
-    watch = os.pidfd_open(launcher)
-    if os.getppid() != launcher:
-        sys.exit(0)  # the launcher ended before we could watch it
     state = prepare(script, roots)
     if not state["ready"]:
         print(json.dumps(state), flush=True)
@@ -206,28 +217,42 @@ def serve(argv: list[str]) -> Request:
     selector = selectors.DefaultSelector()
     for source in (listener, wake_r, watch):
         selector.register(source, selectors.EVENT_READ)
-    children: dict[int, socket.socket] = {}
-    while True:
-        for key, _ in selector.select():
+    children: dict[int, socket.socket] = {}  # each child's client, told its exit status
+    used = time.monotonic()
+    while listener.fileno() != -1 or children:  # retired: until its last replay ends
+        timeout = None if children or not idle else max(0.0, used + idle - time.monotonic())
+        events = selector.select(timeout)
+        if not events and listener.fileno() != -1:  # idle for `idle` seconds
+            _retire(selector, listener, socket_path)
+        for key, _ in events:
             if key.fileobj == watch:
                 sys.exit(0)  # the launcher ended: so do we, and our children with us
             if key.fileobj == wake_r:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):
                         pass
-                _reap(children)
+                _reap(children, selector)
+                used = time.monotonic()
+                continue
+            if key.fileobj != listener:  # a client went before its replay ended: end that too
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(key.data, signal.SIGTERM)
+                selector.unregister(key.fileobj)
                 continue
             conn, _ = listener.accept()
+            used = time.monotonic()
             request = _receive(conn)
             if request is None:
                 conn.close()
                 continue
-            refusal = _shadowed(request.script)
+            refusal = _refusal(request)
             if refusal is not None:
                 for fd in (request.stdout, request.stderr):
                     os.close(fd)
+                if refusal.startswith("retired "):  # no more replays: it would fork stale code
+                    _retire(selector, listener, socket_path)
                 with contextlib.suppress(OSError):
-                    conn.sendall(f"refused {refusal}\n".encode())
+                    conn.sendall(f"{refusal}\n".encode())
                 conn.close()
                 continue
             pid = os.fork()
@@ -248,9 +273,20 @@ def serve(argv: list[str]) -> Request:
                 socket.send_fds(conn, [f"{pid}\n".encode()], [pidfd])
             os.close(pidfd)
             children[pid] = conn
+            selector.register(conn, selectors.EVENT_READ, pid)  # readable: the client went
+    sys.exit(0)
 
 
-def _reap(children: dict[int, socket.socket]) -> None:
+def _retire(selector: selectors.BaseSelector, listener: socket.socket, path: str) -> None:
+    """Take no more requests: close the listener and remove its socket, so that the next
+    replay starts a new server."""
+    selector.unregister(listener)
+    listener.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _reap(children: dict[int, socket.socket], selector: selectors.BaseSelector) -> None:
     """Collect every ended child; tell its client the exit status (as Popen would give it)."""
     while True:
         try:
@@ -262,23 +298,38 @@ def _reap(children: dict[int, socket.socket]) -> None:
         conn = children.pop(pid, None)
         if conn is None:
             continue
+        with contextlib.suppress(KeyError):  # else unregistered when its client went
+            selector.unregister(conn)
         with contextlib.suppress(OSError):  # else the client is gone
             conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
         conn.close()
 
 
-def _shadowed(script: str) -> str | None:
-    """Why a fresh `python SCRIPT` would not use every module this server imported: a module
-    file or directory beside it named like one; None if there is none."""
-    directory = os.path.dirname(os.path.realpath(script))
+def _refusal(request: Request) -> str | None:
+    """Why this server must not fork `request`: `refused <why>` when a fresh `python SCRIPT`
+    would not use every module it imported, `retired <why>` when one of those changed since
+    (it then forks no more); None if it may."""
+    for path, (mtime, size) in _FILES.items():
+        try:
+            found = os.stat(path)
+        except OSError:
+            found = None
+        if found is None or (found.st_mtime_ns, found.st_size) != (mtime, size):
+            return f"retired {path} changed since its fork server imported it"
+    project = _project_modules(request.roots)
+    if project:
+        return f"refused its fork server imported {', '.join(project)} from the project"
+    directory = os.path.dirname(os.path.realpath(request.script))
     try:
         entries = os.listdir(directory)
     except OSError as exc:
-        return f"its directory cannot be read ({exc})"
+        return f"refused its directory cannot be read ({exc})"
     names = {entry.partition(".")[0] for entry in entries if entry.endswith(_MODULE_SUFFIXES)}
     names |= {entry for entry in entries if os.path.isdir(os.path.join(directory, entry))}
     clash = sorted(names & _IMPORTED)
-    return f"{', '.join(clash)} beside the script shadows its fork server's" if clash else None
+    if clash:
+        return f"refused {', '.join(clash)} beside the script shadows its fork server's"
+    return None
 
 
 def _receive(conn: socket.socket) -> Request | None:
@@ -299,6 +350,7 @@ def _receive(conn: socket.socket) -> Request | None:
         str(fields["cwd"]),
         list(fields["argv"]),
         dict(fields["env"]),
+        list(fields["roots"]),
         fds[0],
         fds[1],
     )
@@ -356,6 +408,8 @@ def run(script: str) -> None:
 _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 _SERVER = os.getpid()
 _IMPORTED: set[str] = set()  # the top-level names of the modules `prepare` imported
+_FILES: dict[str, tuple[int, int]] = {}  # their files: modification time (ns) and size
+_REAL: dict[str, str] = {}  # module name: its file's real path
 _MODULE_SUFFIXES = tuple(importlib.machinery.all_suffixes())
 
 if __name__ == "__main__":
