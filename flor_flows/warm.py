@@ -188,7 +188,11 @@ def serve(home: Path, server_pid: int) -> None:
         path.unlink(missing_ok=True)
         shutil.rmtree(forks, ignore_errors=True)
 
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(leave()))
+    def stopped(signum: int, frame: object) -> None:
+        leave()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stopped)
     print(f"flor-flows warm: serving on {path} (pid {os.getpid()})", flush=True)
     while alive(server_pid):
         try:
