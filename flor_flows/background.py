@@ -46,6 +46,7 @@ STARTUP_TIMEOUT = 180.0
 # machine (2 cores, load 10) can take seconds: no answer in 10 s is a server that is stuck.
 HEALTH_TIMEOUT = 10.0
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
+WARM_TIMEOUT = 60.0  # seconds `server start` waits for the warm process (its imports: ~4 s)
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,16 @@ def start_warm(home: Path, server_pid: int) -> None:
     (home / WARM_PID).write_text(f"{warm.pid}\n")
 
 
+def _wait_warm(home: Path, timeout: float = WARM_TIMEOUT) -> None:
+    """Wait until the warm process of `home` listens, or has ended, or `timeout` passed (a
+    command that finds it not ready yet runs itself)."""
+    deadline = time.monotonic() + timeout
+    while not warm_socket(home).exists() and _warm_pid(home) is not None:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
 def stop_warm(home: Path) -> None:
     """Stop the warm process of `home`, if one runs, and remove its files."""
     pid = _warm_pid(home)
@@ -368,6 +379,7 @@ def server_action(action: str, database: str | None, host: str, port: int | None
     if action == "start":
         state, started = ensure_server(database, host, port)
         announce(state, started)
+        _wait_warm(prefect_home())  # so that the next commands are served warm
         print(state.url)
         return 0
     if action == "stop":

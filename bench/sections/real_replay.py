@@ -100,6 +100,11 @@ def m_real_replay(runner: Runner, sz: Sizes) -> Section:
             {ours.key: val(o, wall("run_default"))},
         )
     )
+    again = "epoch-level `lr_now` again (`--all`), a later command: its fork server is up"
+    rows.append(Row(again, "s", {ours.key: val(o, wall("start_again"))}))
+    rows.append(
+        Row("... as % of the original run", "%", {ours.key: val(o, pct("start_again"))}, 10)
+    )
     for call in ("first", "second"):
         rows.append(
             Row(
@@ -204,7 +209,10 @@ def notes(o, t, argv: list[str], before: str, after: str) -> list[str]:  # noqa:
         "`loss.backward()`); each replay computes one of them over the one recorded run.",
         "flor_flows: `.venv/bin/flor-flows replay --apply NAME` in the project, the whole "
         "command timed (the CLI's default `--max-parallel 2`), PREFECT_API_URL naming a `flor-flows server start` of the bench's own "
-        "PREFECT_HOME, started once before the replays and stopped after. FlorDB: `python -m "
+        "PREFECT_HOME, started once before the replays and stopped after; the commands run "
+        "in the order of the rows, in one environment, so the first (`lr_now`) also starts the "
+        "fork server that imports torch and the later ones fork from it (kept by the warm "
+        "process). FlorDB: `python -m "
         "flordb replay --apply NAME` (`--iter epoch=all` for the three statements inside the "
         "epoch loop) with `y` on stdin, the whole command timed.",
         "No-server rows: a fresh PREFECT_HOME, PREFECT_API_URL unset, no server running; "

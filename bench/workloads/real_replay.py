@@ -18,6 +18,7 @@ with --all, the same work); the background server the first call starts is stopp
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import sqlite3
@@ -72,21 +73,27 @@ class Bench:
         self.p, self.root = p, root
         self.project = root / "project"
         self.log = root / "real-replay.log"
-        self.marks = root / "marks"
-        self.marks.mkdir(exist_ok=True)
-        self.count = 0
+        # One marks file for every command, each reading its own lines: a variable that
+        # changed per command would change the replays' environment, as a user's shell does
+        # not, and with it the fork server they share (forkserver.Key).
+        self.marks = root / "marks.jsonl"
         self.home = root / "prefect-bench"
 
-    def env(self, tag: str, **extra: str) -> tuple[dict[str, str], Path]:
-        self.count += 1
-        marks = self.marks / f"{self.count:03d}-{tag}.jsonl"
-        return rc.clean_env({"REPLAY_MARKS": str(marks), **extra}), marks
+    def env(self, **extra: str) -> tuple[dict[str, str], int]:
+        """The environment of a command, and where its marks will start in the marks file."""
+        offset = self.marks.stat().st_size if self.marks.exists() else 0
+        return rc.clean_env({"REPLAY_MARKS": str(self.marks), **extra}), offset
 
-    def record(self, project: Path, tag: str) -> dict:
-        env, marks = self.env(tag)
+    def marks_since(self, offset: int) -> list[dict]:
+        with self.marks.open("rb") as f:
+            f.seek(offset)
+            return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+
+    def record(self, project: Path) -> dict:
+        env, marks = self.env()
         cmd = [sys.executable, "train.py", *self.p["argv"]]
         res = rc.run_script(cmd, project, env, self.log)
-        return res | rc.phases(rc.read_marks(marks), res["started"])
+        return res | rc.phases(self.marks_since(marks), res["started"])
 
     def server(self, action: str, home: Path) -> str:
         env = rc.clean_env({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
@@ -120,11 +127,11 @@ class Bench:
             for i in resolve(request).items
         ]
 
-    def replay(self, tag: str, names: list[str], extra: list[str], env_extra: dict) -> dict:
+    def replay(self, names: list[str], extra: list[str], env_extra: dict) -> dict:
         # the CLI's default --max-parallel is 2
         par = int(extra[extra.index("--max-parallel") + 1]) if "--max-parallel" in extra else 2
         plan = self.plan(names, [a for a in extra if "=" in a], par, "--all" in extra)
-        env, marks = self.env(tag, **env_extra)
+        env, marks = self.env(**env_extra)
         cmd = [FLOR, "replay", "--apply", ",".join(names), *extra]
         offset = self.log.stat().st_size if self.log.exists() else 0
         res = rc.run_script(cmd, self.project, env, self.log)
@@ -133,7 +140,7 @@ class Bench:
         return (
             res
             | {"plan": plan, "replays": replays, "flow": flow_times(output, res)}
-            | rc.phases(rc.read_marks(marks))
+            | rc.phases(self.marks_since(marks))
         )
 
 
@@ -161,10 +168,10 @@ def main() -> None:
     cm.make_project(bench.project, "flor_flows")
     rc.warm_imports("flor_flows")
     print("[real] original", file=sys.stderr, flush=True)
-    original = bench.record(bench.project, "original")
+    original = bench.record(bench.project)
     cm.make_project(bench.root / "scratch", "flor_flows", sfx="_r")
     print("[real] scratch", file=sys.stderr, flush=True)
-    scratch = bench.record(bench.root / "scratch", "scratch")
+    scratch = bench.record(bench.root / "scratch")
     truth = {k: store_values(bench.root / "scratch", cm.name(k, "_r"), "forward") for k in cm.KINDS}
     (bench.project / "train.py").write_text(cm.script("flor_flows", "_r"))
 
@@ -175,18 +182,18 @@ def main() -> None:
     api = {"PREFECT_API_URL": url.rstrip("."), "PREFECT_HOME": str(bench.home)}
     runs, fidelity = {}, {}
     try:
-        extras = {
-            "start": [],
-            "end": [],
-            "run": ["--iter", "epoch=none"],
-            "step": ["--max-parallel", str(p["step_parallel"])],
-            "run_default": ["--all"],  # the run-level statement again, as a user types it
+        extras = {  # kind: its statement, the options
+            "start": ("start", []),  # the first command: it also starts the fork server
+            "end": ("end", []),
+            "run": ("run", ["--iter", "epoch=none"]),
+            "step": ("step", ["--max-parallel", str(p["step_parallel"])]),
+            "run_default": ("run", ["--all"]),  # the run-level statement again, as typed
+            "start_again": ("start", ["--all"]),  # a later command: the fork server is up
         }
-        for kind, extra in extras.items():
+        for kind, (stmt, extra) in extras.items():
             print(f"[real] replay {kind}", file=sys.stderr, flush=True)
-            stmt = kind.removesuffix("_default")
             try:
-                runs[kind] = bench.replay(kind, [cm.name(stmt, "_r")], extra, api)
+                runs[kind] = bench.replay([cm.name(stmt, "_r")], extra, api)
             except Exception as exc:  # noqa: BLE001 - reported in its cell; the others go on
                 runs[kind] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
                 continue
@@ -204,7 +211,7 @@ def main() -> None:
         for call, extra in (("first", []), ("second", ["--all"])):
             print(f"[real] cli {call}", file=sys.stderr, flush=True)
             try:
-                cli[call] = bench.replay(f"cli-{call}", [cm.name("start", "_c")], extra, cli_env)
+                cli[call] = bench.replay([cm.name("start", "_c")], extra, cli_env)
             except Exception as exc:  # noqa: BLE001
                 cli[call] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
     finally:
