@@ -16,6 +16,7 @@ from flor_flows.replay.costs import (
     FORK_SAVED_SECONDS,
     READ_BYTES_PER_SECOND,
     READ_PER_WRITE,
+    SETUP_CONTENTION,
     STARTUP_SECONDS,
     estimate,
     priced,
@@ -84,9 +85,9 @@ def test_an_estimate_is_start_up_then_set_up_and_compute_stretched_by_contention
     alone = estimate(history, None)
     assert alone == pytest.approx(STARTUP_SECONDS + 5.0 + 20.0)
     together = estimate(history, None, concurrent=2, cores=2)
-    assert together == pytest.approx(STARTUP_SECONDS + 25.0 * CONTENTION)
+    assert together == pytest.approx(STARTUP_SECONDS + 5.0 * SETUP_CONTENTION + 20.0 * CONTENTION)
     four = estimate(history, None, concurrent=4, cores=2)
-    assert four == pytest.approx(STARTUP_SECONDS + 25.0 * 2 * CONTENTION)
+    assert four == pytest.approx(STARTUP_SECONDS + (5.0 * SETUP_CONTENTION + 20.0 * CONTENTION) * 2)
     # a run-level replay: the set-up (and the final checkpoint's read)
     assert estimate(history, ()) == pytest.approx(STARTUP_SECONDS + 5.0)
 
@@ -97,7 +98,7 @@ def test_a_replay_forked_from_a_ready_server_skips_part_of_the_set_up() -> None:
     assert saved == pytest.approx(FORK_SAVED_SECONDS)
     assert estimate(light, (), forked=True) == pytest.approx(STARTUP_SECONDS)  # all of it
     two = estimate(heavy, (), concurrent=2, forked=True, cores=2)
-    assert two == pytest.approx(STARTUP_SECONDS + (5.0 - FORK_SAVED_SECONDS) * CONTENTION)
+    assert two == pytest.approx(STARTUP_SECONDS + (5.0 - FORK_SAVED_SECONDS) * SETUP_CONTENTION)
 
 
 def test_reads_go_at_the_speed_the_run_wrote_its_checkpoints() -> None:
@@ -154,7 +155,7 @@ def test_a_long_run_splits_and_its_segments_carry_contended_estimates() -> None:
     halves = split([item(history)], {"r": history}, workers=2, cores=2)
     assert [h.iterations for h in halves] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
     assert [h.run_level for h in halves] == [False, True]
-    each = STARTUP_SECONDS + (5.0 + 50.0) * CONTENTION
+    each = STARTUP_SECONDS + 5.0 * SETUP_CONTENTION + 50.0 * CONTENTION
     assert [h.estimated_seconds for h in halves] == pytest.approx([each, each])
     assert each < estimate(history, None)
 

@@ -2,7 +2,7 @@
 
 Estimates come from what the forward run recorded (`history.RunHistory`) and how the plan runs:
 
-    seconds = STARTUP_SECONDS + (set-up + compute) * slowdown(k) + reads
+    seconds = STARTUP_SECONDS + set-up * slowdown(k, SETUP_CONTENTION) + compute * slowdown(k) + reads
 
 - set-up: the run's recorded time outside its outer loop (the script's imports, data
   loading and model building, what follows the loop). Within a backfill, the replays of an
@@ -13,7 +13,8 @@ Estimates come from what the forward run recorded (`history.RunHistory`) and how
 - slowdown(k): the recorded run had the host to itself; k replays at once (`workers` at a
   time) on c cores, each using RUN_CORES, get at most c / k cores each and lose CONTENTION
   on top: max(1, k * RUN_CORES / c) * CONTENTION for k > 1, 1 alone. Set-up and compute
-  are both CPU work of the script, both stretched.
+  are both CPU work of the script, both stretched; set-ups starting together lose
+  SETUP_CONTENTION instead.
 - reads: each checkpoint the replay restores, at the speed the run wrote its checkpoints
   (its own storage and serialisation, `RunHistory.write_rate`) over READ_PER_WRITE; at
   READ_BYTES_PER_SECOND when the record has no write times.
@@ -64,25 +65,27 @@ READ_BYTES_PER_SECOND = 200e6
 # their time alone in `estimate_check.py contention`.)
 RUN_CORES = 1
 # What replays at once lose beyond sharing the cores: caches, memory bandwidth, their
-# writer processes, the flow's and the Prefect server's work for them, set-ups starting
-# together. Two segments at once against one replay of the same epochs on this 2-core VM,
-# `bench/workloads/estimate_check.py` ("contention" line: the scripts' epochs / set-up),
-# the rest of the host quiet (< 0.25 core busy): x1.04 / x1.03, x1.15 / x1.4, x1.41 / x2.4
-# (median of the six: 1.3); one torch epoch (1 thread) two at once against alone,
-# `estimate_check.py contention`, median of 7 pairs: x1.07. With other sessions keeping
-# 1-1.4 cores busy, Linux's autogroup scheduling leaves this session's replays about one
-# core together: x1.5-2.3 / x2.0-3.3 (x2.5-3.0 for the torch epoch), which no constant can
-# know.
-CONTENTION = 1.3
+# writer processes, the flow's and the Prefect server's work for them; set-ups starting
+# together (imports, data loading) lose more. Two segments at once against one replay of
+# the same epochs on this 2-core VM, `bench/workloads/estimate_check.py` ("contention"
+# line: the scripts' epochs / set-up), the rest of the host quiet (< 0.25 core busy):
+# x1.04 / x1.03, x1.15 / x1.4, x1.41 / x2.4; one torch epoch (1 thread) two at once
+# against alone, `estimate_check.py contention`, median of 7 pairs: x1.07. Epochs: 1.1
+# (the median of the three and the torch pairs' 1.07); set-ups: 1.4 (the median of three).
+# With other sessions keeping 1-1.4 cores busy, Linux's autogroup scheduling leaves this
+# session's replays about one core together: x1.5-2.3 / x2.0-3.3 (x2.5-3.0 for the torch
+# epoch), which no constant can know.
+CONTENTION = 1.1
+SETUP_CONTENTION = 1.4
 
 
-def slowdown(concurrent: int, cores: int | None = None) -> float:
+def slowdown(concurrent: int, cores: int | None = None, contention: float = CONTENTION) -> float:
     """How much longer a replay's script takes with `concurrent` replays (itself included)
-    running on `cores` (default: this host's) than it took alone."""
+    running on `cores` (default: this host's) than it took alone, losing `contention`."""
     if concurrent <= 1:
         return 1.0
     cores = cores or os.cpu_count() or 1
-    return max(1.0, concurrent * RUN_CORES / cores) * CONTENTION
+    return max(1.0, concurrent * RUN_CORES / cores) * contention
 
 
 def estimate(
@@ -120,7 +123,8 @@ def estimate(
     if run_level and final is not None and (final not in targets or cut):
         restored.append(final)  # the state after the loop is that of its last checkpoint
     read = sum(_read_seconds(run, run.checkpoints[i]) for i in restored)
-    work = (setup(run, forked) + compute) * slowdown(concurrent, cores)
+    stretched = slowdown(concurrent, cores, SETUP_CONTENTION)
+    work = setup(run, forked) * stretched + compute * slowdown(concurrent, cores)
     return STARTUP_SECONDS + work + read
 
 
