@@ -307,10 +307,12 @@ def start_warm(home: Path, server_pid: int) -> None:
 def _wait_warm(home: Path, timeout: float = WARM_TIMEOUT) -> None:
     """Wait until the warm process of `home` listens, or has ended, or `timeout` passed (a
     command that finds it not ready yet runs itself)."""
+    try:  # not `_warm_pid`: a process that is still starting may show no command line yet
+        pid = int((home / WARM_PID).read_text())
+    except (OSError, ValueError):
+        return
     deadline = time.monotonic() + timeout
-    while not warm_socket(home).exists() and _warm_pid(home) is not None:
-        if time.monotonic() > deadline:
-            return
+    while not warm_socket(home).exists() and alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
