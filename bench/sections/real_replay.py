@@ -218,8 +218,10 @@ def notes(o, t, argv: list[str], before: str, after: str) -> list[str]:  # noqa:
         "No-server rows: a fresh PREFECT_HOME, PREFECT_API_URL unset, no server running; "
         "the first call starts the background server, the second (`--all`, the same work) "
         "finds it; the replay's own work = the seconds of the store's replay record "
-        "(`replays.started_at` to `ended_at`). Estimates: the items `resolve(request)` plans "
-        "(what `--dry-run` prints) vs the replay records of that command, matched in start order.",
+        "(`replays.started_at` to `ended_at`). Estimates: each item's estimate as "
+        "`flor-flows replay --dry-run` prints it just before the command, in its environment "
+        "(through the warm process, as the command plans), vs the replay records of that "
+        "command, matched in start order.",
         "Values: every replayed value compared with the from-scratch run's (the new script "
         "recorded in a fresh repo) at the same (epoch, position in the epoch); not equal = "
         "different beyond 1e-9 relative + missing on either side.",

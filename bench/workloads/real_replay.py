@@ -106,32 +106,41 @@ class Bench:
             raise RuntimeError(f"flor-flows server start failed: {proc.stderr[-500:]}")
         return proc.stdout
 
-    def plan(self, names: list[str], iterations: list[str], max_parallel: int, all_: bool
-             ) -> list[dict]:  # fmt: skip
-        """What `flor-flows replay --dry-run` prints, from the same call."""
+    def plan(self, names: list[str], extra: list[str], env: dict[str, str]) -> list[dict]:
+        """The command's plan: each item's iterations and run level from `resolve`, in this
+        process, and its estimate as `flor-flows replay --dry-run` prints it, through the
+        warm process as the command itself plans (seeing the fork servers it keeps)."""
         from flor_flows.replay.backfill import BackfillRequest, resolve
 
         request = BackfillRequest(
             project=str(self.project),
             names=names,
-            iterations=iterations,
-            max_parallel=max_parallel,
-            only_missing=not all_,
+            iterations=[a for a in extra if "=" in a],
+            # the CLI's default --max-parallel is 2
+            max_parallel=int(extra[extra.index("--max-parallel") + 1])
+            if "--max-parallel" in extra
+            else 2,
+            only_missing="--all" not in extra,
         )
+        items = resolve(request).items
+        cmd = [FLOR, "replay", "--apply", ",".join(names), *extra, "--dry-run"]
+        shown = subprocess.run(cmd, env=env, cwd=self.project, capture_output=True, text=True)
+        rows = [re.split(r"\s{2,}", line.strip()) for line in shown.stdout.splitlines()]
+        estimates = [float(row[4]) for row in rows if re.fullmatch(r"\d{8}T\d+-[0-9a-f]+", row[0])]
+        if len(estimates) != len(items):
+            raise RuntimeError(f"--dry-run planned {len(estimates)} items, resolve {len(items)}")
         return [
             {
                 "iterations": "all" if i.iterations is None else list(i.iterations),
                 "run_level": i.run_level,
-                "estimated_s": i.estimated_seconds,
+                "estimated_s": estimated,
             }
-            for i in resolve(request).items
+            for i, estimated in zip(items, estimates, strict=True)
         ]
 
     def replay(self, names: list[str], extra: list[str], env_extra: dict) -> dict:
-        # the CLI's default --max-parallel is 2
-        par = int(extra[extra.index("--max-parallel") + 1]) if "--max-parallel" in extra else 2
-        plan = self.plan(names, [a for a in extra if "=" in a], par, "--all" in extra)
         env, marks = self.env(**env_extra)
+        plan = self.plan(names, extra, env)
         cmd = [FLOR, "replay", "--apply", ",".join(names), *extra]
         offset = self.log.stat().st_size if self.log.exists() else 0
         res = rc.run_script(cmd, self.project, env, self.log)
