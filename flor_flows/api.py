@@ -79,11 +79,11 @@ def api_problem(timeout: float = API_CHECK_TIMEOUT) -> BaseException | None:
     settings apply) with its retries off, so a dead server is reported at once."""
     import httpx
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+    from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():  # the environment's, or the active Prefect profile's
         return None
-    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+    with prefect_settings("client", max_retries=0):
         client = get_client(sync_client=True, httpx_settings={"timeout": httpx.Timeout(timeout)})
         with client:
             return client.api_healthcheck()
