@@ -116,6 +116,7 @@ def test_the_warm_process_runs_commands_as_the_command_line_does(
             replayed = _flor(env, project.root, "replay", "--apply", name)
             assert replayed.returncode == 0, replayed.stderr
         (server,) = [p for p in psutil.Process(pid).children() if _is_fork_server(p)]
+        forks = Path(server.cmdline()[2]).parent  # the warm process's: its servers' sockets
         parents = project.store().dataframe(["parent_1", "parent_2"])
         assert parents[["parent_1", "parent_2"]].stack().unique().tolist() == [server.pid]
 
@@ -142,4 +143,5 @@ def test_the_warm_process_runs_commands_as_the_command_line_does(
     assert stopped.returncode == 0, stopped.stderr
     _wait(lambda: not Path(f"/proc/{pid}").exists(), 15, "warm process exit")
     _wait(lambda: not _is_fork_server(server), 15, "fork server exit")  # it ends with it
+    assert not forks.exists()
     assert not (home / "flor-flows-warm.sock").exists()
