@@ -307,9 +307,8 @@ def start_warm(home: Path, server_pid: int) -> None:
 def _wait_warm(home: Path, timeout: float = WARM_TIMEOUT) -> None:
     """Wait until the warm process of `home` listens, or has ended, or `timeout` passed (a
     command that finds it not ready yet runs itself)."""
-    try:  # not `_warm_pid`: a process that is still starting may show no command line yet
-        pid = int((home / WARM_PID).read_text())
-    except (OSError, ValueError):
+    pid = _recorded_warm_pid(home)  # not `_warm_pid`: one still starting may show no command line
+    if pid is None:
         return
     deadline = time.monotonic() + timeout
     while not warm_socket(home).exists() and alive(pid) and time.monotonic() < deadline:
@@ -326,12 +325,22 @@ def stop_warm(home: Path) -> None:
         (home / name).unlink(missing_ok=True)
 
 
+def _recorded_warm_pid(home: Path) -> int | None:
+    """The pid WARM_PID records; None if there is none."""
+    try:
+        return int((home / WARM_PID).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _warm_pid(home: Path) -> int | None:
     """The warm process of `home` if it runs: one of ours, per its command line."""
+    pid = _recorded_warm_pid(home)
+    if pid is None:
+        return None
     try:
-        pid = int((home / WARM_PID).read_text())
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
+    except OSError:
         return None
     return pid if alive(pid) and b"flor_flows.warm" in command else None
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -53,6 +54,15 @@ def wait_for(condition: Callable[[], object], seconds: float, what: str) -> obje
         assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
         time.sleep(0.05)
     return found
+
+
+def is_fork_server(process: psutil.Process) -> bool:
+    """Whether `process` is a live replay fork server (`flor_flows/replay/forkserver_main.py`)."""
+    try:
+        running = process.status() != psutil.STATUS_ZOMBIE
+        return running and any("forkserver_main.py" in part for part in process.cmdline())
+    except psutil.Error:
+        return False
 
 
 @dataclass

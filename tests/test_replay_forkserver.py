@@ -24,7 +24,7 @@ from flor_flows import children
 from flor_flows.config import load_settings
 from flor_flows.record.context import RunContext
 from flor_flows.replay import engine, forkserver
-from tests.conftest import Project
+from tests.conftest import Project, is_fork_server
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = """
@@ -78,17 +78,9 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def _is_server(process: psutil.Process) -> bool:
-    try:
-        alive = process.status() != psutil.STATUS_ZOMBIE
-        return alive and any("forkserver_main.py" in part for part in process.cmdline())
-    except psutil.Error:
-        return False
-
-
 def _servers() -> list[psutil.Process]:
     """This process's live fork servers."""
-    return [p for p in psutil.Process().children() if _is_server(p)]
+    return [p for p in psutil.Process().children() if is_fork_server(p)]
 
 
 def _values(project: Project, name: str, source: str) -> list[float]:
@@ -195,7 +187,7 @@ def test_stop_children_stops_forked_replays(project: Project, library: Path) -> 
             while not printed and time.monotonic() < deadline:
                 time.sleep(0.05)
             child = psutil.Process(int(printed[0]))
-            assert _is_server(child.parent())  # forked
+            assert is_fork_server(child.parent())  # forked
             assert children.stop_children(grace=1.0) == 1
             worker.join(10)
         finally:
@@ -205,12 +197,14 @@ def test_stop_children_stops_forked_replays(project: Project, library: Path) -> 
 
 
 LAUNCHER = """
-import sys
+import os, sys
 from pathlib import Path
 from flor_flows.record.context import RunContext
 from flor_flows.replay import forkserver
 from flor_flows import children
 script = Path(sys.argv[1])
+if sys.argv[2:]:  # a directory: servers kept there until the test process ends
+    forkserver.keep(Path(sys.argv[2]), os.pidfd_open(os.getppid()))
 run = children.Launch("uid", None, script.parent, script, "s.py")
 with forkserver.scope():
     env = children.child_env()
@@ -219,22 +213,31 @@ with forkserver.scope():
 """
 
 
-@pytest.mark.skipif(not forkserver.AVAILABLE, reason="pidfds and PR_SET_PDEATHSIG are Linux's")
-def test_a_killed_launcher_leaves_no_server_and_no_forked_replay(
-    project: Project, library: Path
-) -> None:
-    script = project.write("s.py", "import countlib\n" + ENDLESS)
+def _launched(script: Path, *forks: str) -> tuple[subprocess.Popen[str], psutil.Process]:
+    """A launcher replaying `script` (an endless one) through a fork server (kept in `forks`
+    if given), and the forked replay, once it runs."""
     launcher = subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, str(script)], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", LAUNCHER, str(script), *forks],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert launcher.stdout is not None
     line = launcher.stdout.readline()
     while not line.strip().isdigit():
         assert line, "the launcher ended before the script ran"
         line = launcher.stdout.readline()
-    child = psutil.Process(int(line))
+    return launcher, psutil.Process(int(line))
+
+
+@pytest.mark.skipif(not forkserver.AVAILABLE, reason="pidfds and PR_SET_PDEATHSIG are Linux's")
+def test_a_killed_launcher_leaves_no_server_and_no_forked_replay(
+    project: Project, library: Path
+) -> None:
+    script = project.write("s.py", "import countlib\n" + ENDLESS)
+    launcher, child = _launched(script)
     server = child.parent()
-    assert _is_server(server)
+    assert is_fork_server(server)
     launcher.kill()  # SIGKILL: no handler of ours runs
     launcher.wait(timeout=10)
     server.wait(timeout=30)
@@ -443,7 +446,7 @@ def test_a_kept_server_serves_later_scopes_until_a_library_changes_or_its_keeper
     assert not forkserver.kept("s.py")
     first = _forked_by(script, "s.py", said)
     assert first != os.getpid() and len(_lines(library)) == 1  # the server imported countlib
-    assert _is_server(psutil.Process(first))  # its scope closed: it stays
+    assert is_fork_server(psutil.Process(first))  # its scope closed: it stays
     assert said == ["flor-flows: replays of s fork from one process that imported countlib "
                     "(kept for the next commands until 10 min without a replay, or until "
                     "`flor-flows server stop`)"]  # fmt: skip
@@ -475,45 +478,18 @@ def test_a_kept_server_ends_when_idle_and_the_next_scope_starts_another(
     assert second != first and len(_lines(library)) == 2
 
 
-KEPT_LAUNCHER = """
-import os, sys
-from pathlib import Path
-from flor_flows.record.context import RunContext
-from flor_flows.replay import forkserver
-from flor_flows import children
-script, forks = Path(sys.argv[1]), Path(sys.argv[2])
-forkserver.keep(forks, os.pidfd_open(os.getppid()))
-run = children.Launch("uid", None, script.parent, script, "s.py")
-with forkserver.scope():
-    env = children.child_env()
-    spawn = forkserver.spawner("s.py", script, script.parent, [script.parent], env, print)
-    children.run(run, RunContext(), lambda line: print(line, flush=True), spawn=spawn)
-"""
-
-
 def test_a_killed_launcher_leaves_no_forked_replay_and_its_kept_server_serving(
     project: Project, library: Path, tmp_path: Path
 ) -> None:
     script = project.write("s.py", "import countlib\n" + ENDLESS)
     (tmp_path / "forks").mkdir()
-    launcher = subprocess.Popen(
-        [sys.executable, "-c", KEPT_LAUNCHER, str(script), str(tmp_path / "forks")],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert launcher.stdout is not None
-    line = launcher.stdout.readline()
-    while not line.strip().isdigit():
-        assert line, "the launcher ended before the script ran"
-        line = launcher.stdout.readline()
-    child = psutil.Process(int(line))
+    launcher, child = _launched(script, str(tmp_path / "forks"))
     server = child.parent()
-    assert _is_server(server)
+    assert is_fork_server(server)
     launcher.kill()  # SIGKILL: no handler of ours runs
     launcher.wait(timeout=10)
     child.wait(timeout=30)  # its client went: the server ended it
     try:
-        assert _is_server(server)
+        assert is_fork_server(server)
     finally:
         server.terminate()

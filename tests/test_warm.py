@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import Project
+from tests.conftest import Project, is_fork_server
 
 FLOR = str(Path(sys.executable).parent / "flor-flows")
 
@@ -42,14 +42,6 @@ def _wait(check: Callable[[], object], seconds: float, what: str) -> object:
             raise AssertionError(f"no {what} within {seconds} s")
         time.sleep(0.1)
     return found
-
-
-def _is_fork_server(process: psutil.Process) -> bool:
-    try:
-        running = process.status() != psutil.STATUS_ZOMBIE
-        return running and any("forkserver_main.py" in part for part in process.cmdline())
-    except psutil.Error:
-        return False
 
 
 def _log(home: Path) -> str:
@@ -115,7 +107,7 @@ def test_the_warm_process_runs_commands_as_the_command_line_does(
             project.write("train.py", source.replace(logged, f"{logged}        flor.log({name!r}, __import__('os').getppid())\n"))  # fmt: skip
             replayed = _flor(env, project.root, "replay", "--apply", name)
             assert replayed.returncode == 0, replayed.stderr
-        (server,) = [p for p in psutil.Process(pid).children() if _is_fork_server(p)]
+        (server,) = [p for p in psutil.Process(pid).children() if is_fork_server(p)]
         forks = Path(server.cmdline()[2]).parent  # the warm process's: its servers' sockets
         parents = project.store().dataframe(["parent_1", "parent_2"])
         assert parents[["parent_1", "parent_2"]].stack().unique().tolist() == [server.pid]
@@ -142,6 +134,6 @@ def test_the_warm_process_runs_commands_as_the_command_line_does(
         stopped = _flor(env, project.root, "server", "stop")
     assert stopped.returncode == 0, stopped.stderr
     _wait(lambda: not Path(f"/proc/{pid}").exists(), 15, "warm process exit")
-    _wait(lambda: not _is_fork_server(server), 15, "fork server exit")  # it ends with it
+    _wait(lambda: not is_fork_server(server), 15, "fork server exit")  # it ends with it
     assert not forks.exists()
     assert not (home / "flor-flows-warm.sock").exists()

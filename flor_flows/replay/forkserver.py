@@ -377,7 +377,6 @@ def _kept(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server |
             started = _start(key, script, cwd, roots, str(path), keeper.pidfd, log)
         if isinstance(started, Server):
             state.write_text(json.dumps(started.modules))
-            started.kept = True
         return started
 
 
@@ -462,9 +461,11 @@ def _start(
     log: IO[bytes] | None = None,
 ) -> Server | str:
     """A fork server for `key` on socket `path`, started as `python script` in `cwd` would
-    be, ready; else why there is none. It ends when the process of pidfd `watch` does, and
-    when given a `log` (its stderr), also after KEPT_IDLE_SECONDS without a replay."""
-    idle = KEPT_IDLE_SECONDS if log is not None else 0.0
+    be, ready; else why there is none. It ends when the process of pidfd `watch` does; given
+    a `log` (its stderr), it is a kept one (`keep`): also after KEPT_IDLE_SECONDS without a
+    replay."""
+    kept = log is not None
+    idle = KEPT_IDLE_SECONDS if kept else 0.0
     command = [sys.executable, str(PROGRAM), path, str(script), json.dumps(roots), str(watch)]
     process = subprocess.Popen(
         [*command, str(idle)],
@@ -474,7 +475,7 @@ def _start(
         stdout=subprocess.PIPE,
         stderr=log,
         pass_fds=(watch,),
-        start_new_session=log is not None,  # outside the command's process group and its signals
+        start_new_session=kept,  # outside the command's process group and its signals
     )
     assert process.stdout is not None
     with process.stdout:
@@ -482,7 +483,7 @@ def _start(
         line = process.stdout.readline() if ready else b""
     state = json.loads(line) if line.startswith(b"{") else {"ready": False}
     if state["ready"]:
-        return Server(key, path, state["modules"], process)
+        return Server(key, path, state["modules"], process, kept)
     if not ready:
         process.kill()
     code = process.wait()
