@@ -8,8 +8,10 @@ dead one is one line at once, not a traceback after Prefect's retries.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 from flor_flows import background as bg
@@ -73,20 +75,33 @@ CHECKED_FOR = 10.0
 _answered: dict[str, float] = {}  # API URL -> when it last answered this process
 
 
-def api_problem(timeout: float = API_CHECK_TIMEOUT) -> BaseException | None:
-    """Why the Prefect API at PREFECT_API_URL fails its health check; None if it answers or
-    none is set. Prefect's own client makes the request (its API key, auth string and TLS
-    settings apply) with its retries off, so a dead server is reported at once."""
+@contextlib.contextmanager
+def health_check(
+    timeout: float = API_CHECK_TIMEOUT,
+) -> Iterator[Callable[[], BaseException | None]]:
+    """A check of the Prefect API at PREFECT_API_URL: why its health check fails, None if it
+    answers or none is set. Prefect's own client makes the requests (its API key, auth
+    string and TLS settings apply) with its retries off, so a dead server is reported at
+    once; one client serves every check made in the block (each new one builds a TLS
+    context: ~0.1 s of CPU)."""
     import httpx
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():  # the environment's, or the active Prefect profile's
-        return None
+        yield lambda: None
+        return
     with prefect_settings("client", max_retries=0):
         client = get_client(sync_client=True, httpx_settings={"timeout": httpx.Timeout(timeout)})
         with client:
-            return client.api_healthcheck()
+            yield client.api_healthcheck
+
+
+def api_problem(timeout: float = API_CHECK_TIMEOUT) -> BaseException | None:
+    """Why the Prefect API at PREFECT_API_URL fails its health check (`health_check`); None
+    if it answers or none is set."""
+    with health_check(timeout) as check:
+        return check()
 
 
 def check_api(temporary_allowed: bool = True, timeout: float = API_CHECK_TIMEOUT) -> None:

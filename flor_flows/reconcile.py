@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from flor_flows import children
-from flor_flows.api import api_problem
+from flor_flows.api import health_check
 from flor_flows.config import Settings
 from flor_flows.publishing import API_DOWN
 from flor_flows.replay.backfill import LEASES, RELEASED, Lease
@@ -209,20 +209,21 @@ class ApiWatch(threading.Thread):
     def run(self) -> None:
         """Check the API every `interval` until stopped, or until it is lost and work settled."""
         down_since: float | None = None
-        while not self._done.wait(self.interval):
-            if api_problem(WATCH_TIMEOUT) is None:
-                down_since = None
-                API_DOWN.clear()
-                self._quiet(False)
-                continue
-            if down_since is None:
-                down_since = time.monotonic()
-                API_DOWN.set()
-                self._quiet(True)
-            settled = self.settled()
-            if settled is not None and not self._done.is_set():
-                self.on_lost(settled, time.monotonic() - down_since)
-                return
+        with health_check(WATCH_TIMEOUT) as problem:
+            while not self._done.wait(self.interval):
+                if problem() is None:
+                    down_since = None
+                    API_DOWN.clear()
+                    self._quiet(False)
+                    continue
+                if down_since is None:
+                    down_since = time.monotonic()
+                    API_DOWN.set()
+                    self._quiet(True)
+                settled = self.settled()
+                if settled is not None and not self._done.is_set():
+                    self.on_lost(settled, time.monotonic() - down_since)
+                    return
 
     def _quiet(self, on: bool) -> None:
         """Filter Prefect's warnings and errors out of every console handler, or stop."""

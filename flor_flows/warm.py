@@ -209,14 +209,22 @@ def serve(home: Path, server_pid: int) -> None:
 
 
 def _preload() -> None:
-    """Import the modules the commands use (each import of them is what a warm start saves)."""
+    """Import the modules the commands use (each import of them is what a warm start saves),
+    those Prefect imports only once a flow runs included."""
+    import anyio.streams.memory  # noqa: F401
+    import fastapi.encoders  # noqa: F401 - Prefect serialises a flow's parameters with it
     import prefect.client.orchestration  # noqa: F401
+    import prefect.flow_engine  # noqa: F401
+    import prefect.task_engine  # noqa: F401
+    import prefect.utilities.visualization  # noqa: F401
+    import sqlalchemy.dialects.sqlite  # noqa: F401
 
     import flor_flows.cli  # noqa: F401
     import flor_flows.reconcile  # noqa: F401
     import flor_flows.replay.backfill  # noqa: F401
     import flor_flows.replay.plan  # noqa: F401
     import flor_flows.store  # noqa: F401
+    import flor_flows.store.query  # noqa: F401
     import flor_flows.tables  # noqa: F401
     import flows.backfill  # noqa: F401
     import flows.training  # noqa: F401

@@ -17,6 +17,7 @@ from flor_flows.replay.costs import (
     READ_BYTES_PER_SECOND,
     READ_PER_WRITE,
     SETUP_CONTENTION,
+    SPARE_WRITER_SAVED_SECONDS,
     STARTUP_SECONDS,
     estimate,
     priced,
@@ -92,13 +93,16 @@ def test_an_estimate_is_start_up_then_set_up_and_compute_stretched_by_contention
     assert estimate(history, ()) == pytest.approx(STARTUP_SECONDS + 5.0)
 
 
-def test_a_replay_forked_from_a_ready_server_skips_part_of_the_set_up() -> None:
+def test_a_replay_forked_from_a_ready_server_skips_part_of_the_set_up_and_its_writer_start() -> (
+    None
+):
     heavy, light = run(outside=5.0), run(outside=FORK_SAVED_SECONDS / 4)
     saved = estimate(heavy, ()) - estimate(heavy, (), forked=True)
-    assert saved == pytest.approx(FORK_SAVED_SECONDS)
-    assert estimate(light, (), forked=True) == pytest.approx(STARTUP_SECONDS)  # all of it
+    assert saved == pytest.approx(FORK_SAVED_SECONDS + SPARE_WRITER_SAVED_SECONDS)
+    forked_startup = STARTUP_SECONDS - SPARE_WRITER_SAVED_SECONDS
+    assert estimate(light, (), forked=True) == pytest.approx(forked_startup)  # all of it
     two = estimate(heavy, (), concurrent=2, forked=True, cores=2)
-    assert two == pytest.approx(STARTUP_SECONDS + (5.0 - FORK_SAVED_SECONDS) * SETUP_CONTENTION)
+    assert two == pytest.approx(forked_startup + (5.0 - FORK_SAVED_SECONDS) * SETUP_CONTENTION)
 
 
 def test_reads_go_at_the_speed_the_run_wrote_its_checkpoints() -> None:

@@ -22,9 +22,10 @@ import pytest
 
 from flor_flows import children
 from flor_flows.config import load_settings
+from flor_flows.record import spare
 from flor_flows.record.context import RunContext
-from flor_flows.replay import engine, forkserver
-from tests.conftest import Project, is_fork_server
+from flor_flows.replay import engine, forkserver, forkserver_main
+from tests.conftest import Project, is_fork_server, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = """
@@ -126,6 +127,76 @@ def test_a_versions_replays_import_its_libraries_once_and_match_the_new_code(
     project.write("train.py", NEW)  # the new code run from scratch: the ground truth
     project.run("train.py", "--epochs", "4")
     assert forked == _values(project, "w_norm", "forward") and len(forked) == 4
+
+
+WRITER = """
+import os
+import numpy as np
+import countlib
+import psutil
+import flor_flows as flor
+from flor_flows.record import buffer
+
+w = np.zeros(3)
+with flor.checkpointing(w=w):
+    for epoch in flor.loop("epoch", range(3)):
+        w += epoch * countlib.SCALE
+        flor.log("w0", float(w[0]))
+writer = psutil.Process(buffer.writer_process().process.pid)
+print("writer", writer.pid, writer.ppid() == os.getppid(), " ".join(writer.cmdline()[1:]))
+"""
+
+
+def _writers(output: list[str]) -> list[tuple[int, bool, str]]:
+    """What the WRITER script said of its writer process: pid, whether its parent is the
+    replay's parent, its command line."""
+    said = [line.split(" ", 3)[1:] for line in output if line.startswith("writer ")]
+    return [(int(pid), parent == "True", command) for pid, parent, command in said]
+
+
+def test_a_forked_replay_gets_a_writer_its_server_started_ahead_unless_that_one_died(
+    project: Project, library: Path, tmp_path: Path
+) -> None:
+    project.write("train.py", WRITER)
+    project.commit("train")
+    project.run("train.py", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
+    uid, commit = project.store().runs()[["run_uid", "code_version"]].iloc[0]
+    new = WRITER.replace('flor.log("w0"', 'flor.log("w1", float(w[1]))\n        flor.log("w0"')
+    version = engine.prepare_version(
+        project.root, commit, {"train.py": new}, ["w1"], tmp_path / "work", ["train.py"]
+    )
+    settings = load_settings(project.root)
+    output: list[str] = []
+    spare = "-P -m flor_flows.record.writer --spare"
+    with engine.sharing_setup():
+        for iterations in ((0,), (1, 2)):
+            engine.replay(version, uid, "train.py", settings, ["w1"], iterations, output.append)
+        (server,) = _servers()
+        waiting = [p for p in server.children() if spare in " ".join(p.cmdline())]
+        assert len(waiting) == 1  # the next replay's
+        waiting[0].kill()  # it died: the next replay starts its own, as any run does
+        engine.replay(version, uid, "train.py", settings, ["w1"], (1,), output.append)
+        waiting = [p for p in server.children() if spare in " ".join(p.cmdline())]
+    writers = _writers(output)
+    assert [(parent, command) for _, parent, command in writers] == [
+        (True, spare),
+        (True, spare),
+        (False, "-m flor_flows.record.writer"),
+    ]
+    assert len({pid for pid, _, _ in writers}) == 3
+    assert _values(project, "w1", "replay") == [0.0, 0.5, 1.5]  # (1,) again: the same value
+    server.wait(10)  # the scope ended: so did the server, and the spare it had started next
+    assert len(waiting) == 1
+    waiting[0].wait(10)
+
+
+def test_a_spare_writer_named_for_another_process_is_not_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(spare.ENV_VAR, f"1:0:1:{os.getppid()}")  # a parent's, inherited
+    assert spare.hand_over() is None
+    assert spare.ENV_VAR not in os.environ  # not passed on to the next process either
+    assert spare.ENV_VAR == forkserver_main.SPARE_WRITER
 
 
 ENDINGS = {
@@ -493,3 +564,21 @@ def test_a_killed_launcher_leaves_no_forked_replay_and_its_kept_server_serving(
         assert is_fork_server(server)
     finally:
         server.terminate()
+
+
+def test_a_command_starts_its_first_replays_server_ahead_when_the_scripts_import_alike(
+    project: Project, library: Path, keeper: subprocess.Popen[bytes]
+) -> None:
+    script = project.write("s.py", PARENT)
+    commit = project.commit("s")
+    settings = load_settings(project.root)
+    project.write("s.py", PARENT.replace("import os", "import os, json"))  # the same libraries
+    assert engine.start_setup(settings, commit, "s.py")
+    server = wait_for(lambda: next(iter(_servers()), None), 60, "the fork server started ahead")
+    wait_for(lambda: _lines(library), 60, "its import of countlib")
+    assert _forked_by(script) == server.pid  # the replay found it
+    assert len(_lines(library)) == 1
+
+    project.write("s.py", PARENT.replace("import os", "import os, threadlib"))
+    assert not engine.start_setup(settings, commit, "s.py")  # it would start another server
+    assert _servers() == [server]

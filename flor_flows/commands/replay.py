@@ -35,6 +35,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """One backfill flow run: compute --apply names over the historical runs it selects."""
     ephemeral_defaults()
     from flor_flows.replay.backfill import BackfillRequest, check_versions, resolve
+    from flor_flows.replay.engine import start_setup
     from flor_flows.replay.plan import format_plan
     from flor_flows.replay.selection import parse_iter
 
@@ -59,6 +60,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(format_plan(resolved.items, check_versions(resolved)))
         return 0
     use_api(background=not args.dask)  # Dask workers cannot reach a server on 127.0.0.1
+    if resolved.items and not args.dask:  # its replays here: their libraries load meanwhile
+        first = resolved.items[0]
+        start_setup(resolved.settings, first.code_version, first.entry_script)
     from flows.backfill import backfill
 
     flow = backfill.with_options(task_runner=runner) if runner else backfill

@@ -25,6 +25,7 @@ from typing import Any
 
 from flor_flows import errors
 from flor_flows.config import Settings
+from flor_flows.record import spare
 from flor_flows.record.context import RunContext
 
 
@@ -58,14 +59,18 @@ def _contexts(records: list) -> list:
 
 
 class WriterProcess:
-    """The pipe to a `flor_flows.record.writer` process, shared by this process's runs in turn."""
+    """The pipe to a `flor_flows.record.writer` process, shared by this process's runs in turn:
+    a spare one handed over (`spare`), else one started now."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "flor_flows.record.writer"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+        self.process: subprocess.Popen[bytes] | spare.Adopted = (
+            spare.hand_over()
+            or subprocess.Popen(
+                [sys.executable, "-m", "flor_flows.record.writer"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
         )
         self.listener: Callable[[tuple[Any, ...]], None] = lambda message: None
         self.lock = threading.Lock()

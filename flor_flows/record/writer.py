@@ -34,12 +34,12 @@ from typing import Any, BinaryIO
 from flor_flows import values
 from flor_flows.config import Settings
 from flor_flows.process import DIED
-from flor_flows.record import lifecycle, spill
+from flor_flows.record import lifecycle, spare, spill
 from flor_flows.record.context import RunContext
 from flor_flows.record.verify import Verifier
 
 # Seconds a run's end waits for an unreachable store before leaving its last values on disk.
-FINISH_PATIENCE = float(os.environ.get("FLOR_FLOWS_STORE_PATIENCE", "30"))
+PATIENCE_VAR, PATIENCE_DEFAULT = "FLOR_FLOWS_STORE_PATIENCE", "30"
 MAX_BACKOFF = 10.0  # seconds between tries of an unreachable store
 
 
@@ -271,7 +271,8 @@ class Session:
     def finish(self, status: str, error: str | None) -> str | None:
         """Record the outcome; if the store stays unreachable, leave it and the batches not
         written in the spill file for the next writer, and say so (the returned note)."""
-        deadline = time.monotonic() + FINISH_PATIENCE
+        patience = float(os.environ.get(PATIENCE_VAR, PATIENCE_DEFAULT))  # read now: `spare`
+        deadline = time.monotonic() + patience
         while not self.drain() and time.monotonic() < deadline:
             time.sleep(max(0.0, min(self.next_try, deadline) - time.monotonic()))
         if self.spilled is None:
@@ -285,7 +286,7 @@ class Session:
                 self._spill_from_now(exc)
         self.spilled.append_finish(status, error)
         return (
-            f"the store did not answer for {FINISH_PATIENCE:.0f} s: this run's last values and "
+            f"the store did not answer for {patience:.0f} s: this run's last values and "
             f"its outcome are kept in {self.spilled.path}; the next run that opens the store "
             "writes them"
         )
@@ -389,4 +390,9 @@ if __name__ == "__main__":
     # Ctrl-C at a terminal signals the whole group: the training process records its run
     # as interrupted through this writer, which ends when that process's pipe does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.argv[1:] == ["--spare"]:  # started ahead of its replay: see `spare`
+        import flor_flows.store  # noqa: F401 - what `Session` imports, before it is needed
+
+        if not spare.adopt():
+            sys.exit(0)
     sys.exit(serve(sys.stdin.buffer, sys.stdout.buffer))

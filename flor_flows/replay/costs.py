@@ -2,7 +2,10 @@
 
 Estimates come from what the forward run recorded (`history.RunHistory`) and how the plan runs:
 
-    seconds = STARTUP_SECONDS + set-up * slowdown(k, SETUP_CONTENTION) + compute * slowdown(k) + reads
+    seconds = start-up + set-up * slowdown(k, SETUP_CONTENTION) + compute * slowdown(k) + reads
+
+- start-up: STARTUP_SECONDS, less the writer's imports for a replay forked from a fork
+  server, which hands it a writer process started ahead (`record.spare`).
 
 - set-up: the run's recorded time outside its outer loop (the script's imports, data
   loading and model building, what follows the loop). Within a backfill, the replays of an
@@ -51,6 +54,9 @@ STARTUP_SECONDS = 0.5
 # runs' 3.4-3.5 s set-up. The first, which starts the server, took the time of a fresh one
 # (median -0.12 s). (Before the server imported torch._dynamo: 1.5 s.)
 FORK_SAVED_SECONDS = 2.9
+# A forked replay also finds its writer process started (`record.spare`): the writer's
+# imports in STARTUP_SECONDS are done.
+SPARE_WRITER_SAVED_SECONDS = 0.34
 # Restoring a checkpoint (read, sha256, deserialise, copy into the live objects) against
 # writing it (copy, serialise, sha256, write), through `versioning.checkpoints` on this VM
 # (a torch model with its SGD optimizer, median of 3, page cache): 17 MB 1.0-1.2x, 269 MB
@@ -125,7 +131,8 @@ def estimate(
     read = sum(_read_seconds(run, run.checkpoints[i]) for i in restored)
     stretched = slowdown(concurrent, cores, SETUP_CONTENTION)
     work = setup(run, forked) * stretched + compute * slowdown(concurrent, cores)
-    return STARTUP_SECONDS + work + read
+    startup = STARTUP_SECONDS - (SPARE_WRITER_SAVED_SECONDS if forked else 0.0)
+    return startup + work + read
 
 
 def setup(run: RunHistory, forked: bool) -> float:

@@ -24,7 +24,7 @@ from typing import Any
 
 from flor_flows import children, pyast
 from flor_flows.config import Settings
-from flor_flows.errors import ReplayDiverged, ReplayFailed, Unparsable
+from flor_flows.errors import CodeVersionError, ReplayDiverged, ReplayFailed, Unparsable
 from flor_flows.propagate import Propagation, Refusal, propagate_files
 from flor_flows.propagate.statements import read
 from flor_flows.record import lifecycle
@@ -34,6 +34,7 @@ from flor_flows.replay.reach import reachable
 from flor_flows.replay.shortcuts import mark
 from flor_flows.replay.skipping import shortcuts, skippable_loops
 from flor_flows.replay.worktree import link_untracked, project_root, python_files, view
+from flor_flows.versioning import code
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,19 @@ def sharing_setup() -> AbstractContextManager[None]:
     libraries: they fork from a process that made them (`forkserver`), stopped when this
     closes unless the warm process keeps it for its next commands."""
     return forkserver.scope()
+
+
+def start_setup(settings: Settings, commit: str, entry_script: str) -> bool:
+    """Start the fork server the first replay of `entry_script` at `commit` will fork from
+    now, while its flow run starts, when the warm process keeps servers (`forkserver.keep`)
+    and the working tree's script imports the same libraries (it is started from it): the
+    first command of a session then waits less for them. Whether it was started."""
+    script = settings.root / entry_script
+    try:
+        source = code.read_file(settings.root, commit, str(script))
+    except CodeVersionError:  # a host without the repository: the replay starts it
+        return False
+    return forkserver.prestart(script, source, (settings.root,), children.child_env())
 
 
 def replay(

@@ -20,7 +20,8 @@ In the warm process (`keep`) servers outlive the scope instead: the next command
 the same libraries fork from the server an earlier command started, so only the first pays
 the imports. A kept server ends after KEPT_IDLE_SECONDS without a replay, with the warm
 process, or on the first request after one of the files it imported changed (an upgrade, an
-edit): that replay and the next fork from a new server that imports them anew.
+edit): that replay and the next fork from a new server that imports them anew. A command
+may start the server its first replay will want while its flow run starts (`prestart`).
 `FLOR_FLOWS_REPLAY_FORK=0` turns all this off.
 """
 
@@ -294,13 +295,10 @@ def spawner(
         return None
     roots = tuple(str(root) for root in roots)
     try:
-        names = forkserver_main.imported_names(str(script))
+        key = _key(script.read_bytes(), env)
     except (OSError, SyntaxError, ValueError) as exc:
         _refuse(label, label, f"the script does not parse: {exc}", on_output)
         return None
-    imports = (n for n in names if n.partition(".")[0] not in sys.stdlib_module_names)
-    shared = {k: v for k, v in env.items() if k not in SHELL_BOOKKEEPING}
-    key = Key(tuple(dict.fromkeys(imports)), tuple(sorted(shared.items())))
     with _lock:
         if not _scopes[0] or label in _refused:
             return None
@@ -324,6 +322,38 @@ def spawner(
         return forked
 
     return spawn
+
+
+def prestart(script: Path, source: bytes, roots: Iterable[Path], env: dict[str, str]) -> bool:
+    """Start now, in a thread, the kept server (`keep`) that replays of a script whose
+    source is `source` will fork from, from `script` (which imports the same), unless one
+    runs: the flow run that will ask for it starts meanwhile, and its first replay waits
+    less for the libraries. False (nothing started) if this process keeps no servers or
+    the two scripts' imports differ."""
+    if not _keeper or not enabled():
+        return False
+    try:
+        key = _key(source, env)
+        if key != _key(script.read_bytes(), env):
+            return False
+    except (OSError, SyntaxError, ValueError):  # the replay says why, if it still fails then
+        return False
+    roots = tuple(str(root) for root in roots)
+
+    def start() -> None:
+        with contextlib.suppress(OSError):  # likewise: the replay starts it, or says why not
+            _kept(key, script, script.parent, roots)
+
+    threading.Thread(target=start, name="flor-flows-prestart", daemon=True).start()
+    return True
+
+
+def _key(source: bytes, env: dict[str, str]) -> Key:
+    """The key of a script with `source` run with `env`; SyntaxError if it does not parse."""
+    names = forkserver_main.imported_names(source)
+    imports = (n for n in names if n.partition(".")[0] not in sys.stdlib_module_names)
+    shared = {k: v for k, v in env.items() if k not in SHELL_BOOKKEEPING}
+    return Key(tuple(dict.fromkeys(imports)), tuple(sorted(shared.items())))
 
 
 def _server(

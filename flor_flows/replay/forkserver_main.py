@@ -13,7 +13,9 @@ process would have imported that file instead) or it holds a module from those r
 when a file it imported changed since, else forks, sends back the child's pid and a pidfd,
 and later its exit status. The child becomes what `python SCRIPT ARGV` in that directory
 would be and runs the script as `__main__`; it gets SIGTERM if the request's connection closes
-first (its client died). The server ends when the process of PIDFD does, or once retired or
+first (its client died). The server keeps one spare writer process started ahead, whose
+socket each child inherits and hands its own pipes (`flor_flows.record.spare`), and then
+starts the next one. The server ends when the process of PIDFD does, or once retired or
 IDLE seconds without a replay (0: never) when its children have ended; its children end with
 it.
 
@@ -40,6 +42,7 @@ import types
 from typing import NamedTuple
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+SPARE_WRITER = "FLOR_FLOWS_SPARE_WRITER"  # flor_flows.record.spare.ENV_VAR
 REQUEST_TIMEOUT = 10.0  # seconds a client has to send its request once connected
 
 
@@ -53,6 +56,7 @@ class Request(NamedTuple):
     roots: list[str]  # the project's code: the server must hold none of it
     stdout: int
     stderr: int
+    writer: str = ""  # the spare writer handed to this replay, as SPARE_WRITER names it
 
 
 # Modules a library imports lazily on first use, at a cost every replay would pay again
@@ -67,15 +71,15 @@ def libraries(script: str, roots: list[str]) -> list[str]:
     """The modules `script` imports at module level that are installed libraries: found on
     sys.path outside `roots` and the standard library, and not flor_flows. Only those before
     a statement that may change how they import (`BEFORE_IMPORTS`, e.g. `os.environ[...] =`)."""
-    names = imported_names(script)
+    with open(script, "rb") as f:
+        names = imported_names(f.read())
     return [name for name in dict.fromkeys(names) if _installed(name.partition(".")[0], roots)]
 
 
-def imported_names(script: str) -> list[str]:
-    """Every module `script` imports at module level before a statement that may change how
-    they import."""
-    with open(script, "rb") as f:
-        tree = ast.parse(f.read(), script)
+def imported_names(source: bytes) -> list[str]:
+    """Every module a script of `source` imports at module level before a statement that
+    may change how they import."""
+    tree = ast.parse(source)
     names: list[str] = []
     todo = list(tree.body)
     while todo:  # module level in source order, into if/try/with blocks, not into functions
@@ -198,6 +202,7 @@ def serve(argv: list[str]) -> Request:
     watch, idle = int(argv[3]), float(argv[4])  # the launcher's pidfd; 0: no idle timeout
     sys.path[0] = os.path.dirname(os.path.realpath(script))  # as `python SCRIPT` has it
     on_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the replays
+    spare = _spare()  # it imports what a writer needs while we import the libraries
     state = prepare(script, roots)
     if not state["ready"]:
         print(json.dumps(state), flush=True)
@@ -265,9 +270,17 @@ def serve(argv: list[str]) -> Request:
                 selector.close()
                 for sock in (listener, conn, *children.values()):
                     sock.close()
-                return request
+                if spare is None:
+                    return request
+                sock, spare_pid, spare_pidfd = spare
+                named = f"{spare_pid}:{sock.detach()}:{spare_pidfd}:{os.getpid()}"
+                return request._replace(writer=named)
             os.close(request.stdout)
             os.close(request.stderr)
+            if spare is not None:  # that replay's now: another for the next one
+                spare[0].close()
+                os.close(spare[2])
+                spare = _spare()
             pidfd = os.pidfd_open(pid)
             with contextlib.suppress(OSError):  # else the client gave up; the child is reaped
                 socket.send_fds(conn, [f"{pid}\n".encode()], [pidfd])
@@ -275,6 +288,25 @@ def serve(argv: list[str]) -> Request:
             children[pid] = conn
             selector.register(conn, selectors.EVENT_READ, pid)  # readable: the client went
     sys.exit(0)
+
+
+def _spare() -> tuple[socket.socket, int, int] | None:
+    """A spare writer for the next replay (`flor_flows.record.spare`): its socket, pid and
+    pidfd; None if it cannot start (then each replay starts its own)."""
+    ours, theirs = socket.socketpair()
+    command = [sys.executable, "-P", "-m", "flor_flows.record.writer", "--spare"]
+    actions = [
+        (os.POSIX_SPAWN_DUP2, theirs.fileno(), 0),
+        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+    ]
+    try:
+        pid = os.posix_spawn(sys.executable, command, os.environ, file_actions=actions)
+    except OSError:
+        ours.close()
+        return None
+    finally:
+        theirs.close()
+    return ours, pid, os.pidfd_open(pid)
 
 
 def _retire(selector: selectors.BaseSelector, listener: socket.socket, path: str) -> None:
@@ -367,6 +399,8 @@ def become(request: Request) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     os.environ.clear()
     os.environ.update(request.env)
+    if request.writer:
+        os.environ[SPARE_WRITER] = request.writer
     os.chdir(request.cwd)
     sys.path[0] = os.path.dirname(os.path.realpath(request.script))  # as `python SCRIPT` has it
     sys.argv = [request.script, *request.argv]

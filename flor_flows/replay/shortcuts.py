@@ -29,6 +29,10 @@ class MarkBody(cst.CSTTransformer):
         self.shortcut = shortcut
         self.marked = False
 
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
+        """No loop inside: not worth a visit (most of a script)."""
+        return False
+
     def leave_For(self, original_node: cst.For, updated_node: cst.For) -> cst.For:
         """Guard the tail (and the head, when it may go) of the shortcut's loop body."""
         if not (
@@ -74,5 +78,5 @@ class MarkBody(cst.CSTTransformer):
 def mark(source: str, shortcut: Shortcut) -> str | None:
     """`source` with the loop of `shortcut` marked; None if the loop was not found."""
     transformer = MarkBody(shortcut)
-    module = MetadataWrapper(cst.parse_module(source)).visit(transformer)
+    module = MetadataWrapper(cst.parse_module(source), unsafe_skip_copy=True).visit(transformer)
     return module.code if transformer.marked else None
