@@ -178,6 +178,12 @@ def resolve(request: BackfillRequest) -> Resolved:
     )
     if request.runs:  # the same work as the whole request's, on fewer runs: the same key
         items = [item for item in items if item.run_uid in set(request.runs)]
+    while not request.only_missing and items and all(status.get(i.run_uid) == "replayed" for i in items):  # fmt: skip
+        # `--all` once more after it finished: a new request, computed anew (a retry of one
+        # that did not finish resumes it)
+        key = hashlib.sha256(f"{key}:again".encode()).hexdigest()
+        backfill_id = store.find_backfill(key)
+        status = {} if backfill_id is None else store.backfill_status(backfill_id)
     done = [i.run_uid for i in items if status.get(i.run_uid) == "replayed"]
     todo = [i for i in items if status.get(i.run_uid) != "replayed"]
     return Resolved(settings, names, files, digest, key, backfill_id, todo, done)

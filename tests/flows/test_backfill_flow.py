@@ -9,7 +9,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-from flor_flows.replay.backfill import BackfillRequest
+from flor_flows.replay.backfill import BackfillRequest, resolve
 from flows.backfill import backfill
 from tests.conftest import Project
 
@@ -130,3 +130,25 @@ def test_a_long_run_is_replayed_in_segments_that_count_as_one(project: Project) 
     assert runs["status"].tolist() == ["replayed"]
     again = backfill(request, return_state=True)
     assert again.message == "0 replays planned; nothing run"  # the values are there
+
+
+def test_all_again_after_it_finished_replays_again_and_a_stopped_one_resumes(
+    project: Project,
+) -> None:
+    project.write("train.py", V1)
+    project.commit("v1")
+    for seed in (1, 2):
+        project.run("train.py", "--kwargs", f"seed={seed}", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})  # fmt: skip
+    project.write("train.py", V1.replace('flor.log("loss"', 'flor.log("sq", float(w @ w))\n        flor.log("loss"'))  # fmt: skip
+    request = BackfillRequest(project=str(project.root), names=["sq"], only_missing=False)
+    store = project.store()
+    for attempt in (1, 2):  # `--all` twice: computed twice
+        state = backfill(request, return_state=True)
+        assert state.is_completed() and state.message == "2 of 2 runs replayed"
+        assert len(store.query("SELECT id FROM replays")) == 2 * attempt
+    # a third `--all` that stopped after one run (as a crash leaves it): its retry resumes it
+    third = resolve(request)
+    store.backfill_id(third.key, third.names)
+    store.set_backfill_status(store.find_backfill(third.key), third.items[0].run_uid, "replayed")
+    state = backfill(request, return_state=True)
+    assert state.is_completed() and len(store.query("SELECT id FROM replays")) == 5
