@@ -135,16 +135,19 @@ def test_items_after_the_first_wave_of_a_script_fork_from_its_warm_server() -> N
     assert got == pytest.approx([cold, cold, warm, warm, warm, cold])  # eval.py starts its own
 
 
-def test_a_server_kept_from_an_earlier_command_forks_even_the_first_wave(
+def test_a_server_kept_from_an_earlier_command_forks_even_the_first_wave_skipping_its_imports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    runs = {uid: run(uid) for uid in "ab"}
-    other = RunHistory(**{**vars(run("f")), "entry_script": "eval.py"})
-    monkeypatch.setattr(forkserver, "kept", lambda entry: entry == runs["a"].entry_script)
+    runs = {uid: run(uid, outside=5.0) for uid in "ab"}
+    other = RunHistory(**{**vars(run("f", outside=5.0)), "entry_script": "eval.py"})
+    imports = {runs["a"].entry_script: 4.0}  # what the kept server measured of its imports
+    monkeypatch.setattr(forkserver, "kept", imports.get)
     items = [item(runs["a"]), item(runs["b"]), item(other)]
     got = [i.estimated_seconds for i in priced(items, runs | {"f": other}, workers=2, cores=2)]
-    cold, warm = (estimate(runs["a"], None, concurrent=2, forked=f, cores=2) for f in (0, 1))
+    cold = estimate(runs["a"], None, concurrent=2, cores=2)
+    warm = estimate(runs["a"], None, concurrent=2, forked=True, cores=2, saved=4.0)
     assert got == pytest.approx([warm, warm, cold])
+    assert cold - warm == pytest.approx(4.0 * SETUP_CONTENTION + SPARE_WRITER_SAVED_SECONDS)
 
 
 def test_without_fork_servers_no_item_is_forked(monkeypatch: pytest.MonkeyPatch) -> None:

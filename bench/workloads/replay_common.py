@@ -19,6 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parent / "replay_train.py"
+# The variables the bench was started with: what a user's shell hands every command. The
+# bench's own imports may add to os.environ (connectorx sets J4RS_BASE_PATH and
+# CX_REWRITER_PATH when `resolve` first reads the store), which no shell would pass on.
+BASE_ENV = dict(os.environ)
 IMPORT_LINE = "import flor_flows as flor  # noqa: E402"
 
 # The hindsight statements, by kind: (anchor line of the recorded script, statement added
@@ -102,7 +106,11 @@ def train_argv(sizes: dict) -> list[str]:
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
     """The environment of a script run: no PREFECT_*/FLOR_FLOWS_* leaking in, one thread,
     and this interpreter's bin first on PATH (FlorDB's replay runs a bare `python`)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "FLOR_FLOWS_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in BASE_ENV and not k.startswith(("PREFECT_", "FLOR_FLOWS_"))
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["OMP_NUM_THREADS"] = "1"
     return env | extra

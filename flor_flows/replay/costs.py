@@ -11,7 +11,8 @@ Estimates come from what the forward run recorded (`history.RunHistory`) and how
   loading and model building, what follows the loop). Within a backfill, the replays of an
   entry script after the first (and those starting with it) fork from its fork server
   (`forkserver`) ready, and skip up to FORK_SAVED_SECONDS of it; all of them do when the
-  warm process kept a server for that script from an earlier command.
+  warm process kept a server for that script from an earlier command, and skip what that
+  server's imports took (it measured them, on this host).
 - compute: the recorded seconds of every outer iteration the replay executes (`_executed`).
 - slowdown(k): the recorded run had the host to itself; k replays at once (`workers` at a
   time) on c cores, each using RUN_CORES, get at most c / k cores each and lose CONTENTION
@@ -101,9 +102,11 @@ def estimate(
     concurrent: int = 1,
     forked: bool = False,
     cores: int | None = None,
+    saved: float = FORK_SAVED_SECONDS,
 ) -> float:
     """Seconds a replay of `iterations` of `run` takes, `concurrent` replays at once (on
-    `cores`), `forked` from a ready fork server or not.
+    `cores`), `forked` from a ready fork server (whose imports skip `saved` seconds of the
+    set-up) or not.
 
     The start-up cost, the run's set-up (`setup`) and the recorded time of every iteration
     the replay executes (the selected ones and those re-executed silently from the nearest
@@ -130,14 +133,15 @@ def estimate(
         restored.append(final)  # the state after the loop is that of its last checkpoint
     read = sum(_read_seconds(run, run.checkpoints[i]) for i in restored)
     stretched = slowdown(concurrent, cores, SETUP_CONTENTION)
-    work = setup(run, forked) * stretched + compute * slowdown(concurrent, cores)
+    work = setup(run, forked, saved) * stretched + compute * slowdown(concurrent, cores)
     startup = STARTUP_SECONDS - (SPARE_WRITER_SAVED_SECONDS if forked else 0.0)
     return startup + work + read
 
 
-def setup(run: RunHistory, forked: bool) -> float:
-    """The run's time outside its loop, less what a replay forked from a ready server skips."""
-    return run.outside - (min(run.outside, FORK_SAVED_SECONDS) if forked else 0.0)
+def setup(run: RunHistory, forked: bool, saved: float = FORK_SAVED_SECONDS) -> float:
+    """The run's time outside its loop, less the `saved` seconds a replay forked from a
+    ready server skips."""
+    return run.outside - (min(run.outside, saved) if forked else 0.0)
 
 
 def _read_seconds(run: RunHistory, size: int) -> float:
@@ -200,10 +204,12 @@ def priced(
     out = []
     for position, item in enumerate(items):
         later = item.entry_script in seen and position >= workers
-        forked = kept[item.entry_script] or (forkserver.enabled() and later)
+        imports = kept[item.entry_script]  # a kept server measured what forking skips
+        forked = imports is not None or (forkserver.enabled() and later)
+        saved = FORK_SAVED_SECONDS if imports is None else imports
         seen.add(item.entry_script)
         run = history[item.run_uid]
-        seconds = estimate(run, item.iterations, item.run_level, concurrent, forked, cores)
+        seconds = estimate(run, item.iterations, item.run_level, concurrent, forked, cores, saved)
         out.append(replace(item, estimated_seconds=seconds))
     return out
 

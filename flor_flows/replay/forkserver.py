@@ -149,6 +149,7 @@ class Server:
     path: str  # its socket
     modules: list[str]
     process: subprocess.Popen[bytes] | None  # None: a kept one an earlier command started
+    seconds: float  # its imports took this long: what a replay forked from it skips
     kept: bool = False  # it outlives the scope (`keep`)
     busy: int = 0  # replays running
     used: float = field(default_factory=time.monotonic)
@@ -247,15 +248,18 @@ def enabled() -> bool:
     return AVAILABLE and os.environ.get(ENV_VAR, "1").strip() != "0"
 
 
-def kept(entry: str) -> bool:
-    """Whether a kept server (`keep`) that forked replays of entry script `entry` runs."""
+def kept(entry: str) -> float | None:
+    """How long the imports of the kept server (`keep`) that forked replays of entry script
+    `entry` took (what a replay forked from it skips); None if none runs."""
     if not _keeper or not enabled():
-        return False
+        return None
     try:
         name = (_keeper[0].directory / _entry_file(entry)).read_text()
-    except OSError:
-        return False
-    return (_keeper[0].directory / name).exists()
+        if not (_keeper[0].directory / name).exists():
+            return None
+        return float(json.loads((_keeper[0].directory / f"{name}.json").read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):  # gone meanwhile, or half written
+        return None
 
 
 @contextlib.contextmanager
@@ -401,12 +405,13 @@ def _kept(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server |
     with (keeper.directory / f"{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one start per key across the warm process's commands
         if _answers(path) and state.exists():
-            return Server(key, str(path), json.loads(state.read_text()), None, kept=True)
+            found = json.loads(state.read_text())
+            return Server(key, str(path), found["modules"], None, found["seconds"], kept=True)
         path.unlink(missing_ok=True)  # left by a server that was killed
         with (keeper.directory / f"{name}.log").open("ab") as log:
             started = _start(key, script, cwd, roots, str(path), keeper.pidfd, log)
         if isinstance(started, Server):
-            state.write_text(json.dumps(started.modules))
+            state.write_text(json.dumps({"modules": started.modules, "seconds": started.seconds}))
         return started
 
 
@@ -513,7 +518,7 @@ def _start(
         line = process.stdout.readline() if ready else b""
     state = json.loads(line) if line.startswith(b"{") else {"ready": False}
     if state["ready"]:
-        return Server(key, path, state["modules"], process, kept)
+        return Server(key, path, state["modules"], process, state["seconds"], kept)
     if not ready:
         process.kill()
     code = process.wait()
