@@ -583,3 +583,13 @@ def test_a_command_starts_its_first_replays_server_ahead_when_the_scripts_import
     project.write("s.py", PARENT.replace("import os", "import os, threadlib"))
     assert not engine.start_setup(settings, commit, "s.py")  # it would start another server
     assert _servers() == [server]
+
+
+def test_a_command_outside_the_warm_process_starts_no_server_ahead(
+    project: Project, library: Path
+) -> None:
+    project.write("s.py", PARENT)
+    commit = project.commit("s")
+    assert not forkserver.keeping()  # no `keep`: servers end with their scope
+    assert not engine.start_setup(load_settings(project.root), commit, "s.py")
+    assert not _servers() and not _lines(library)

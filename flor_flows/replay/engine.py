@@ -156,6 +156,8 @@ def start_setup(settings: Settings, commit: str, entry_script: str) -> bool:
     now, while its flow run starts, when the warm process keeps servers (`forkserver.keep`)
     and the working tree's script imports the same libraries (it is started from it): the
     first command of a session then waits less for them. Whether it was started."""
+    if not forkserver.keeping():  # nothing to start: spare the repository read
+        return False
     script = settings.root / entry_script
     try:
         source = code.read_file(settings.root, commit, str(script))

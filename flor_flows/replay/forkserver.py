@@ -248,10 +248,15 @@ def enabled() -> bool:
     return AVAILABLE and os.environ.get(ENV_VAR, "1").strip() != "0"
 
 
+def keeping() -> bool:
+    """Whether replays fork here from servers kept across scopes (`keep`)."""
+    return bool(_keeper) and enabled()
+
+
 def kept(entry: str) -> float | None:
     """How long the imports of the kept server (`keep`) that forked replays of entry script
     `entry` took (what a replay forked from it skips); None if none runs."""
-    if not _keeper or not enabled():
+    if not keeping():
         return None
     try:
         name = (_keeper[0].directory / _entry_file(entry)).read_text()
@@ -332,9 +337,9 @@ def prestart(script: Path, source: bytes, roots: Iterable[Path], env: dict[str, 
     """Start now, in a thread, the kept server (`keep`) that replays of a script whose
     source is `source` will fork from, from `script` (which imports the same), unless one
     runs: the flow run that will ask for it starts meanwhile, and its first replay waits
-    less for the libraries. False (nothing started) if this process keeps no servers or
-    the two scripts' imports differ."""
-    if not _keeper or not enabled():
+    less for the libraries. False (nothing started) if this process keeps no servers
+    (`keeping`) or the two scripts' imports differ."""
+    if not keeping():
         return False
     try:
         key = _key(source, env)
