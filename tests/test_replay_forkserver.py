@@ -494,6 +494,8 @@ def keeper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subproce
     process.kill()
     process.wait()
     os.close(pidfd)
+    for server in _servers():  # kept servers end with the keeper: not in the next test
+        server.wait(60)
 
 
 def _forked_by(script: Path, entry: str | None = None, said: list[str] | None = None) -> int:
