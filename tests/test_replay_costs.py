@@ -13,7 +13,6 @@ import pytest
 from flor_flows.replay import forkserver
 from flor_flows.replay.costs import (
     CONTENTION,
-    FORK_SAVED_SECONDS,
     READ_BYTES_PER_SECOND,
     READ_PER_WRITE,
     SETUP_CONTENTION,
@@ -93,16 +92,15 @@ def test_an_estimate_is_start_up_then_set_up_and_compute_stretched_by_contention
     assert estimate(history, ()) == pytest.approx(STARTUP_SECONDS + 5.0)
 
 
-def test_a_replay_forked_from_a_ready_server_skips_part_of_the_set_up_and_its_writer_start() -> (
-    None
-):
-    heavy, light = run(outside=5.0), run(outside=FORK_SAVED_SECONDS / 4)
-    saved = estimate(heavy, ()) - estimate(heavy, (), forked=True)
-    assert saved == pytest.approx(FORK_SAVED_SECONDS + SPARE_WRITER_SAVED_SECONDS)
+def test_a_replay_forked_from_a_ready_server_skips_its_imports_and_its_writer_start() -> None:
+    heavy, light = run(outside=5.0), run(outside=0.5)
+    saved = estimate(heavy, ()) - estimate(heavy, (), forked=2.0)  # imports of 2 s
+    assert saved == pytest.approx(2.0 + SPARE_WRITER_SAVED_SECONDS)
     forked_startup = STARTUP_SECONDS - SPARE_WRITER_SAVED_SECONDS
-    assert estimate(light, (), forked=True) == pytest.approx(forked_startup)  # all of it
-    two = estimate(heavy, (), concurrent=2, forked=True, cores=2)
-    assert two == pytest.approx(forked_startup + (5.0 - FORK_SAVED_SECONDS) * SETUP_CONTENTION)
+    assert estimate(light, (), forked=2.0) == pytest.approx(forked_startup)  # all of it
+    assert estimate(heavy, (), forked=0.0) == pytest.approx(forked_startup + 5.0)
+    two = estimate(heavy, (), concurrent=2, forked=2.0, cores=2)
+    assert two == pytest.approx(forked_startup + (5.0 - 2.0) * SETUP_CONTENTION)
 
 
 def test_reads_go_at_the_speed_the_run_wrote_its_checkpoints() -> None:
@@ -113,6 +111,8 @@ def test_reads_go_at_the_speed_the_run_wrote_its_checkpoints() -> None:
     # iteration 3 alone: restored from the checkpoint of 2, 3 executes
     assert estimate(unknown, (3,)) == pytest.approx(base + 2.0 + size / READ_BYTES_PER_SECOND)
     assert estimate(measured, (3,)) == pytest.approx(base + 2.0 + 4.0 * READ_PER_WRITE)
+    read = RunHistory(**{**vars(measured), "read_rate": 200e6})  # as its replays read them
+    assert estimate(read, (3,)) == pytest.approx(base + 2.0 + 2.0)
 
 
 def test_the_write_rate_is_the_median_over_timed_checkpoints() -> None:
@@ -124,15 +124,18 @@ def test_the_write_rate_is_the_median_over_timed_checkpoints() -> None:
     assert _write_rate(frame.iloc[:0]) is None
 
 
-def test_items_after_the_first_wave_of_a_script_fork_from_its_warm_server() -> None:
-    runs = {uid: run(uid) for uid in "abcd"}
-    later = RunHistory(**{**vars(run("e")), "code_version": "v2"})  # the same script, later
+def test_every_item_forks_and_the_first_of_a_script_waits_for_its_server_to_start() -> None:
+    runs = {uid: run(uid, outside=3.0) for uid in "abcd"}
+    later = RunHistory(**{**vars(run("e", outside=4.0)), "code_version": "v2"})  # same script
     other = RunHistory(**{**vars(run("f")), "entry_script": "eval.py"})
     history = runs | {"e": later, "f": other}
-    items = [item(runs[u]) for u in "abcd"] + [item(later, "v2"), item(other)]
-    got = [i.estimated_seconds for i in priced(items, history, workers=2, cores=2)]
-    cold, warm = (estimate(runs["a"], None, concurrent=2, forked=f, cores=2) for f in (0, 1))
-    assert got == pytest.approx([cold, cold, warm, warm, warm, cold])  # eval.py starts its own
+    items = priced(
+        [item(runs[u]) for u in "abcd"] + [item(later, "v2"), item(other)], history, 2, 2
+    )
+    # no server measured its imports yet: each run's whole set-up is taken for them
+    expected = [estimate(history[u], None, concurrent=2, forked=history[u].outside, cores=2) for u in "abcdef"]  # fmt: skip
+    assert [i.estimated_seconds for i in items] == pytest.approx(expected)
+    assert [i.server_seconds for i in items] == [3.0, 0, 0, 0, 0, 5.0]  # eval.py starts its own
 
 
 def test_a_server_kept_from_an_earlier_command_forks_even_the_first_wave_skipping_its_imports(
@@ -140,21 +143,26 @@ def test_a_server_kept_from_an_earlier_command_forks_even_the_first_wave_skippin
 ) -> None:
     runs = {uid: run(uid, outside=5.0) for uid in "ab"}
     other = RunHistory(**{**vars(run("f", outside=5.0)), "entry_script": "eval.py"})
-    imports = {runs["a"].entry_script: 4.0}  # what the kept server measured of its imports
-    monkeypatch.setattr(forkserver, "kept", imports.get)
-    items = [item(runs["a"]), item(runs["b"]), item(other)]
-    got = [i.estimated_seconds for i in priced(items, runs | {"f": other}, workers=2, cores=2)]
-    cold = estimate(runs["a"], None, concurrent=2, cores=2)
-    warm = estimate(runs["a"], None, concurrent=2, forked=True, cores=2, saved=4.0)
-    assert got == pytest.approx([warm, warm, cold])
-    assert cold - warm == pytest.approx(4.0 * SETUP_CONTENTION + SPARE_WRITER_SAVED_SECONDS)
+    kept = {runs["a"].entry_script: (4.0, True)}  # its measured imports; it runs
+    monkeypatch.setattr(forkserver, "kept", kept.get)
+    items = priced([item(runs["a"]), item(runs["b"]), item(other)], runs | {"f": other}, 2, 2)
+    warm = estimate(runs["a"], None, concurrent=2, forked=4.0, cores=2)
+    first = estimate(runs["a"], None, concurrent=2, forked=5.0, cores=2)  # eval.py: unmeasured
+    assert [i.estimated_seconds for i in items] == pytest.approx([warm, warm, first])
+    assert [i.server_seconds for i in items] == [0, 0, 5.0]
+    assert warm - first == pytest.approx(1.0 * SETUP_CONTENTION)  # the set-up it still runs
+    kept[runs["a"].entry_script] = (4.0, False)  # it ended since: started again, as measured
+    items = priced([item(runs["a"]), item(runs["b"])], runs, 2, 2)
+    assert [i.server_seconds for i in items] == [4.0, 0]
+    assert [i.estimated_seconds for i in items] == pytest.approx([warm, warm])
 
 
 def test_without_fork_servers_no_item_is_forked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(forkserver, "enabled", lambda: False)
     runs = {uid: run(uid) for uid in "abc"}
-    got = [i.estimated_seconds for i in priced([item(r) for r in runs.values()], runs, 1)]
-    assert got == pytest.approx([estimate(runs["a"], None)] * 3)
+    items = priced([item(r) for r in runs.values()], runs, 1)
+    assert [i.estimated_seconds for i in items] == pytest.approx([estimate(runs["a"], None)] * 3)
+    assert [i.server_seconds for i in items] == [0, 0, 0]
 
 
 def test_a_long_run_splits_and_its_segments_carry_contended_estimates() -> None:
@@ -162,9 +170,11 @@ def test_a_long_run_splits_and_its_segments_carry_contended_estimates() -> None:
     halves = split([item(history)], {"r": history}, workers=2, cores=2)
     assert [h.iterations for h in halves] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
     assert [h.run_level for h in halves] == [False, True]
-    each = STARTUP_SECONDS + 5.0 * SETUP_CONTENTION + 50.0 * CONTENTION
+    # both fork from the server the first waits for: its imports taken for the set-up
+    each = STARTUP_SECONDS - SPARE_WRITER_SAVED_SECONDS + 50.0 * CONTENTION
     assert [h.estimated_seconds for h in halves] == pytest.approx([each, each])
-    assert each < estimate(history, None)
+    assert [h.server_seconds for h in halves] == [5.0, 0]
+    assert each + 5.0 < estimate(history, None, forked=5.0)
 
 
 def test_no_split_where_reads_or_contention_outweigh_the_halved_compute() -> None:
@@ -175,7 +185,7 @@ def test_no_split_where_reads_or_contention_outweigh_the_halved_compute() -> Non
     long = run(seconds=10.0, count=10, outside=5.0)
     one_core = split([item(long)], {"r": long}, workers=2, cores=1)  # two on one core
     assert [i.iterations for i in one_core] == [None]
-    assert one_core[0].estimated_seconds == pytest.approx(estimate(long, None))
+    assert one_core[0].estimated_seconds == pytest.approx(estimate(long, None, forked=5.0))
     free = RunHistory(**{**vars(long), "shortcut": True})  # runs its requested lines only
     assert len(split([item(free)], {"r": free}, workers=2, cores=2)) == 1  # set-up only
     # no set-up, 20 small checkpoints: halving their reads saves less than a process costs
@@ -195,7 +205,8 @@ def test_a_split_reprices_the_items_left_whole() -> None:
         ("a", (5, 6, 7, 8, 9)),
         ("b", None),
     ]
-    assert items[2].estimated_seconds == pytest.approx(estimate(short, None, concurrent=3, cores=2))
+    repriced = estimate(short, None, concurrent=3, forked=5.0, cores=2)
+    assert items[2].estimated_seconds == pytest.approx(repriced)
 
 
 @pytest.mark.parametrize("seed", range(30))

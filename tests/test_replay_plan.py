@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,14 @@ import pytest
 from flor_flows.config import load_settings
 from flor_flows.errors import FlorError
 from flor_flows.replay import plan as planning
-from flor_flows.replay.costs import STARTUP_SECONDS
+from flor_flows.replay.costs import READ_PER_WRITE, SPARE_WRITER_SAVED_SECONDS, STARTUP_SECONDS
 from flor_flows.replay.engine import prepare_version, replay
+from flor_flows.replay.history import _write_rate
 from flor_flows.replay.plan import format_plan, plan
 from flor_flows.replay.selection import Selection, compact, parse_iter
 from flor_flows.replay.where import parse_where
 from flor_flows.store import Store
+from flor_flows.store import history as reads
 from tests.conftest import Project, git
 
 # -- where ------------------------------------------------------------------------------
@@ -324,6 +327,39 @@ def test_only_missing_skips_what_a_replay_filled_in(history: History, tmp_path: 
     assert 1 not in history.by_seed(plan(store, ["grad_norm"], iters=parse_iter(["epoch=none"])))
 
 
+def test_replays_measure_their_checkpoint_reads_and_later_plans_price_reads_by_them(
+    history: History, tmp_path: Path
+) -> None:
+    store = history.copy(tmp_path)
+    uid, other = history.uid[1], history.uid[2]
+    settings = load_settings(history.project.root, store_url=store.url)
+
+    def estimates() -> dict[int, float]:
+        items = plan(store, ["grad_norm"], iters=parse_iter(["epoch=3"]), only_missing=False)
+        return {history.seed[i.run_uid]: i.estimated_seconds for i in items}
+
+    before = estimates()
+    version = prepare_version(
+        history.project.root, history.commits["v1"], {"train.py": V2}, ["grad_norm"], tmp_path
+    )
+    replay(version, uid, "train.py", settings, ["grad_norm"], (2,), on_output=lambda _: None)
+    (measured,) = store.query("SELECT read_bytes, read_seconds FROM replays").itertuples()
+    sizes = store.query(
+        f"SELECT iteration, bytes FROM checkpoints WHERE run_id = {store.run_id(uid)}"
+    ).set_index("iteration")["bytes"]
+    assert measured.read_bytes == sizes[1] + sizes[4]  # epoch 2 from 1's; the end from 4's
+    assert measured.read_seconds > 0
+    rate = measured.read_bytes / measured.read_seconds
+    assert reads.read_rates(store, None) == {uid: pytest.approx(rate)}
+
+    after = estimates()  # epoch 3 restores 2's checkpoint and the end's (4's), now at `rate`
+    run_id = store.run_id(uid)
+    written = store.query(f"SELECT bytes, seconds FROM checkpoints WHERE run_id = {run_id}")
+    was = _write_rate(written) / READ_PER_WRITE
+    assert after[1] - before[1] == pytest.approx((sizes[2] + sizes[4]) * (1 / rate - 1 / was))
+    assert after[history.seed[other]] != before[history.seed[other]]  # the others' median
+
+
 def test_running_runs_are_left_alone(history: History, tmp_path: Path) -> None:
     store = history.copy(tmp_path)
     with store.engine.begin() as conn:  # another host's run, still going
@@ -342,7 +378,8 @@ def test_estimates_are_positive_and_grow_with_the_iterations(history: History) -
         return items[0].estimated_seconds
 
     costs = [seconds(spec) for spec in ("epoch=none", "epoch=0", "epoch=0-1", "epoch=0-3")]
-    assert STARTUP_SECONDS <= costs[0] < costs[1] < costs[2] < costs[3]
+    forked_startup = STARTUP_SECONDS - SPARE_WRITER_SAVED_SECONDS  # forked, its writer ready
+    assert forked_startup <= costs[0] < costs[1] < costs[2] < costs[3]
     assert costs[3] - costs[1] >= 2 * 0.02  # two more epochs that each slept 20 ms
     assert seconds("epoch=all") > costs[3]
     # iteration 4 alone: restored from the checkpoint of 3, only 4 itself executes
@@ -375,12 +412,19 @@ def test_format_plan(history: History) -> None:
     items = plan(store, ["grad_norm"], where="acc >= 0.6 and seed != 3")
     items += plan(store, ["grad_norm"], where="seed == 3")
     items += plan(store, ["grad_norm"], where="seed == 5", iters=parse_iter(["epoch=none"]))
+    items = [replace(item, server_seconds=2.5 if k == 0 else 0.0) for k, item in enumerate(items)]
     text = format_plan(items)
     lines = text.splitlines()
     assert lines[0].split() == ["run", "version", "loop", "iterations", "est.", "s", "reason"]
     assert history.uid[1] in lines[1] and history.commits["v1"][:10] in lines[1]
     assert "3-4" in lines[1] and " all " in lines[3] and "none (run level)" in lines[4]
-    assert lines[-1].startswith("4 replay(s), about ")
+    # the wait for a script's fork server is said apart, and counted
+    assert lines[-2] == (
+        f"+ 2.5 s before the first replay of {items[0].entry_script}: its fork server imports "
+        "the script's libraries, once"
+    )
+    total = sum(item.estimated_seconds for item in items) + 2.5
+    assert lines[-1] == f"4 replay(s), about {total:.1f} s one after another"
     assert format_plan([]) == "nothing to replay"
 
 
@@ -412,4 +456,5 @@ def test_runs_without_a_checkpointed_loop_are_planned_from_their_values(
         ("train.py", (3,)),
         ("setup.py", None),
     ]
-    assert all(i.estimated_seconds >= STARTUP_SECONDS for i in items.values())
+    forked_startup = STARTUP_SECONDS - SPARE_WRITER_SAVED_SECONDS
+    assert all(i.estimated_seconds >= forked_startup for i in items.values())

@@ -106,10 +106,12 @@ class Bench:
             raise RuntimeError(f"flor-flows server start failed: {proc.stderr[-500:]}")
         return proc.stdout
 
-    def plan(self, names: list[str], extra: list[str], env: dict[str, str]) -> list[dict]:
+    def plan(self, names: list[str], extra: list[str], env: dict[str, str]) -> dict:
         """The command's plan: each item's iterations and run level from `resolve`, in this
         process, and its estimate as `flor-flows replay --dry-run` prints it, through the
-        warm process as the command itself plans (seeing the fork servers it keeps)."""
+        warm process as the command itself plans (seeing the fork servers it keeps); and the
+        estimated imports of each fork server it will start ("+ X s before the first replay
+        of SCRIPT")."""
         from flor_flows.replay.backfill import BackfillRequest, resolve
 
         request = BackfillRequest(
@@ -129,14 +131,18 @@ class Bench:
         estimates = [float(row[4]) for row in rows if re.fullmatch(r"\d{8}T\d+-[0-9a-f]+", row[0])]
         if len(estimates) != len(items):
             raise RuntimeError(f"--dry-run planned {len(estimates)} items, resolve {len(items)}")
-        return [
-            {
-                "iterations": "all" if i.iterations is None else list(i.iterations),
-                "run_level": i.run_level,
-                "estimated_s": estimated,
-            }
-            for i, estimated in zip(items, estimates, strict=True)
-        ]
+        starts = re.findall(r"^\+ ([\d.]+) s before the first replay of (\S+):", shown.stdout, re.M)
+        return {
+            "items": [
+                {
+                    "iterations": "all" if i.iterations is None else list(i.iterations),
+                    "run_level": i.run_level,
+                    "estimated_s": estimated,
+                }
+                for i, estimated in zip(items, estimates, strict=True)
+            ],
+            "servers": [{"script": script, "estimated_s": float(s)} for s, script in starts],
+        }
 
     def replay(self, names: list[str], extra: list[str], env_extra: dict) -> dict:
         env, marks = self.env(**env_extra)
@@ -146,9 +152,12 @@ class Bench:
         res = rc.run_script(cmd, self.project, env, self.log)
         replays = replays_since(self.project, res["started"])
         output = self.log.read_text(errors="replace")[offset:]
+        # what each fork server this command forked from measured of its imports, as said
+        imports = [float(s) for s in re.findall(r"fork from one process that imported .* in ([\d.]+) s", output)]  # fmt: skip
         return (
             res
-            | {"plan": plan, "replays": replays, "flow": flow_times(output, res)}
+            | {"plan": plan["items"], "servers": plan["servers"], "imports": imports}
+            | {"replays": replays, "flow": flow_times(output, res)}
             | rc.phases(self.marks_since(marks))
         )
 

@@ -271,12 +271,15 @@ class Buffer:
         """Block until everything sent so far is in the store (or kept for it)."""
         self._request(("sync",), "synced")
 
-    def close(self, status: str, error: str | None) -> str | None:
-        """Send what is left and record the outcome; the writer stays for the next run.
+    def close(
+        self, status: str, error: str | None, reads: tuple[int, float] | None = None
+    ) -> str | None:
+        """Send what is left and record the outcome (a replay's checkpoint `reads`: bytes and
+        seconds); the writer stays for the next run.
 
         Returns the writer's note when the store could not take the end of the run. The
         writer process exits by itself when this process ends and the pipe closes.
         """
         self._stop.set()
         self._flusher.join()
-        return self._request(("finish", status, error), "finished")[1]
+        return self._request(("finish", status, error, reads), "finished")[1]

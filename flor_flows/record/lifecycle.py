@@ -127,9 +127,11 @@ def finish_replay(
     checked: int | None = None,
     divergence: str | None = None,
     error: str | None = None,
+    reads: tuple[int, float] | None = None,
 ) -> None:
-    """Record how a replay ended; one that completed but diverged from its run's record is
-    `diverged`, with the divergence as its error."""
+    """Record how a replay ended, and the bytes and seconds of its checkpoint restores; one
+    that completed but diverged from its run's record is `diverged`, with the divergence as
+    its error."""
     if divergence is not None and status == "completed":
         status = "diverged"
-    store.finish_replay(replay_id, status, checked, divergence or error)
+    store.finish_replay(replay_id, status, checked, divergence or error, reads)

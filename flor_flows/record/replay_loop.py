@@ -9,6 +9,7 @@ iteration's end checkpoint. Kept apart from `run.py`, which records; this only r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ class ReplayLoop:
     muted: bool
     step: replay.Step | None
     outer_checkpoint: dict[str, Any] | None
+    reads: tuple[int, float]  # the checkpoints restored: bytes, seconds (for the estimates)
     _enter: Callable[[str, int | None, Any], None]  # enter an iteration (a child frame)
 
     def _replay_outer(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
@@ -88,8 +90,10 @@ class ReplayLoop:
     def _restore(self, saved: dict[str, Any]) -> None:
         from flor_flows.versioning.checkpoints import CheckpointStore, restore
 
+        started = time.perf_counter()
         data = CheckpointStore.read(saved["uri"], saved["sha256"], self.settings.fs_options())
         restore(data, self.checkpointing.objects)
+        self.reads = (self.reads[0] + len(data), self.reads[1] + time.perf_counter() - started)
 
     def runs_head(self) -> bool:
         """Whether the replay runs the head of this outer iteration; if not, the state is

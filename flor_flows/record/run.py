@@ -80,6 +80,7 @@ class Run(ReplayLoop):
         self.muted = not self.run_level
         self.inner_seconds = 0.0  # of the current outer iteration: time in its nested loops
         self.outer_checkpoint: dict[str, Any] | None = None  # replay: the one ending it
+        self.reads = (0, 0.0)  # replay: the checkpoints it restored, bytes and seconds
         self.args: dict[str, Any] = {}  # flor.arg values
         self.asked: set[str] = set()  # names flor.arg was called with
         self.options: dict[str, Any] = {}  # the script's argparse options
@@ -331,7 +332,8 @@ class Run(ReplayLoop):
                 file=sys.stderr,
                 flush=True,
             )
-        note = self.buffer.close("failed" if self.failure else "completed", self.failure)
+        status = "failed" if self.failure else "completed"
+        note = self.buffer.close(status, self.failure, self.reads if self.replaying else None)
         if note:
             print(f"flor-flows: warning: {note}", file=sys.stderr, flush=True)
 

@@ -268,16 +268,20 @@ class Session:
                     flush=True,
                 )
 
-    def finish(self, status: str, error: str | None) -> str | None:
-        """Record the outcome; if the store stays unreachable, leave it and the batches not
-        written in the spill file for the next writer, and say so (the returned note)."""
+    def finish(
+        self, status: str, error: str | None, reads: tuple[int, float] | None = None
+    ) -> str | None:
+        """Record the outcome (with a replay's checkpoint `reads`: bytes, seconds); if the
+        store stays unreachable, leave it and the batches not written in the spill file for
+        the next writer (without the reads: they only calibrate estimates), and say so (the
+        returned note)."""
         patience = float(os.environ.get(PATIENCE_VAR, PATIENCE_DEFAULT))  # read now: `spare`
         deadline = time.monotonic() + patience
         while not self.drain() and time.monotonic() < deadline:
             time.sleep(max(0.0, min(self.next_try, deadline) - time.monotonic()))
         if self.spilled is None:
             try:
-                self._record_outcome(status, error)
+                self._record_outcome(status, error, reads)
                 recover(self.settings)  # a writer that was still exiting when this run began
                 return None
             except Exception as exc:  # noqa: BLE001 - re-raised unless the store may come back
@@ -291,11 +295,19 @@ class Session:
             "writes them"
         )
 
-    def _record_outcome(self, status: str, error: str | None) -> None:
+    def _record_outcome(
+        self, status: str, error: str | None, reads: tuple[int, float] | None = None
+    ) -> None:
         if self.verifier is not None:
             verifier = self.verifier
             lifecycle.finish_replay(
-                self.store, self.replay_id, status, verifier.checked, verifier.divergence, error
+                self.store,
+                self.replay_id,
+                status,
+                verifier.checked,
+                verifier.divergence,
+                error,
+                reads,
             )
         else:
             lifecycle.finish(self.store, self.run_id, status, error)

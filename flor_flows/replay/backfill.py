@@ -226,7 +226,7 @@ def leased(
     store = open_store(resolved.settings.store_url)
     backfill_id = store.backfill_id(resolved.key, resolved.names, request.selection())
     holder = lease_holder(flow_run_id)
-    seconds = 600 + 3 * sum(item.estimated_seconds for item in resolved.items)
+    seconds = 600 + 3 * sum(i.estimated_seconds + i.server_seconds for i in resolved.items)
     held = store.lease_backfill(
         backfill_id,
         list(dict.fromkeys(item.run_uid for item in resolved.items)),

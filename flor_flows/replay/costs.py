@@ -8,20 +8,22 @@ Estimates come from what the forward run recorded (`history.RunHistory`) and how
   server, which hands it a writer process started ahead (`record.spare`).
 
 - set-up: the run's recorded time outside its outer loop (the script's imports, data
-  loading and model building, what follows the loop). Within a backfill, the replays of an
-  entry script after the first (and those starting with it) fork from its fork server
-  (`forkserver`) ready, and skip up to FORK_SAVED_SECONDS of it; all of them do when the
-  warm process kept a server for that script from an earlier command, and skip what that
-  server's imports took (it measured them, on this host).
+  loading and model building, what follows the loop). Replays fork from their script's
+  fork server (`forkserver`) and skip what its imports took: as the last server of that
+  script measured them on this host, or the whole set-up before one did. The first replay
+  of a script whose server does not run yet waits for it to start before it starts
+  (`priced`): a cost of the command, shared by the replays that fork from it.
 - compute: the recorded seconds of every outer iteration the replay executes (`_executed`).
 - slowdown(k): the recorded run had the host to itself; k replays at once (`workers` at a
   time) on c cores, each using RUN_CORES, get at most c / k cores each and lose CONTENTION
   on top: max(1, k * RUN_CORES / c) * CONTENTION for k > 1, 1 alone. Set-up and compute
   are both CPU work of the script, both stretched; set-ups starting together lose
   SETUP_CONTENTION instead.
-- reads: each checkpoint the replay restores, at the speed the run wrote its checkpoints
-  (its own storage and serialisation, `RunHistory.write_rate`) over READ_PER_WRITE; at
-  READ_BYTES_PER_SECOND when the record has no write times.
+- reads: each checkpoint the replay restores, at the speed earlier replays of the run read
+  and restored its checkpoints (`RunHistory.read_rate`, measured by each replay; the other
+  runs' median where its own never did); before any replay measured one, at the speed the
+  run wrote them (its own storage and serialisation, `RunHistory.write_rate`) over
+  READ_PER_WRITE; at READ_BYTES_PER_SECOND when the record has no write times.
 
 The host's other users are not seen: every figure assumes the load the run was recorded
 under. Splitting a run into segments (`split`) trades one more set-up for halved compute
@@ -47,14 +49,6 @@ if TYPE_CHECKING:
 # that only imports flor_flows and logs one value, on a 2-core Linux VM with Python 3.11:
 # 0.46 s (`python -c pass` 0.02 s, `import flor_flows` 0.06 s, the writer's imports 0.34 s).
 STARTUP_SECONDS = 0.5
-# What a replay forked from a ready fork server saves against a fresh interpreter, for
-# workloads/real_torch.py (its server imports torch, and torch._dynamo, which the script's
-# first optimizer would import): `bench/workloads/estimate_check.py fork --repeat 3`
-# (2026-12-02), replays of two recorded runs one after the other, fresh then forked: the
-# second forked replay took 0.68-0.79 s against 3.5-4.7 s fresh, median saving 2.9 s of the
-# runs' 3.4-3.5 s set-up. The first, which starts the server, took the time of a fresh one
-# (median -0.12 s). (Before the server imported torch._dynamo: 1.5 s.)
-FORK_SAVED_SECONDS = 2.9
 # A forked replay also finds its writer process started (`record.spare`): the writer's
 # imports in STARTUP_SECONDS are done.
 SPARE_WRITER_SAVED_SECONDS = 0.34
@@ -77,12 +71,14 @@ RUN_CORES = 1
 # the same epochs on this 2-core VM, `bench/workloads/estimate_check.py` ("contention"
 # line: the scripts' epochs / set-up), the rest of the host quiet (< 0.25 core busy):
 # x1.04 / x1.03, x1.15 / x1.4, x1.41 / x2.4; one torch epoch (1 thread) two at once
-# against alone, `estimate_check.py contention`, median of 7 pairs: x1.07. Epochs: 1.1
-# (the median of the three and the torch pairs' 1.07); set-ups: 1.4 (the median of three).
+# against alone, `estimate_check.py contention`, median of 7 pairs: x1.07; again on
+# 2026-12-02 (`estimate_check.py contention --threads 1 --repeat 5`, a quiet host): x0.98-
+# x1.04, median x1.02. Epochs: 1.05 (between the torch pairs' medians); set-ups: 1.4 (the
+# median of three).
 # With other sessions keeping 1-1.4 cores busy, Linux's autogroup scheduling leaves this
 # session's replays about one core together: x1.5-2.3 / x2.0-3.3 (x2.5-3.0 for the torch
 # epoch), which no constant can know.
-CONTENTION = 1.1
+CONTENTION = 1.05
 SETUP_CONTENTION = 1.4
 
 
@@ -100,13 +96,12 @@ def estimate(
     iterations: tuple[int, ...] | None,
     run_level: bool = True,
     concurrent: int = 1,
-    forked: bool = False,
+    forked: float | None = None,
     cores: int | None = None,
-    saved: float = FORK_SAVED_SECONDS,
 ) -> float:
     """Seconds a replay of `iterations` of `run` takes, `concurrent` replays at once (on
-    `cores`), `forked` from a ready fork server (whose imports skip `saved` seconds of the
-    set-up) or not.
+    `cores`), in a fresh process (`forked` None) or forked from a ready fork server whose
+    imports took `forked` seconds (that much of the set-up is skipped).
 
     The start-up cost, the run's set-up (`setup`) and the recorded time of every iteration
     the replay executes (the selected ones and those re-executed silently from the nearest
@@ -133,19 +128,16 @@ def estimate(
         restored.append(final)  # the state after the loop is that of its last checkpoint
     read = sum(_read_seconds(run, run.checkpoints[i]) for i in restored)
     stretched = slowdown(concurrent, cores, SETUP_CONTENTION)
-    work = setup(run, forked, saved) * stretched + compute * slowdown(concurrent, cores)
-    startup = STARTUP_SECONDS - (SPARE_WRITER_SAVED_SECONDS if forked else 0.0)
+    setup = run.outside - min(run.outside, forked or 0.0)  # a fork skips the server's imports
+    work = setup * stretched + compute * slowdown(concurrent, cores)
+    startup = STARTUP_SECONDS - (SPARE_WRITER_SAVED_SECONDS if forked is not None else 0.0)
     return startup + work + read
-
-
-def setup(run: RunHistory, forked: bool, saved: float = FORK_SAVED_SECONDS) -> float:
-    """The run's time outside its loop, less the `saved` seconds a replay forked from a
-    ready server skips."""
-    return run.outside - (min(run.outside, saved) if forked else 0.0)
 
 
 def _read_seconds(run: RunHistory, size: int) -> float:
     """Seconds to restore a checkpoint of `size` bytes of `run`."""
+    if run.read_rate:
+        return size / run.read_rate
     if run.write_rate:
         return size / run.write_rate * READ_PER_WRITE
     return size / READ_BYTES_PER_SECOND
@@ -193,24 +185,27 @@ def split(
 def priced(
     items: list[Item], history: dict[str, RunHistory], workers: int, cores: int | None = None
 ) -> list[Item]:
-    """The items with their estimates as they run: min(workers, len(items)) at once, and
-    forked from a ready fork server unless the first of their entry script or starting with
-    it (among the first `workers`), or a server kept from an earlier command serves it. A
-    server serves every version whose script imports the same libraries: the versions of
-    one entry script, as a rule."""
+    """The items with their estimates as they run: min(workers, len(items)) at once, each
+    forked from a ready fork server where replays fork here (`forkserver.enabled`). The
+    first of each entry script first waits for its server to start, unless one kept from
+    an earlier command runs (`Item.server_seconds`). A server serves every version whose
+    script imports the same libraries: the versions of one entry script, as a rule.
+
+    A server's imports take what the last one of that script measured on this host (what
+    forking skips); before any did, the run's whole set-up is taken for them."""
     concurrent = min(workers, len(items))
+    forked = forkserver.enabled()
     kept = {entry: forkserver.kept(entry) for entry in {item.entry_script for item in items}}
-    seen: set[str] = set()
     out = []
-    for position, item in enumerate(items):
-        later = item.entry_script in seen and position >= workers
-        imports = kept[item.entry_script]  # a kept server measured what forking skips
-        forked = imports is not None or (forkserver.enabled() and later)
-        saved = FORK_SAVED_SECONDS if imports is None else imports
-        seen.add(item.entry_script)
+    for item in items:
         run = history[item.run_uid]
-        seconds = estimate(run, item.iterations, item.run_level, concurrent, forked, cores, saved)
-        out.append(replace(item, estimated_seconds=seconds))
+        imports, running = kept[item.entry_script] or (run.outside, False)
+        seconds = estimate(
+            run, item.iterations, item.run_level, concurrent, imports if forked else None, cores
+        )
+        starts = forked and not running and item.entry_script not in {i.entry_script for i in out}
+        server = imports if starts else 0.0
+        out.append(replace(item, estimated_seconds=seconds, server_seconds=server))
     return out
 
 

@@ -198,6 +198,12 @@ def replay(
             f"run {run_uid} ran in {invocation.get('cwd')!r}, which code version "
             f"{version.commit[:10]} does not have"
         )
+    label = f"{entry_script} at {version.commit[:10]}"
+    roots = (version.directory, settings.root)  # the project's own code is never pre-imported
+    env = children.child_env()
+    # First the fork server (started now if need be: the script's imports, shared by the
+    # replays that fork from it), then the replay's record: its times are the replay's own.
+    spawn = forkserver.spawner(label, script, cwd, roots, env, on_output, entry=entry_script)
     replay_id = lifecycle.start_replay(
         store,
         record["id"],
@@ -205,6 +211,8 @@ def replay(
         statements_sha256=statements_sha256,
         prefect_flow_run_id=flow_run_id,
     )
+    argv = tuple(invocation.get("argv", ()))
+    run = children.Launch(run_uid, settings, cwd, script, entry_script, argv=argv)
     context = RunContext(
         mode="replay",
         run_uid=run_uid,
@@ -222,12 +230,6 @@ def replay(
             run_level=run_level,
         ),
     )
-    argv = tuple(invocation.get("argv", ()))
-    run = children.Launch(run_uid, settings, cwd, script, entry_script, argv=argv)
-    label = f"{entry_script} at {version.commit[:10]}"
-    roots = (version.directory, settings.root)  # the project's own code is never pre-imported
-    env = children.child_env()
-    spawn = forkserver.spawner(label, script, cwd, roots, env, on_output, entry=entry_script)
     outcome = children.run(run, context, on_output, spawn=spawn)
     what = f"replay of run {run_uid} ({label})"
     if outcome.returncode != 0:

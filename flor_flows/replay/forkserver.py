@@ -253,16 +253,16 @@ def keeping() -> bool:
     return bool(_keeper) and enabled()
 
 
-def kept(entry: str) -> float | None:
-    """How long the imports of the kept server (`keep`) that forked replays of entry script
-    `entry` took (what a replay forked from it skips); None if none runs."""
+def kept(entry: str) -> tuple[float, bool] | None:
+    """How long the imports of the last kept server (`keep`) that forked replays of entry
+    script `entry` took on this host (what a replay forked from one skips), and whether that
+    server still runs; None if none did here."""
     if not keeping():
         return None
     try:
         name = (_keeper[0].directory / _entry_file(entry)).read_text()
-        if not (_keeper[0].directory / name).exists():
-            return None
-        return float(json.loads((_keeper[0].directory / f"{name}.json").read_text())["seconds"])
+        seconds = json.loads((_keeper[0].directory / f"{name}.json").read_text())["seconds"]
+        return float(seconds), _answers(_keeper[0].directory / name)
     except (OSError, ValueError, KeyError, TypeError):  # gone meanwhile, or half written
         return None
 
@@ -455,7 +455,10 @@ def _announce(
     """Say once that `label`'s replays fork, from which libraries, and for a kept server
     how long it stays; note its entry script for the cost model (`kept`)."""
     libraries = ", ".join(server.modules) or "no library"
-    said = f"flor-flows: replays of {label} fork from one process that imported {libraries}"
+    said = (
+        f"flor-flows: replays of {label} fork from one process that imported {libraries} "
+        f"in {server.seconds:.2f} s"
+    )
     if server.kept:
         minutes = KEPT_IDLE_SECONDS / 60
         said += (

@@ -37,6 +37,7 @@ class RunHistory:
     # runs only its requested statements, False when it runs up to them; None: all of it.
     shortcut: bool | None = None
     write_rate: float | None = None  # bytes/s its checkpoints were written at (median)
+    read_rate: float | None = None  # bytes/s its replays read and restored them at
 
     @property
     def iterations(self) -> list[int]:
@@ -52,13 +53,17 @@ def assemble(
     loops: Loops,
     skip_nested: bool,
     shortcuts: dict[str, bool],
+    read_rates: dict[str, float] | None = None,
 ) -> dict[str, RunHistory]:
     """What planning knows of each candidate run, by uid, in run order.
 
-    `runs` (`store.history.candidates`), `contexts` (`outer_iterations`), `checkpoints`:
-    as the store reads them; `logged`: wide tables of the runs (None: not read), where the
-    loops and iterations the context rows miss are found.
+    `runs` (`store.history.candidates`), `contexts` (`outer_iterations`), `checkpoints`,
+    `read_rates` (`read_rates`): as the store reads them; `logged`: wide tables of the runs
+    (None: not read), where the loops and iterations the context rows miss are found. A run
+    whose replays never measured their reads takes the median of the others' rates.
     """
+    read_rates = read_rates or {}
+    usual = float(pd.Series(list(read_rates.values())).median()) if read_rates else None
     seen = _loops_seen([frame for frame in logged if frame is not None], loops)
     contexts_of = dict(tuple(contexts.groupby("run_uid")))
     checkpoints_of = dict(tuple(checkpoints.groupby("run_uid")))
@@ -71,6 +76,7 @@ def assemble(
             seen.get(run.run_uid),
             skip_nested,
             shortcuts,
+            read_rates.get(run.run_uid, usual),
         )
         for run in runs[columns].itertuples(index=False)
     }
@@ -83,6 +89,7 @@ def _run(
     seen: tuple[str, set[int]] | None,
     skip_nested: bool,
     shortcuts: dict[str, bool],
+    read_rate: float | None,
 ) -> RunHistory:
     """One run's outer loop, its iterations with their durations, and its checkpoints."""
     loop = _outer_loop(contexts, checkpoints) or (seen[0] if seen else None)
@@ -119,6 +126,7 @@ def _run(
         skip_nested=skip_nested,
         shortcut=shortcuts.get(loop) if loop else None,
         write_rate=_write_rate(checkpoints),
+        read_rate=read_rate,
     )
 
 

@@ -39,6 +39,10 @@ class Item:
     estimated_seconds: float
     reason: str
     run_level: bool = True  # records the statements outside the loop (one segment of a run)
+    # Before it starts, the seconds it waits for the fork server of its script to import the
+    # script's libraries (`replay.forkserver`): the first replay of a script whose server is
+    # not running yet; once per command, shared by the replays that fork from it.
+    server_seconds: float = 0.0
 
 
 @dataclass
@@ -101,7 +105,10 @@ def plan(
     untimed = sorted(set(runs["run_uid"]) - set(contexts["run_uid"]))
     probe = reads.probe(store, untimed, project)
     logged = [probe, where_rows, existing]
-    history = assemble(runs, contexts, checkpoints, logged, loops, skip_nested, shortcuts or {})
+    rates = reads.read_rates(store, project)
+    history = assemble(
+        runs, contexts, checkpoints, logged, loops, skip_nested, shortcuts or {}, rates
+    )
     check_loops(iters, (run.loop for run in history.values() if run.loop))
     if where_rows is not None:
         matched = _where_matches(where, where_rows, history)
@@ -278,7 +285,7 @@ def format_plan(items: Sequence[Item], checks: dict[str, str] | None = None) -> 
             item.code_version[:10],
             item.loop or "-",
             _describe(item.iterations),
-            f"{item.estimated_seconds:.1f}",
+            _seconds(item.estimated_seconds),
             item.reason,
             *((checks.get(item.run_uid, "-"),) if checks is not None else ()),
         )
@@ -292,6 +299,17 @@ def format_plan(items: Sequence[Item], checks: dict[str, str] | None = None) -> 
         ).rstrip()
         for row in (header, *rows)
     ]
-    total = sum(item.estimated_seconds for item in items)
+    lines += [
+        f"+ {_seconds(item.server_seconds)} s before the first replay of {item.entry_script}: "
+        "its fork server imports the script's libraries, once"
+        for item in items
+        if item.server_seconds
+    ]
+    total = sum(item.estimated_seconds + item.server_seconds for item in items)
     lines.append(f"{len(items)} replay(s), about {total:.1f} s one after another")
     return "\n".join(lines)
+
+
+def _seconds(seconds: float) -> str:
+    """Seconds as the plan shows them: to the hundredth below one, else to the tenth."""
+    return f"{seconds:.2f}" if seconds < 1 else f"{seconds:.1f}"

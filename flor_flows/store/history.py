@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from flor_flows.store import schema as s
 from flor_flows.store.names import ARG, arg_names
@@ -66,6 +66,20 @@ def checkpoints(store: Store, project: str | None) -> pd.DataFrame:
     ).join(s.Run, s.Run.id == s.Checkpoint.run_id)  # fmt: skip
     columns = ["run_uid", "loop_name", "iteration", "bytes", "seconds"]
     return _frame(store, _in_project(query, project), columns)
+
+
+def read_rates(store: Store, project: str | None) -> dict[str, float]:
+    """Per run, the bytes/s at which its replays read and restored its checkpoints, over
+    those that measured it."""
+    query = (
+        select(s.Run.uid, func.sum(s.Replay.read_bytes), func.sum(s.Replay.read_seconds))
+        .join(s.Run, s.Run.id == s.Replay.run_id)
+        .where(s.Replay.read_bytes > 0, s.Replay.read_seconds > 0)
+        .group_by(s.Run.uid)
+    )
+    rates = _frame(store, _in_project(query, project), ["run_uid", "bytes", "seconds"])
+    speed = rates["bytes"].astype(float) / rates["seconds"].astype(float)  # PostgreSQL: Decimal
+    return dict(zip(rates["run_uid"], speed, strict=True))
 
 
 @dataclass(frozen=True)

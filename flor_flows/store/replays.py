@@ -35,10 +35,18 @@ class ReplaysArea:
             ).inserted_primary_key[0]
 
     def finish_replay(
-        self, replay_id: int, status: str, checked: int | None = None, error: str | None = None
+        self,
+        replay_id: int,
+        status: str,
+        checked: int | None = None,
+        error: str | None = None,
+        reads: tuple[int, float] | None = None,
     ) -> None:
-        """End a replay: completed, failed or diverged, with its verification (None: kept)."""
+        """End a replay: completed, failed or diverged, with its verification and the bytes
+        and seconds of its checkpoint restores (None: kept)."""
         values = {"status": status, "ended_at": now(), "checked": checked, "error": error}
+        if reads is not None and reads[0]:
+            values |= {"read_bytes": reads[0], "read_seconds": reads[1]}
         with self.engine.begin() as conn:
             conn.execute(
                 update(s.Replay)

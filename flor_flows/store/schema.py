@@ -221,6 +221,10 @@ class Replay(Base):
     checked: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     batches_written: Mapped[int | None] = mapped_column(Integer)
+    # The checkpoints it restored: their bytes, and the seconds reading and restoring them
+    # took (the read rate later plans price restores of this run at, `replay.costs`).
+    read_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    read_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 _COVERED = ("ctx_id", "sig_id", "vtype", "num", "ival", "i0", "i1", "i2")
