@@ -132,10 +132,12 @@ def test_every_item_forks_and_the_first_of_a_script_waits_for_its_server_to_star
     items = priced(
         [item(runs[u]) for u in "abcd"] + [item(later, "v2"), item(other)], history, 2, 2
     )
-    # no server measured its imports yet: each run's whole set-up is taken for them
+    # no server measured its imports yet: each run's whole set-up is taken for them, and a
+    # server's start for a fresh replay's start-up and set-up
     expected = [estimate(history[u], None, concurrent=2, forked=history[u].outside, cores=2) for u in "abcdef"]  # fmt: skip
     assert [i.estimated_seconds for i in items] == pytest.approx(expected)
-    assert [i.server_seconds for i in items] == [3.0, 0, 0, 0, 0, 5.0]  # eval.py starts its own
+    starts = [STARTUP_SECONDS + 3.0, 0, 0, 0, 0, STARTUP_SECONDS + 5.0]  # eval.py: its own
+    assert [i.server_seconds for i in items] == pytest.approx(starts)
 
 
 def test_a_server_kept_from_an_earlier_command_forks_even_the_first_wave_skipping_its_imports(
@@ -149,7 +151,7 @@ def test_a_server_kept_from_an_earlier_command_forks_even_the_first_wave_skippin
     warm = estimate(runs["a"], None, concurrent=2, forked=4.0, cores=2)
     first = estimate(runs["a"], None, concurrent=2, forked=5.0, cores=2)  # eval.py: unmeasured
     assert [i.estimated_seconds for i in items] == pytest.approx([warm, warm, first])
-    assert [i.server_seconds for i in items] == [0, 0, 5.0]
+    assert [i.server_seconds for i in items] == [0, 0, STARTUP_SECONDS + 5.0]
     assert warm - first == pytest.approx(1.0 * SETUP_CONTENTION)  # the set-up it still runs
     kept[runs["a"].entry_script] = (4.0, False)  # it ended since: started again, as measured
     items = priced([item(runs["a"]), item(runs["b"])], runs, 2, 2)
@@ -173,7 +175,7 @@ def test_a_long_run_splits_and_its_segments_carry_contended_estimates() -> None:
     # both fork from the server the first waits for: its imports taken for the set-up
     each = STARTUP_SECONDS - SPARE_WRITER_SAVED_SECONDS + 50.0 * CONTENTION
     assert [h.estimated_seconds for h in halves] == pytest.approx([each, each])
-    assert [h.server_seconds for h in halves] == [5.0, 0]
+    assert [h.server_seconds for h in halves] == [STARTUP_SECONDS + 5.0, 0]  # a fresh one's
     assert each + 5.0 < estimate(history, None, forked=5.0)
 
 

@@ -55,8 +55,11 @@ SPARE_WRITER_SAVED_SECONDS = 0.34
 # Restoring a checkpoint (read, sha256, deserialise, copy into the live objects) against
 # writing it (copy, serialise, sha256, write), through `versioning.checkpoints` on this VM
 # (a torch model with its SGD optimizer, median of 3, page cache): 17 MB 1.0-1.2x, 269 MB
-# 1.5-1.8x (write 250-520 MB/s, restore 140-340 MB/s).
-READ_PER_WRITE = 1.5
+# 1.5-1.8x (write 250-520 MB/s, restore 140-340 MB/s); a CNN with SGD and StepLR, 1.2 MB
+# (`bench/run.py --only real_replay`, 2026-12-02, the replay records' measured reads): 0.5x
+# (write 341 MB/s, restore 630-670 MB/s over 20 checkpoints). Only until a replay of the
+# run measured its own reads: 1.0, between the two.
+READ_PER_WRITE = 1.0
 # Where the record has no write times: a cold read from a disk or an object store, where one
 # stream gets 100-300 MB/s; 200 MB/s errs on the slow side.
 READ_BYTES_PER_SECOND = 200e6
@@ -192,19 +195,21 @@ def priced(
     script imports the same libraries: the versions of one entry script, as a rule.
 
     A server's imports take what the last one of that script measured on this host (what
-    forking skips); before any did, the run's whole set-up is taken for them."""
+    forking skips); before any did, the run's whole set-up is taken for them, and its start
+    for that of a fresh replay (start-up and set-up)."""
     concurrent = min(workers, len(items))
     forked = forkserver.enabled()
     kept = {entry: forkserver.kept(entry) for entry in {item.entry_script for item in items}}
     out = []
     for item in items:
         run = history[item.run_uid]
-        imports, running = kept[item.entry_script] or (run.outside, False)
+        found = kept[item.entry_script]
+        imports, running = found or (run.outside, False)
         seconds = estimate(
             run, item.iterations, item.run_level, concurrent, imports if forked else None, cores
         )
         starts = forked and not running and item.entry_script not in {i.entry_script for i in out}
-        server = imports if starts else 0.0
+        server = (imports if found else STARTUP_SECONDS + run.outside) if starts else 0.0
         out.append(replace(item, estimated_seconds=seconds, server_seconds=server))
     return out
 
