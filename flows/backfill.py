@@ -111,7 +111,8 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
         plan_rows(resolved.items),
         key=f"{prefix}-backfill-plan",
         description=f"Plan of the backfill of {', '.join(resolved.names)}: "
-        f"{len(resolved.items)} replays of {runs} runs, with their estimated seconds.",
+        f"{len(resolved.items)} replays of {runs} runs, with their estimated seconds (and "
+        "those the first replay of a script waits for its fork server to start).",
     )
     if dry_run or not resolved.items:
         return Completed(message=f"{len(resolved.items)} replays planned; nothing run")

@@ -251,7 +251,8 @@ def release(lease: Lease) -> None:
 
 
 def plan_rows(items: list[planning.Item]) -> list[dict[str, object]]:
-    """The plan as table rows: run, code version, loop, iterations, estimated seconds."""
+    """The plan as table rows: run, code version, loop, iterations, estimated seconds, and
+    the seconds it first waits for its script's fork server to start (`Item.server_seconds`)."""
     return [
         {
             "run_uid": item.run_uid,
@@ -259,6 +260,7 @@ def plan_rows(items: list[planning.Item]) -> list[dict[str, object]]:
             "loop": item.loop,
             "iterations": "all" if item.iterations is None else list(item.iterations),
             "estimated_seconds": round(item.estimated_seconds, 2),
+            "fork_server_seconds": round(item.server_seconds, 2),
             "reason": item.reason,
         }
         for item in items

@@ -123,6 +123,8 @@ def test_a_long_run_is_replayed_in_segments_that_count_as_one(project: Project) 
     assert state.is_completed() and state.message == "1 of 1 runs replayed"
     segments = json.loads(_artifacts(state)["proj-backfill-plan"].data)
     assert [s["iterations"] for s in segments] == [[0, 1], [2, 3]]  # two workers, two halves
+    first, second = (s["fork_server_seconds"] for s in segments)  # the first one waits for it
+    assert first > 0 and second == 0
     table = project.store().dataframe(["loss", "twice", "total"])
     assert table["twice"].tolist() == pytest.approx((2 * table["loss"]).tolist())
     assert table["total"].nunique() == 1 and table["total"].iloc[0] == table["loss"].iloc[-1]
