@@ -85,6 +85,14 @@ def _untimed(said: str) -> str:
     return re.sub(r" in \d+\.\d\d s", "", said)
 
 
+def _command(process: psutil.Process) -> str:
+    """Its command line; empty once it exited (a zombie its parent did not reap yet)."""
+    try:
+        return " ".join(process.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return ""
+
+
 def _servers() -> list[psutil.Process]:
     """This process's live fork servers."""
     return [p for p in psutil.Process().children() if is_fork_server(p)]
@@ -178,11 +186,11 @@ def test_a_forked_replay_gets_a_writer_its_server_started_ahead_unless_that_one_
         for iterations in ((0,), (1, 2)):
             engine.replay(version, uid, "train.py", settings, ["w1"], iterations, output.append)
         (server,) = _servers()
-        waiting = [p for p in server.children() if spare in " ".join(p.cmdline())]
+        waiting = [p for p in server.children() if spare in _command(p)]
         assert len(waiting) == 1  # the next replay's
         waiting[0].kill()  # it died: the next replay starts its own, as any run does
         engine.replay(version, uid, "train.py", settings, ["w1"], (1,), output.append)
-        waiting = [p for p in server.children() if spare in " ".join(p.cmdline())]
+        waiting = [p for p in server.children() if spare in _command(p)]
     writers = _writers(output)
     assert [(parent, command) for _, parent, command in writers] == [
         (True, spare),

@@ -109,6 +109,7 @@ def test_the_ui_shows_tables_charts_status_and_history(
     project: Project, server: tuple[str, dict[str, str], list[Path]], tmp_path: Path
 ) -> None:
     from playwright.sync_api import Error, expect, sync_playwright  # CI installs it
+    from playwright.sync_api import TimeoutError as Unanswered
 
     assert Path(CHROMIUM).is_file(), f"no {CHROMIUM}: install Debian's chromium"
     base, env, logs = server
@@ -140,8 +141,15 @@ def test_the_ui_shows_tables_charts_status_and_history(
 
         try:
             page.goto(f"{ui}/runs/flow-run/{second}")
-            page.get_by_text("Artifacts", exact=True).click()
+            page.wait_for_load_state("networkidle")
             card = page.get_by_text("proj-metrics-chart", exact=True).first  # a card, below
+            for _ in range(5):  # a click before the page handles it switches no tab: again
+                page.get_by_text("Artifacts", exact=True).click()
+                try:
+                    card.wait_for(state="attached", timeout=10_000)
+                    break
+                except Unanswered:
+                    continue
             card.wait_for(state="attached")
             page.screenshot(path=shots / "training-run-artifacts.png")
             card.scroll_into_view_if_needed()
@@ -151,6 +159,8 @@ def test_the_ui_shows_tables_charts_status_and_history(
             visit(trained["proj-metrics-chart"], "training-chart")
             visit(trained["proj-history"], "project-history")  # the key's latest version
 
+            plan = ("iterations", "estimated_seconds", "fork_server_seconds")
+            visit(backfill["proj-backfill-plan"], "backfill-plan", plan)
             status = ("run", "version", "status", "seconds", "error")
             visit(backfill["proj-backfill-status"], "backfill-status", status)
             expect(page.get_by_text("replayed").first).to_be_visible()
@@ -164,4 +174,4 @@ def test_the_ui_shows_tables_charts_status_and_history(
         finally:
             browser.close()
     assert first != second
-    assert len(list(shots.glob("*.png"))) == 7
+    assert len(list(shots.glob("*.png"))) == 8
