@@ -140,7 +140,7 @@ def test_every_item_forks_and_the_first_of_a_script_waits_for_its_server_to_star
     assert [i.server_seconds for i in items] == pytest.approx(starts)
 
 
-def test_a_server_kept_from_an_earlier_command_forks_even_the_first_wave_skipping_its_imports(
+def test_a_kept_server_is_not_waited_for_and_its_measured_imports_are_skipped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     runs = {uid: run(uid, outside=5.0) for uid in "ab"}
