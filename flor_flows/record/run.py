@@ -333,7 +333,7 @@ class Run(ReplayLoop):
                 flush=True,
             )
         status = "failed" if self.failure else "completed"
-        note = self.buffer.close(status, self.failure, self.reads if self.replaying else None)
+        note = self.buffer.close(status, self.failure, self.reads)  # a forward run's: unused
         if note:
             print(f"flor-flows: warning: {note}", file=sys.stderr, flush=True)
 

@@ -106,12 +106,12 @@ def estimate(
     `cores`), in a fresh process (`forked` None) or forked from a ready fork server whose
     imports took `forked` seconds (that much of the set-up is skipped).
 
-    The start-up cost, the run's set-up (`setup`) and the recorded time of every iteration
-    the replay executes (the selected ones and those re-executed silently from the nearest
-    earlier checkpoint, per `replay.steps`, or `replay.shortcut_steps` where the replay cuts
-    the body short; less their nested loops where the replay skips those; nothing for an
-    iteration that runs only its requested statements), both stretched by `slowdown`, and
-    the reading of the checkpoints it restores.
+    The start-up cost, the run's set-up (less what a fork skips) and the recorded time of
+    every iteration the replay executes (the selected ones and those re-executed silently
+    from the nearest earlier checkpoint, per `replay.steps`, or `replay.shortcut_steps`
+    where the replay cuts the body short; less their nested loops where the replay skips
+    those; nothing for an iteration that runs only its requested statements), both
+    stretched by `slowdown`, and the reading of the checkpoints it restores.
     """
     executed = _executed(run, iterations, run_level)
     restored = [step.restore for step in executed if step.restore is not None]
@@ -200,6 +200,7 @@ def priced(
     concurrent = min(workers, len(items))
     forked = forkserver.enabled()
     kept = {entry: forkserver.kept(entry) for entry in {item.entry_script for item in items}}
+    seen: set[str] = set()  # entry scripts whose server an earlier item waits for
     out = []
     for item in items:
         run = history[item.run_uid]
@@ -208,7 +209,8 @@ def priced(
         seconds = estimate(
             run, item.iterations, item.run_level, concurrent, imports if forked else None, cores
         )
-        starts = forked and not running and item.entry_script not in {i.entry_script for i in out}
+        starts = forked and not running and item.entry_script not in seen
+        seen.add(item.entry_script)
         server = (imports if found else STARTUP_SECONDS + run.outside) if starts else 0.0
         out.append(replace(item, estimated_seconds=seconds, server_seconds=server))
     return out

@@ -10,6 +10,7 @@ replay from a `RunHistory`; `replay.plan` selects iterations from it.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +64,7 @@ def assemble(
     whose replays never measured their reads takes the median of the others' rates.
     """
     read_rates = read_rates or {}
-    usual = float(pd.Series(list(read_rates.values())).median()) if read_rates else None
+    usual = statistics.median(read_rates.values()) if read_rates else None
     seen = _loops_seen([frame for frame in logged if frame is not None], loops)
     contexts_of = dict(tuple(contexts.groupby("run_uid")))
     checkpoints_of = dict(tuple(checkpoints.groupby("run_uid")))
