@@ -1,9 +1,16 @@
-"""The store failing under a running training (issue 12): training goes on, nothing is lost."""
+"""The store failing under a running training or replay (issue 12): training goes on, nothing
+is lost, and a replay whose outcome the store did not take is not reported replayed."""
 
 from __future__ import annotations
 
-import psycopg
+from pathlib import Path
 
+import psycopg
+import pytest
+
+from flor_flows.config import load_settings
+from flor_flows.errors import ReplayFailed
+from flor_flows.replay.engine import prepare_version, replay
 from flor_flows.store import Store
 from tests.conftest import Project
 
@@ -72,3 +79,68 @@ def test_a_store_down_past_the_end_is_written_by_the_next_run(
     assert not kept[0].exists()
     assert store.dataframe(["x"])["x"].tolist() == list(range(40))  # each value once
     assert store.runs()["status"].tolist() == ["completed", "completed"]
+
+
+# Its replays, with CUT_STORE set, cut the store off once everything but the outcome is in.
+REPLAYED = """
+import os
+import numpy as np
+import psycopg
+import flor_flows as flor
+from flor_flows.record import session
+w = np.zeros(3)
+with flor.checkpointing(w=w):
+    for epoch in flor.loop("epoch", range(3)):
+        w += epoch
+        flor.log("loss", float(w.sum()))
+if os.environ.get("CUT_STORE"):
+    session.current().buffer.sync()
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+        database = os.environ["CUT_STORE"]
+        admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
+"""
+
+
+def test_a_replay_whose_outcome_waits_on_disk_is_not_reported_replayed(
+    project: Project, postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+    env = {"FLOR_FLOWS_STORE_URL": postgres_url, "FLOR_FLOWS_STORE_PATIENCE": "2",
+           "FLOR_FLOWS_CHECKPOINT_POLICY": "every"}  # fmt: skip
+    for name, value in env.items():  # the replay's, from this process
+        monkeypatch.setenv(name, value)
+    project.write("train.py", REPLAYED)
+    commit = project.commit("train")
+    project.run("train.py", env=env)
+    new = REPLAYED.replace(
+        '        flor.log("loss", float(w.sum()))\n',
+        '        flor.log("loss", float(w.sum()))\n        flor.log("w0", float(w[0]))\n',
+    )
+    version = prepare_version(project.root, commit, {"train.py": new}, ("w0",), tmp_path / "v")
+    uid = Store(postgres_url).runs()["run_uid"][0]
+
+    def reopen_once_kept(line: str) -> None:  # the store is back before the engine asks it
+        if "the next run that opens the store writes them" in line:
+            _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+    monkeypatch.setenv("CUT_STORE", database)
+    try:
+        with pytest.raises(ReplayFailed, match="its outcome as 'running', not completed"):
+            replay(version, uid, "train.py", load_settings(project.root), ("w0",),
+                   on_output=reopen_once_kept)  # fmt: skip
+    finally:
+        _admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    monkeypatch.delenv("CUT_STORE")
+    store = Store(postgres_url)
+    assert store.query("SELECT status FROM replays")["status"].tolist() == ["running"]
+    project.write("other.py", "import flor_flows as flor\nflor.log('y', 1)\n")
+    project.commit("other")
+    project.run("other.py", env=env)  # its writer writes what the replay's kept on disk
+    replays = store.query("SELECT status, read_bytes, read_seconds FROM replays")
+    assert replays["status"].tolist() == ["completed"]
+    assert replays["read_bytes"][0] > 0 and replays["read_seconds"][0] > 0  # the reads, too
+    assert store.dataframe(["w0"])["w0"].tolist() == [0.0, 1.0, 3.0]

@@ -12,7 +12,8 @@ What cannot wait in a file (opening a session: its run must be found or started 
 anything else) is tried again for a while instead (`Patient`).
 
 A file is a stream of pickles: the session's header (context, settings, entry script,
-pid), then ("batch", seq, payload) records and, if the run ended, ("finish", status, error).
+pid), then ("batch", seq, payload) records and, if the run ended, ("finish", status, error,
+reads).
 """
 
 from __future__ import annotations
@@ -90,9 +91,12 @@ class SpillFile:
         self._append(("batch", seq, payload))
         self.batches += 1
 
-    def append_finish(self, status: str, error: str | None) -> None:
-        """Keep the run's outcome, to record once its batches are written."""
-        self._append(("finish", status, error))
+    def append_finish(
+        self, status: str, error: str | None, reads: tuple[int, float] | None = None
+    ) -> None:
+        """Keep the run's outcome (with a replay's checkpoint reads), to record once its
+        batches are written."""
+        self._append(("finish", status, error, reads))
 
 
 def read(path: Path) -> Iterator[tuple[Any, ...]]:

@@ -273,8 +273,7 @@ class Session:
     ) -> str | None:
         """Record the outcome (with a replay's checkpoint `reads`: bytes, seconds); if the
         store stays unreachable, leave it and the batches not written in the spill file for
-        the next writer (without the reads: they only calibrate estimates), and say so (the
-        returned note)."""
+        the next writer, and say so (the returned note)."""
         patience = float(os.environ.get(PATIENCE_VAR, PATIENCE_DEFAULT))  # read now: `spare`
         deadline = time.monotonic() + patience
         while not self.drain() and time.monotonic() < deadline:
@@ -288,7 +287,7 @@ class Session:
                 if not spill.transient(exc):
                     raise
                 self._spill_from_now(exc)
-        self.spilled.append_finish(status, error)
+        self.spilled.append_finish(status, error, reads)
         return (
             f"the store did not answer for {patience:.0f} s: this run's last values and "
             f"its outcome are kept in {self.spilled.path}; the next run that opens the store "

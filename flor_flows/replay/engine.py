@@ -241,4 +241,9 @@ def replay(
     verified = store.replay_outcome(replay_id)
     if verified["status"] == "diverged":
         raise ReplayDiverged(f"{what} diverged: {verified['error']}")
+    if verified["status"] != "completed":  # e.g. its writer kept the outcome on local disk
+        raise ReplayFailed(
+            f"{what} ended, but the store has its outcome as {verified['status']!r}, not "
+            f"completed; the last lines of its stderr:\n{outcome.stderr_tail}"
+        )
     return outcome
