@@ -138,6 +138,7 @@ def test_every_item_forks_and_the_first_of_a_script_waits_for_its_server_to_star
     assert [i.estimated_seconds for i in items] == pytest.approx(expected)
     starts = [STARTUP_SECONDS + 3.0, 0, 0, 0, 0, STARTUP_SECONDS + 5.0]  # eval.py: its own
     assert [i.server_seconds for i in items] == pytest.approx(starts)
+    assert [i.server_guessed for i in items] == [True, False, False, False, False, True]
 
 
 def test_a_kept_server_is_not_waited_for_and_its_measured_imports_are_skipped(
@@ -152,10 +153,12 @@ def test_a_kept_server_is_not_waited_for_and_its_measured_imports_are_skipped(
     first = estimate(runs["a"], None, concurrent=2, forked=5.0, cores=2)  # eval.py: unmeasured
     assert [i.estimated_seconds for i in items] == pytest.approx([warm, warm, first])
     assert [i.server_seconds for i in items] == [0, 0, STARTUP_SECONDS + 5.0]
+    assert [i.server_guessed for i in items] == [False, False, True]
     assert warm - first == pytest.approx(1.0 * SETUP_CONTENTION)  # the set-up it still runs
     kept[runs["a"].entry_script] = (4.0, False)  # it ended since: started again, as measured
     items = priced([item(runs["a"]), item(runs["b"])], runs, 2, 2)
     assert [i.server_seconds for i in items] == [4.0, 0]
+    assert [i.server_guessed for i in items] == [False, False]  # as measured
     assert [i.estimated_seconds for i in items] == pytest.approx([warm, warm])
 
 

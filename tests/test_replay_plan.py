@@ -412,7 +412,11 @@ def test_format_plan(history: History) -> None:
     items = plan(store, ["grad_norm"], where="acc >= 0.6 and seed != 3")
     items += plan(store, ["grad_norm"], where="seed == 3")
     items += plan(store, ["grad_norm"], where="seed == 5", iters=parse_iter(["epoch=none"]))
-    items = [replace(item, server_seconds=2.5 if k == 0 else 0.0) for k, item in enumerate(items)]
+    items = [
+        replace(item, server_seconds=2.5 if k == 0 else 0.0, server_guessed=False)
+        for k, item in enumerate(items)
+    ]
+    guessed = format_plan([replace(items[0], server_guessed=True), *items[1:]]).splitlines()
     text = format_plan(items)
     lines = text.splitlines()
     assert lines[0].split() == ["run", "version", "loop", "iterations", "est.", "s", "reason"]
@@ -422,6 +426,10 @@ def test_format_plan(history: History) -> None:
     assert lines[-2] == (
         f"+ 2.5 s before the first replay of {items[0].entry_script}: its fork server imports "
         "the script's libraries, once"
+    )
+    # unless no server of the script measured its imports here: then it says it guessed
+    assert guessed[-2] == (
+        lines[-2] + " (a guess from the run's set-up: no fork server of it ran here yet)"
     )
     total = sum(item.estimated_seconds for item in items) + 2.5
     assert lines[-1] == f"4 replay(s), about {total:.1f} s one after another"

@@ -212,7 +212,14 @@ def priced(
         starts = forked and not running and item.entry_script not in seen
         seen.add(item.entry_script)
         server = (imports if found else STARTUP_SECONDS + run.outside) if starts else 0.0
-        out.append(replace(item, estimated_seconds=seconds, server_seconds=server))
+        out.append(
+            replace(
+                item,
+                estimated_seconds=seconds,
+                server_seconds=server,
+                server_guessed=starts and found is None,
+            )
+        )
     return out
 
 

@@ -43,6 +43,7 @@ class Item:
     # script's libraries (`replay.forkserver`): the first replay of a script whose server is
     # not running yet; once per command, shared by the replays that fork from it.
     server_seconds: float = 0.0
+    server_guessed: bool = False  # no server of its script measured its imports here yet
 
 
 @dataclass
@@ -302,6 +303,10 @@ def format_plan(items: Sequence[Item], checks: dict[str, str] | None = None) -> 
     lines += [
         f"+ {_seconds(item.server_seconds)} s before the first replay of {item.entry_script}: "
         "its fork server imports the script's libraries, once"
+        + (
+            " (a guess from the run's set-up: no fork server of it ran here yet)"
+            * item.server_guessed
+        )
         for item in items
         if item.server_seconds
     ]
