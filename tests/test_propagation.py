@@ -93,6 +93,60 @@ def test_files_are_followed_across_renames() -> None:
     assert (
         str(gone["probe.py"].refusals[0]) == "grad_norm: probe.py has no counterpart in version v0"
     )
+    # moved and changed past recognition: the one gone file of the same name is taken
+    changed = OLD + "".join(f"x{k} = {k}\n" for k in range(30))
+    moved = propagate_files({"src/probe.py": NEW}, {"probe.py": changed, "b.py": "y = 2\n"})
+    assert list(moved) == ["probe.py"] and [p.name for p in moved["probe.py"].placements] == [
+        "grad_norm"
+    ]
+    two = propagate_files({"src/probe.py": NEW}, {"probe.py": changed, "old/probe.py": changed})
+    assert list(two) == ["src/probe.py"] and not two["src/probe.py"].placements  # which one?
+
+
+# A version with the helper in the script, and today's: the helper split out into a module.
+SPLIT_OLD = """import torch
+import flor_flows as flor
+
+def train_one_epoch(net, opt, X):
+    for i in range(4):
+        loss = net(X).sum()
+        loss.backward()
+        opt.step()
+    return loss.item()
+
+net = torch.nn.Linear(2, 1)
+opt = torch.optim.SGD(net.parameters(), lr=0.1)
+sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+for epoch in flor.loop("epoch", range(3)):
+    loss = train_one_epoch(net, opt, torch.ones(3, 2))
+    sched.step()
+    flor.log("loss", loss)
+"""
+SPLIT_NEW = {
+    "scripts/utils.py": (
+        SPLIT_OLD.split("\nnet =")[0]
+        .replace("import torch\n", "")
+        .replace("backward()\n", "backward()\n        flor.log('gnorm', net.weight.grad.norm().item())\n")
+    ),
+    "scripts/train.py": (
+        "import torch\nimport flor_flows as flor\nfrom utils import train_one_epoch\n\n"
+        + "net =" + SPLIT_OLD.split("\nnet =")[1].replace("sched.step()\n", "sched.step()\n    flor.log('lr', sched.get_last_lr()[0])\n    flor.log('best', best)\n")
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_two_new_files_with_one_old_file_both_bring_their_statements(order: int) -> None:
+    new = dict(list(SPLIT_NEW.items())[::order])  # either one first
+    (result,) = propagate_files(new, {"train.py": SPLIT_OLD}, ["lr", "gnorm", "best"]).values()
+    assert sorted(p.name for p in result.placements) == ["gnorm", "lr"]
+    lines = result.source.splitlines()
+    for placement in result.placements:  # each at its line in the final source
+        assert lines[placement.line - 1].strip() == placement.code
+    assert [r.name for r in result.refusals] == ["best"]  # not in that version: said
+    assert result.source == SPLIT_OLD.replace(
+        "backward()\n", "backward()\n        flor.log('gnorm', net.weight.grad.norm().item())\n"
+    ).replace("sched.step()\n", "sched.step()\n    flor.log('lr', sched.get_last_lr()[0])\n")
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -192,12 +192,15 @@ def test_runs_of_another_script_are_not_applicable(project: Project, tmp_path: P
     project.commit("two scripts")
     commit = git(project.root, "rev-parse", "HEAD")
     files = {"train.py": NOISY + '        flor.log("w2", 1)\n', "evaluate.py": "import model\n"}
+    files["report.py"] = 'import flor_flows as flor\nflor.log("w2", 2)\n'  # a new file
     version = prepare_version(
         project.root, commit, files, ["w2"], tmp_path, ["train.py", "evaluate.py", "gone.py"]
     )
     assert version.outcome("train.py") == ("propagated", None)
     status, why = version.outcome("evaluate.py")
     assert status == "not applicable" and "logs none of w2" in why
+    # the new file that logs it was no file of that version: said, in case it was
+    assert why.endswith(f"; report.py has no counterpart in version {commit[:10]}")
     assert version.outcome("gone.py")[0] == "replay failed"
 
 

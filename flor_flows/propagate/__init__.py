@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from difflib import SequenceMatcher
 from functools import lru_cache
+from pathlib import PurePosixPath
 
 import libcst as cst
 
@@ -278,21 +279,23 @@ def _counterpart(
     old: dict[str, tuple[Module | Unparsable, str]],
     new: dict,
 ) -> str | None:
-    """The old file `path` was: itself, else the most similar old file that no longer exists.
+    """The old file `path` was: itself, else the most similar old file that no longer exists,
+    else the one such file of the same name (moved, and changed since).
 
     Similarity is over statement shapes, so a file whose variables were renamed too is found.
+    A wrong counterpart costs refusals, never a wrong placement: placements are checked.
     """
     if path in old:
         return path
     shapes = _shapes(new_module, new_text)
     best, best_ratio = None, RENAMED_FILE
-    for candidate, (module, text) in old.items():
-        if candidate in new:
-            continue
+    gone = {candidate: found for candidate, found in old.items() if candidate not in new}
+    for candidate, (module, text) in gone.items():
         ratio = SequenceMatcher(None, shapes, _shapes(module, text), autojunk=False).ratio()
         if ratio >= best_ratio:
             best, best_ratio = candidate, ratio
-    return best
+    moved = [c for c in gone if PurePosixPath(c).name == PurePosixPath(path).name]
+    return best or (moved[0] if len(moved) == 1 else None)
 
 
 def _shapes(module: Module | Unparsable, source: str) -> list[str]:
@@ -315,9 +318,11 @@ def propagate_files(
     """`propagate` over a project: {path: source} of the new and of an old version.
 
     Log statements may live in any Python file; each file is followed across a rename
-    (the most similar old file that the new version no longer has). A name the old version
-    logs in any file is already there. Returns the propagation per old path that changes or
-    is refused; a new file with no counterpart gives refusals under its own path.
+    (the most similar old file that the new version no longer has), and several new files
+    may have one old file (a module split out of the script): each one's statements go into
+    it in turn. A name the old version logs in any file is already there. Returns the
+    propagation per old path that changes or is refused; a new file with no counterpart
+    gives refusals under its own path.
     """
     wanted = set(names) if names is not None else None
     new_read = {path: _try_read(text, _read_new) for path, text in new.items()}  # once per backfill
@@ -333,5 +338,23 @@ def propagate_files(
             reason = f"{path} has no counterpart in version {version}"
             results[path] = Propagation("", refusals=[Refusal(n, reason) for n in sorted(missing)])
             continue
-        results[target] = _propagate(module, *old_read[target], missing, f"{version}:{target}")
+        earlier = results.get(target)
+        if earlier is None:
+            results[target] = _propagate(module, *old_read[target], missing, f"{version}:{target}")
+            continue
+        into = earlier.source  # with the statements of the new files before this one
+        found = _propagate(module, _try_read(into, read_fast), into, missing, f"{version}:{target}")
+        results[target] = Propagation(
+            found.source,
+            [*_moved(earlier.placements, into, found.source), *found.placements],
+            sorted({*earlier.present, *found.present}),
+            [*earlier.refusals, *found.refusals],
+        )
     return results
+
+
+def _moved(placements: list[Placement], before: str, after: str) -> list[Placement]:
+    """`placements` in `before` at their lines in `after`, which only adds lines to it."""
+    lines = SequenceMatcher(None, before.splitlines(), after.splitlines(), autojunk=False)
+    at = {a + k: b + k for a, b, size in lines.get_matching_blocks() for k in range(size)}
+    return [replace(p, line=at[p.line - 1] + 1) for p in placements]

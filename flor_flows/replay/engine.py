@@ -136,10 +136,12 @@ def _scope(
         except Unparsable:
             continue
     if not logged.intersection(names):
+        # a new file that logs them but that no file of this version was: said, not hidden
+        unplaced = sorted({r.reason for p, found in results.items() if p not in files for r in found.refusals})  # fmt: skip
         return (
             "not applicable",
             f"{entry} (with the modules it imports) logs none of {', '.join(names)} "
-            f"in version {version}",
+            f"in version {version}" + "".join(f"; {why}" for why in unplaced),
         )
     return None
 
@@ -234,10 +236,7 @@ def replay(
     what = f"replay of run {run_uid} ({label})"
     if outcome.returncode != 0:
         lifecycle.finish_replay(store, replay_id, "failed")
-        raise ReplayFailed(
-            f"{what} exited with code {outcome.returncode}; the last lines of its stderr:\n"
-            f"{outcome.stderr_tail}"
-        )
+        raise ReplayFailed(f"{what} {_failure(outcome)}")
     verified = store.replay_outcome(replay_id)
     if verified["status"] == "diverged":
         raise ReplayDiverged(f"{what} diverged: {verified['error']}")
@@ -247,3 +246,18 @@ def replay(
             f"completed; the last lines of its stderr:\n{outcome.stderr_tail}"
         )
     return outcome
+
+
+def _failure(outcome: children.Outcome) -> str:
+    """Why a replay process failed: flor-flows' own error, said in one line (the whole
+    output went to `on_output`), else its exit code and the end of its stderr."""
+    lines = outcome.stderr_tail.splitlines()
+    last = next((k for k in range(len(lines) - 1, -1, -1) if lines[k].startswith("Traceback")), 0)
+    ours = [k for k in range(last, len(lines)) if lines[k].startswith("flor_flows.errors.")]
+    if ours:
+        kind, _, message = " ".join(lines[ours[-1] :]).partition(": ")
+        return f"failed: {message} ({kind.rpartition('.')[2]})"
+    return (
+        f"exited with code {outcome.returncode}; the last lines of its stderr:\n"
+        f"{outcome.stderr_tail}"
+    )
