@@ -206,6 +206,25 @@ def test_serve_help_lists_every_deployment_served(project: Project) -> None:
         assert f"{deployment.flow_name}/{deployment.name}" in listed
 
 
+def test_an_untracked_entry_script_is_new_code_and_no_store_is_made_by_a_dry_run(
+    project: Project,
+) -> None:
+    script = (
+        "import flor_flows as flor\nfor e in flor.loop('epoch', range(2)):\n    flor.log('a', e)\n"
+    )
+    project.write("train.py", script)  # never added to git, as people do
+    done = cli(project, "replay", "--apply", "b", "--dry-run")
+    assert (done.returncode, done.stderr) == (2, (
+        "flor-flows: error: no runs recorded yet: there is no store at "
+        f"{project.root / '.flor-flows' / 'store.db'}\n"
+    ))  # fmt: skip
+    assert not (project.root / ".flor-flows").exists()  # a dry run makes nothing
+    project.run("train.py")  # its code version holds the untracked script
+    project.write("train.py", script + "    flor.log('b', 2 * e)\n")
+    done = cli(project, "replay", "--apply", "b", "--dry-run")
+    assert done.returncode == 0 and done.stdout.splitlines()[1].endswith(" ok"), done.stdout
+
+
 def test_replay_input_errors_come_before_prefect_starts(
     project: Project, versions: tuple[str, str]
 ) -> None:

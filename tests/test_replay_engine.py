@@ -204,6 +204,28 @@ def test_a_failing_replay_is_reported_with_its_stderr(history, tmp_path: Path) -
         )
 
 
+def test_a_missing_checkpoint_fails_the_replay_in_one_line(
+    project: Project, tmp_path: Path
+) -> None:
+    project.write("train.py", MARKED.replace("        mark(epoch)\n", ""))
+    commit = project.commit("v1")
+    project.run("train.py", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
+    uid = project.store().runs()["run_uid"][0]
+    (gone,) = (project.root / ".flor-flows" / "checkpoints" / uid).glob("epoch-2.*")
+    gone.unlink()
+    new = MARKED.replace("        mark(epoch)\n", '        flor.log("w0", float(w[0]))\n')
+    version = prepare_version(project.root, commit, {"train.py": new}, ("w0",), tmp_path / "v")
+    seen: list[str] = []
+    with pytest.raises(ReplayFailed) as failed:
+        replay(version, uid, "train.py", load_settings(project.root), ("w0",), iterations=(3,),
+               on_output=seen.append)  # fmt: skip
+    assert str(failed.value).startswith(
+        f"replay of run {uid} (train.py at {commit[:10]}) failed: cannot read checkpoint "
+    )
+    assert str(failed.value).endswith("(CheckpointError)") and "\n" not in str(failed.value)
+    assert "Traceback (most recent call last):" in seen  # the whole of it, as it came
+
+
 RELATIVE = """
 import flor_flows as flor
 scale = float(open("scale.txt").read())  # a tracked file, by a path relative to the cwd

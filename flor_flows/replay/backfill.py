@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +28,7 @@ from flor_flows.replay.selection import parse_iter
 from flor_flows.replay.skipping import run_level_only, shortcuts, skippable_loops
 from flor_flows.replay.where import parse_where
 from flor_flows.replay.worktree import working_tree_files
-from flor_flows.store import open_store
+from flor_flows.store import open_store, recorded
 from flor_flows.store.leases import lease_holder
 from flor_flows.store.sql import now
 from flor_flows.training.request import Name, ProjectRequest, form_words
@@ -124,9 +124,17 @@ class Resolved:
         return list(dict.fromkeys(item.code_version for item in self.items))
 
 
-def new_files(root: Path, ref: str | None) -> dict[str, str]:
-    """The Python files holding the new statements: the working tree, or `ref`."""
-    return working_tree_files(root) if ref is None else code.python_files_at(root, ref)
+def new_files(root: Path, ref: str | None, entry_scripts: Iterable[str] = ()) -> dict[str, str]:
+    """The Python files holding the new statements: those of `ref`, or the working tree's
+    tracked ones and `entry_scripts` even untracked (a run's code version holds its entry
+    script either way)."""
+    if ref is not None:
+        return code.python_files_at(root, ref)
+    files = working_tree_files(root)
+    for entry in entry_scripts:
+        if entry not in files and (root / entry).is_file():
+            files[entry] = (root / entry).read_text()
+    return files
 
 
 def statements_sha256(files: dict[str, str], names: tuple[str, ...]) -> str:
@@ -145,7 +153,10 @@ def statements_sha256(files: dict[str, str], names: tuple[str, ...]) -> str:
     missing = sorted(set(names) - set(found))
     if missing:
         why = f"; {'; '.join(broken)}" if broken else ""
-        raise RequestError(f"no flor.log statement for {', '.join(missing)} in the new code{why}")
+        raise RequestError(
+            f"no flor.log statement for {', '.join(missing)} in the new code (the tracked "
+            f"Python files and the runs' entry scripts){why}"
+        )
     return hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()
 
 
@@ -153,14 +164,15 @@ def resolve(request: BackfillRequest) -> Resolved:
     """The request's statements, identity and plan, less the runs already replayed for it."""
     settings = load_settings(request.project)
     names = tuple(dict.fromkeys(request.names))
-    files = new_files(settings.root, request.source_ref)
+    store = recorded(settings.store_url)  # a dry run creates nothing
+    runs = store.runs()
+    files = new_files(settings.root, request.source_ref, runs["entry_script"].dropna().unique())
     digest = statements_sha256(files, names)
     key = hashlib.sha256(
         json.dumps(
             [names, digest, request.where, sorted(request.iterations), request.only_missing]
         ).encode()
     ).hexdigest()
-    store = open_store(settings.store_url)
     backfill_id = store.find_backfill(key)  # created by the flow run: a dry run writes nothing
     status = {} if backfill_id is None else store.backfill_status(backfill_id)
     where = parse_where(request.where) if request.where else None
@@ -177,7 +189,8 @@ def resolve(request: BackfillRequest) -> Resolved:
         workers=request.max_parallel,
     )
     if request.runs:  # the same work as the whole request's, on fewer runs: the same key
-        items = [item for item in items if item.run_uid in set(request.runs)]
+        chosen = _named_runs(runs["run_uid"], request.runs)
+        items = [item for item in items if item.run_uid in chosen]
     while not request.only_missing and items and all(status.get(i.run_uid) == "replayed" for i in items):  # fmt: skip
         # `--all` once more after it finished: a new request, computed anew (a retry of one
         # that did not finish resumes it)
@@ -187,6 +200,20 @@ def resolve(request: BackfillRequest) -> Resolved:
     done = [i.run_uid for i in items if status.get(i.run_uid) == "replayed"]
     todo = [i for i in items if status.get(i.run_uid) != "replayed"]
     return Resolved(settings, names, files, digest, key, backfill_id, todo, done)
+
+
+def _named_runs(uids: Iterable[str], names: list[str]) -> set[str]:
+    """The uids of the runs `names` name: each a uid, or the end of just one (as `flor-flows
+    runs` shows it); RequestError for a name that names no run, or several."""
+    uids = list(uids)
+    chosen = set()
+    for name in names:
+        found = [u for u in uids if u == name] or [u for u in uids if u.endswith(name)]
+        if len(found) != 1:
+            which = "no run has this uid" if not found else f"it ends {len(found)} runs' uids"
+            raise RequestError(f"run {name!r}: {which} (`flor-flows runs` lists them)")
+        chosen.add(found[0])
+    return chosen
 
 
 def check_versions(resolved: Resolved) -> dict[str, str]:

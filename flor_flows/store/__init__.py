@@ -11,7 +11,7 @@ from flor_flows.config import load_settings
 from flor_flows.errors import StoreError
 from flor_flows.store.store import Store, open_store
 
-__all__ = ["Store", "open_store", "project_store", "reader"]
+__all__ = ["Store", "open_store", "project_store", "reader", "recorded"]
 
 
 def project_store(root: Path | None = None) -> Store:
@@ -22,11 +22,25 @@ def project_store(root: Path | None = None) -> Store:
 def reader(url: str) -> Store:
     """The store at `url` for reading: created by nothing, read-only where this process
     cannot write its file (a store on read-only storage or of another user)."""
+    path = _sqlite_file(url)
+    if path is None:
+        return open_store(url)
+    writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+    return open_store(url, readonly=not writable)
+
+
+def recorded(url: str) -> Store:
+    """The store at `url`, where runs were recorded: a SQLite file is not created here."""
+    _sqlite_file(url)
+    return open_store(url)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The SQLite file of `url` (None for another database); StoreError if it is not there."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return open_store(url)
+        return None
     path = Path(parsed.database)
     if not path.exists():
         raise StoreError(f"no runs recorded yet: there is no store at {path}")
-    writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
-    return open_store(url, readonly=not writable)
+    return path

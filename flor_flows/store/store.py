@@ -7,7 +7,7 @@ import sqlite3
 import time
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     create_engine,
@@ -29,9 +29,6 @@ from flor_flows.store.reads import ReadsArea
 from flor_flows.store.replays import ReplaysArea
 from flor_flows.store.runs import RunsArea
 from flor_flows.store.sql import insert_sql
-
-if TYPE_CHECKING:
-    pass
 
 
 def _read_only_connection(path: Path) -> sqlite3.Connection:

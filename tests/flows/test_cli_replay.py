@@ -85,9 +85,19 @@ def test_replay_paths_from_the_command_line(project: Project, prefect_api: str) 
     assert sorted(got) == sorted((uid, e) for uid in lr_of for e in range(4))
     assert all(v == pytest.approx(2 * _truth(lr_of[u], e)) for (u, e), v in got.items())
 
-    _replay(project, prefect_api, "--apply", "double", "--all", "--runs", fast)
+    _replay(project, prefect_api, "--apply", "double", "--all", "--runs", fast[-6:])  # as shown
     again = project.store().query("SELECT COUNT(*) AS n FROM logs WHERE name = 'double'")
     assert again["n"][0] == 8 and _replayed(project, "double") == got  # replaced, not added
+    unknown = subprocess.run(
+        [FLOR_FLOWS, "replay", "--apply", "double", "--runs", f"{fast},nosuch", "--dry-run"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (unknown.returncode, unknown.stderr) == (
+        2, "flor-flows: error: run 'nosuch': no run has this uid (`flor-flows runs` lists them)\n"
+    )  # fmt: skip
 
     # the statement from a branch, the working tree back at the recorded code
     git(project.root, "checkout", "-q", "-b", "hindsight")
