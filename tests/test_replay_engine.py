@@ -226,6 +226,44 @@ def test_a_missing_checkpoint_fails_the_replay_in_one_line(
     assert "Traceback (most recent call last):" in seen  # the whole of it, as it came
 
 
+FAILING = """
+import numpy as np
+import flor_flows as flor
+w = np.zeros(2)
+with flor.checkpointing(w=w):
+    for epoch in flor.loop("epoch", range(5)):
+        w += epoch
+        flor.log("loss", float(w.sum()))
+        if epoch == 2:
+            raise RuntimeError("diverging loss at epoch 2")
+"""
+
+
+def test_a_failed_run_replays_when_it_raises_what_the_run_raised(
+    project: Project, tmp_path: Path
+) -> None:
+    project.write("train.py", FAILING)
+    commit = project.commit("v1")
+    failed = project.run("train.py", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"}, check=False)
+    assert failed.returncode == 1
+    uid = project.store().runs()["run_uid"][0]
+    settings = load_settings(project.root)
+    new = FAILING.replace(
+        "        if epoch", '        flor.log("w0", float(w[0]))\n        if epoch'
+    )
+    version = prepare_version(project.root, commit, {"train.py": new}, ("w0",), tmp_path / "v")
+    replay(version, uid, "train.py", settings, ("w0",), on_output=lambda _: None)
+    assert project.store().dataframe(["w0"])["w0"].tolist() == [0.0, 1.0, 3.0]
+    (replayed,) = project.store().query("SELECT status, error FROM replays").itertuples()
+    assert (replayed.status, replayed.error) == (
+        "completed", "raised as its run did: RuntimeError: diverging loss at epoch 2"
+    )  # fmt: skip
+    other = new.replace('flor.log("w0", float(w[0]))', 'flor.log("w0", float(w[0]) / epoch)')
+    version = prepare_version(project.root, commit, {"train.py": other}, ("w0",), tmp_path / "o")
+    with pytest.raises(ReplayFailed, match="ZeroDivisionError: float division by zero"):
+        replay(version, uid, "train.py", settings, ("w0",), on_output=lambda _: None)
+
+
 RELATIVE = """
 import flor_flows as flor
 scale = float(open("scale.txt").read())  # a tracked file, by a path relative to the cwd

@@ -65,6 +65,7 @@ class Session:
         self.checkpoints: list[dict[str, Any]] = []
         self.warm_start: dict[str, Any] | None = None
         self.verifier: Verifier | None = None
+        self.run_failure: str | None = None  # a replayed failed run: what it raised
         self.escaped: set[str] = set()  # names whose text values were stored escaped
         self.written = 0  # the sequence number of the last batch in the store
         self.spilled: spill.SpillFile | None = None
@@ -88,6 +89,7 @@ class Session:
                 float(settings.replay_rtol),
                 completed=self.history["status"] == "completed",
             )
+            self.run_failure = _failure(self.history)
             self.checkpoints = self.patient.checkpoints_of(self.run_id)
             if self.history["resumed_from_id"] is not None:
                 self.warm_start = self.patient.final_checkpoint(self.history["resumed_from_id"])
@@ -107,6 +109,7 @@ class Session:
                 self.store, self.run_id, float(self.settings.replay_rtol),
                 completed=record["status"] == "completed",
             )  # fmt: skip
+            self.run_failure = _failure(record)
         self.written = self.patient.batches_written(self.run_id, self.replay_id)
 
     def _start(self, context: RunContext, entry_script: str | None, pid: int) -> None:
@@ -299,6 +302,9 @@ class Session:
     ) -> None:
         if self.verifier is not None:
             verifier = self.verifier
+            if status == "failed" and error and _last_line(error) == self.run_failure:
+                # the replay of a failed run raised what the run raised: the run, faithfully
+                status, error = "completed", f"raised as its run did: {self.run_failure}"
             lifecycle.finish_replay(
                 self.store,
                 self.replay_id,
@@ -310,6 +316,15 @@ class Session:
             )
         else:
             lifecycle.finish(self.store, self.run_id, status, error)
+
+
+def _failure(run: dict[str, Any]) -> str | None:
+    """What a failed run raised (the last line of its error), else None."""
+    return _last_line(run["error"]) if run["status"] == "failed" and run["error"] else None
+
+
+def _last_line(text: str) -> str:
+    return text.strip().rpartition("\n")[2]
 
 
 def _warn(message: str) -> None:

@@ -234,10 +234,12 @@ def replay(
     )
     outcome = children.run(run, context, on_output, spawn=spawn)
     what = f"replay of run {run_uid} ({label})"
-    if outcome.returncode != 0:
+    verified = store.replay_outcome(replay_id)
+    # A script that exits in error replays well only where its writer found the run raised
+    # the same (a failed run, faithfully replayed).
+    if outcome.returncode != 0 and verified["status"] != "completed":
         lifecycle.finish_replay(store, replay_id, "failed")
         raise ReplayFailed(f"{what} {_failure(outcome)}")
-    verified = store.replay_outcome(replay_id)
     if verified["status"] == "diverged":
         raise ReplayDiverged(f"{what} diverged: {verified['error']}")
     if verified["status"] != "completed":  # e.g. its writer kept the outcome on local disk
