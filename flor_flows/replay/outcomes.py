@@ -100,7 +100,8 @@ def final_state(
         by_status.setdefault(status, {})[uid] = why
     skipped = by_status.pop("not applicable", {})
     runs = len({item.run_uid for item in resolved.items}) - len(skipped)
-    parts = [f"{runs - len(by_status)} of {runs} runs replayed"]
+    failed = sum(len(uids) for uids in by_status.values())
+    parts = [f"{runs - failed} of {runs} runs replayed"]
     if skipped:
         parts.append(f"{len(skipped)} not applicable (their scripts log none of the names)")
     if held:

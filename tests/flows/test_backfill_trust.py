@@ -6,10 +6,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 
 from flor_flows.replay.backfill import BackfillRequest
+from flor_flows.replay.outcomes import final_state
 from flor_flows.store import Store
 from flor_flows.store.leases import lease_holder
 from flor_flows.store.sql import now
@@ -149,3 +151,21 @@ def test_a_lease_keeps_a_second_holder_off_until_released_or_gone(
     # an expired lease is free
     assert store.lease_backfill(backfill_id, ["r9"], second, now() - timedelta(seconds=1)) == {}
     assert store.lease_backfill(backfill_id, ["r9"], first, until) == {}
+
+
+def test_the_final_message_counts_runs_not_statuses() -> None:
+    items = [SimpleNamespace(run_uid=uid) for uid in ("a", "b", "c", "d", "e", "f")]
+    outcomes = {
+        "a": ("replay failed", "boom"),
+        "b": ("replay failed", "boom"),
+        "c": ("diverged", "loss at 3"),
+        "d": ("not applicable", "eval.py logs none of x"),
+    }
+    state = final_state(SimpleNamespace(items=items), outcomes, {})
+    assert state.is_failed()
+    assert state.message.splitlines() == [
+        "2 of 5 runs replayed; 1 not applicable (their scripts log none of the names)",
+        "replay failed: a: boom",
+        "replay failed: b: boom",
+        "diverged: c: loss at 3",
+    ]
