@@ -232,6 +232,11 @@ def test_replay_input_errors_come_before_prefect_starts(
     for args, why in [
         (("--apply", "nosuch"), "no flor.log statement for nosuch in the new code"),
         (("--apply", "new", "--where", "zz < 1"), "zz is neither a logged name nor a run column"),
+        (("--apply", ","), "--apply: nothing given (at least one is needed)"),
+        (
+            ("--apply", "1x"),
+            "--apply: '1x' is not a name (letters, digits and _, not first a digit)",
+        ),
     ]:
         done = cli(project, "replay", *args)
         assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr

@@ -34,6 +34,8 @@ def _said(error: Any) -> str:  # noqa: ANN401 - a pydantic ErrorDetails
 
     if error["type"] == "string_pattern_mismatch" and error["ctx"]["pattern"] == NAME_PATTERN:
         return f"{error['input']!r} is not a name (letters, digits and _, not first a digit)"
+    if error["type"] == "too_short" and not error["input"]:
+        return "nothing given (at least one is needed)"
     return error["msg"].removeprefix("Value error, ")
 
 
