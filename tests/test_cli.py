@@ -114,5 +114,11 @@ def test_a_store_on_read_only_storage_can_be_read(project: Project) -> None:
             timeout=120,
         )
         assert api.stdout.split() == ["2"], api.stderr
+        train = project.run("train.py", check=False)  # a run cannot be recorded: said why
+        assert train.returncode == 1
+        assert (
+            f"({state / 'store.db'} is read-only here: the store can be read, not written)"
+            in train.stderr
+        )
     finally:
         subprocess.run(["umount", str(state)], check=True)

@@ -3,6 +3,7 @@ SQLAlchemy URL; its areas live in runs.py, arrivals.py, leases.py, replays.py an
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from functools import cache
@@ -131,6 +132,17 @@ class Store(RunsArea, ArrivalsArea, BackfillsArea, ReplaysArea, ReadsArea):
                 f"{s.SCHEMA_VERSION}; upgrade flor-flows or point FLOR_FLOWS_STORE_URL at a new store"
             )
 
+    def _unwritable(self) -> str:
+        """Why this process cannot write a SQLite store's file, if that is why (else "")."""
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() != "sqlite" or not parsed.database:
+            return ""
+        path = Path(parsed.database)
+        found = [p for p in (path, path.parent) if p.exists() and not os.access(p, os.W_OK)]
+        return (
+            f" ({found[0]} is read-only here: the store can be read, not written)" if found else ""
+        )
+
     def _create_schema(self) -> None:
         for attempt in range(5):
             try:
@@ -142,7 +154,7 @@ class Store(RunsArea, ArrivalsArea, BackfillsArea, ReplaysArea, ReadsArea):
                 # Another process may be creating the same tables right now: look again.
                 if attempt == 4:
                     raise StoreError(
-                        f"cannot use store {redact_url(self.url)!r}: {exc.orig}"
+                        f"cannot use store {redact_url(self.url)!r}: {exc.orig}{self._unwritable()}"
                     ) from exc
                 time.sleep(0.05 * (attempt + 1))
         version = select(s.Meta.value).where(s.Meta.key == "schema_version")
