@@ -37,6 +37,7 @@ class ReplaySpec:
     skip_loops: tuple[str, ...] = ()
     run_level: bool = True
     shortcuts: tuple[tuple[str, bool], ...] = ()  # marked outer loops; True: the head may go
+    from_start: bool = False  # every iteration runs from the first (`record.replay.from_start`)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Iteration i of the outer loop starts from the state at the end of iteration i-1,
 the checkpoint written at that boundary. A replay of selected iterations therefore skips
 (without executing) every iteration up to the nearest checkpoint before a target, restores
 that checkpoint, re-executes silently up to the target, records the target, and stops after
-the last target.
+the last target. Where the requested values read what the loop carries outside its
+checkpoints, no checkpoint can stand in: every iteration runs from the first (`from_start`).
 
 Where the replayed code marks its iteration body (see `flor_flows.replay.shortcuts`), a
 target runs only the part its requested statements need: its tail (what follows the last
@@ -66,6 +67,18 @@ def steps(
             restore = None
         yield Step(target, "record", restore)
         position = target + 1
+
+
+def from_start(selected: Iterable[int] | None, last: int, run_level: bool) -> Iterator[Step]:
+    """The plan where the requested values read what the loop carries from one iteration to
+    the next outside its checkpoints (`replay.skipping.carried_state`): no checkpoint stands
+    in for an iteration, so every one runs from the first, recording the selected ones (None:
+    all), up to the last selected one, or to `last` for the statements after the loop
+    (`run_level`)."""
+    targets = set(range(last + 1)) if selected is None else {t for t in selected if t <= last}
+    end = last if run_level else max(targets, default=-1)
+    for iteration in range(end + 1):
+        yield Step(iteration, "record" if iteration in targets else "silent")
 
 
 def shortcut_steps(

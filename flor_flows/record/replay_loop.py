@@ -33,6 +33,7 @@ class ReplayLoop:
     selected: tuple[int, ...] | None
     shortcuts: dict[str, bool]
     run_level: bool
+    from_start: bool
     frame: Frame
     muted: bool
     step: replay.Step | None
@@ -51,7 +52,11 @@ class ReplayLoop:
         if self.checkpointing is not None:
             recorded = {c["iteration"]: c for c in ready["checkpoints"] if c["loop_name"] == name}
         last = ready["history"]["iterations"].get(name)  # never past what the run recorded
-        if name in self.shortcuts and last is not None and self.checkpointing is not None:
+        if self.from_start and last is not None:
+            plan = replay.from_start(self.selected, last, self.run_level)
+        elif self.from_start:  # a run recorded before its last iteration was kept
+            plan = replay.steps(self.selected, (), None)
+        elif name in self.shortcuts and last is not None and self.checkpointing is not None:
             head = self.shortcuts[name]
             plan = replay.shortcut_steps(self.selected, recorded, last, head, self.run_level)
         else:

@@ -76,6 +76,7 @@ class Run(ReplayLoop):
         self.shortcuts = dict(spec.shortcuts) if spec else {}  # outer loop -> head may go
         self.step: replay.Step | None = None  # replay: the outer iteration running now
         self.run_level = spec.run_level if spec else True
+        self.from_start = spec.from_start if spec else False
         self.frame = ROOT
         self.muted = not self.run_level
         self.inner_seconds = 0.0  # of the current outer iteration: time in its nested loops

@@ -25,7 +25,12 @@ from flor_flows.errors import FlorError, RequestError, Unparsable
 from flor_flows.propagate.statements import read
 from flor_flows.replay import plan as planning
 from flor_flows.replay.selection import parse_iter
-from flor_flows.replay.skipping import run_level_only, shortcuts, skippable_loops
+from flor_flows.replay.skipping import (
+    carried_state,
+    run_level_only,
+    shortcuts,
+    skippable_loops,
+)
 from flor_flows.replay.where import parse_where
 from flor_flows.replay.worktree import working_tree_files
 from flor_flows.store import open_store, recorded
@@ -168,6 +173,7 @@ def resolve(request: BackfillRequest) -> Resolved:
     runs = store.runs()
     files = new_files(settings.root, request.source_ref, runs["entry_script"].dropna().unique())
     digest = statements_sha256(files, names)
+    carried = carried_state(files, names)
     key = hashlib.sha256(
         json.dumps(
             [names, digest, request.where, sorted(request.iterations), request.only_missing]
@@ -187,7 +193,11 @@ def resolve(request: BackfillRequest) -> Resolved:
         shortcuts={s.loop: s.free for s in shortcuts(files, names)},
         run_level=run_level_only(files, names),
         workers=request.max_parallel,
+        from_start=bool(carried),
     )
+    if carried:  # said in the plan: why each replay runs from the first iteration
+        why = f"from the first iteration: {', '.join(sorted(carried))} carried outside checkpoints"
+        items = [replace(item, reason=f"{item.reason}; {why}") for item in items]
     if request.runs:  # the same work as the whole request's, on fewer runs: the same key
         chosen = _named_runs(runs["run_uid"], request.runs)
         items = [item for item in items if item.run_uid in chosen]

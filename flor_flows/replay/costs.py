@@ -36,7 +36,7 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from flor_flows.record.replay import Step, shortcut_steps, steps
+from flor_flows.record.replay import Step, from_start, shortcut_steps, steps
 from flor_flows.replay import forkserver
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def estimate(
     final = max(run.checkpoints, default=None)
     targets = set(run.iterations if iterations is None else iterations)
     cut = any(step.cut for step in executed)
-    if run_level and final is not None and (final not in targets or cut):
+    if run_level and final is not None and (final not in targets or cut) and not run.from_start:
         restored.append(final)  # the state after the loop is that of its last checkpoint
     read = sum(_read_seconds(run, run.checkpoints[i]) for i in restored)
     stretched = slowdown(concurrent, cores, SETUP_CONTENTION)
@@ -148,6 +148,8 @@ def _read_seconds(run: RunHistory, size: int) -> float:
 
 def _executed(run: RunHistory, iterations: tuple[int, ...] | None, run_level: bool) -> list[Step]:
     """The outer iterations a replay of `iterations` executes, as `record.replay` plans them."""
+    if run.from_start:
+        return list(from_start(iterations, run.iterations[-1], run_level)) if run.iterations else []
     if run.shortcut is not None and run.iterations:
         last = run.iterations[-1]
         # A free body's head goes or is empty: either way a target costs a checkpoint read.
@@ -240,7 +242,8 @@ def _halves(
     cut is found by bisection: O(n log n) estimates of n iterations, not O(n^2).
     """
     pool = list(run.iterations if item.iterations is None else item.iterations)
-    cuts = [c for c in range(1, len(pool)) if pool[c - 1] in run.checkpoints]  # 2nd starts there
+    # The second starts at a checkpoint (unless every replay of the run starts at the first).
+    cuts = [c for c in range(1, len(pool)) if pool[c - 1] in run.checkpoints and not run.from_start]  # fmt: skip
 
     def costs(cut: int) -> tuple[float, float]:
         first, second = tuple(pool[:cut]), tuple(pool[cut:])

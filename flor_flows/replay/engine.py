@@ -32,7 +32,7 @@ from flor_flows.record.context import ReplaySpec, RunContext
 from flor_flows.replay import forkserver
 from flor_flows.replay.reach import reachable
 from flor_flows.replay.shortcuts import mark
-from flor_flows.replay.skipping import shortcuts, skippable_loops
+from flor_flows.replay.skipping import carried_state, shortcuts, skippable_loops
 from flor_flows.replay.worktree import link_untracked, project_root, python_files, view
 from flor_flows.versioning import code
 
@@ -52,6 +52,9 @@ class Version:
     # Outer loops whose bodies are marked to be cut short (`replay.shortcuts`): loop name ->
     # whether the head may go as well as the tail.
     shortcuts: dict[str, bool] = field(default_factory=dict)
+    # What the requested values read that the outer loop carries outside its checkpoints:
+    # where any, its replays run every iteration from the first.
+    carried: frozenset[str] = frozenset()
 
     @property
     def refusals(self) -> list[str]:
@@ -110,7 +113,8 @@ def prepare_version(
             replayed[shortcut.path] = source
             marked[shortcut.loop] = shortcut.head
     skip = skippable_loops(replayed, names)
-    return Version(commit, directory, results, diffs, skip, scope, marked)
+    carried = carried_state(replayed, names)
+    return Version(commit, directory, results, diffs, skip, scope, marked, carried)
 
 
 def _scope(
@@ -230,6 +234,7 @@ def replay(
             skip_loops=tuple(sorted(version.skip_loops)),
             shortcuts=tuple(sorted(version.shortcuts.items())),
             run_level=run_level,
+            from_start=bool(version.carried),
         ),
     )
     outcome = children.run(run, context, on_output, spawn=spawn)

@@ -39,6 +39,8 @@ class RunHistory:
     shortcut: bool | None = None
     write_rate: float | None = None  # bytes/s its checkpoints were written at (median)
     read_rate: float | None = None  # bytes/s its replays read and restored them at
+    # Its replays run every iteration from the first (`skipping.carried_state`).
+    from_start: bool = False
 
     @property
     def iterations(self) -> list[int]:

@@ -11,7 +11,7 @@ costs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -74,6 +74,7 @@ def plan(
     workers: int = 1,
     shortcuts: dict[str, bool] | None = None,
     run_level: bool = False,
+    from_start: bool = False,
 ) -> list[Item]:
     """The replays that compute `names` over history, in run order, with estimated costs.
 
@@ -86,7 +87,9 @@ def plan(
     loop name -> whether they run only the requested statements of its body (True) or up
     to them (False) (`skipping.shortcuts`; both for the estimates only). `run_level`: the
     names are logged only after the training (`skipping.run_level_only`), so the replays run
-    no iteration unless `iters` asks for some.
+    no iteration unless `iters` asks for some. `from_start`: the values read what the outer
+    loop carries outside its checkpoints (`skipping.carried_state`), so the replays run every
+    iteration from the first, each run in one piece.
     With fewer replays than `workers`, the longest are split into segments at checkpoints.
     """
     names = list(dict.fromkeys(names))
@@ -110,6 +113,8 @@ def plan(
     history = assemble(
         runs, contexts, checkpoints, logged, loops, skip_nested, shortcuts or {}, rates
     )
+    if from_start:
+        history = {uid: replace(run, from_start=True, shortcut=None) for uid, run in history.items()}  # fmt: skip
     check_loops(iters, (run.loop for run in history.values() if run.loop))
     if where_rows is not None:
         matched = _where_matches(where, where_rows, history)

@@ -76,6 +76,18 @@ def shortcuts(files: dict[str, str], names: Iterable[str]) -> list[Shortcut]:
     return found
 
 
+def carried_state(files: dict[str, str], names: Iterable[str]) -> frozenset[str]:
+    """The names the requested values read that an outer loop carries from one iteration to
+    the next outside its checkpoints (a patience counter, a best score so far, a list of
+    past losses): no checkpoint restores them, so a replay of such values runs every
+    iteration from the first (`record.replay.from_start`)."""
+    try:
+        code = _Code(files, frozenset(names))
+    except SyntaxError:
+        return frozenset()
+    return frozenset(code.read & code.carried())
+
+
 def run_level_only(files: dict[str, str], names: Iterable[str]) -> bool:
     """Whether every `flor.log` of `names` in `files` runs outside the loops: after the
     training, not in it (nor in a function called in it). A replay then runs no iteration."""
@@ -129,6 +141,21 @@ class _Code:
         if self.read & (self._bound_by(loop) - self.checkpointed):
             return False
         return not any(self._mutates(stmt) for stmt in self._after(loop))
+
+    def carried(self) -> set[str]:
+        """Names an outer loop's iteration may read as the iteration before left them, that
+        it may also set, and that no checkpoint holds; the globals of the functions it calls
+        count as read and set (where in doubt, carried)."""
+        found: set[str] = set()
+        for _, loop in self.loops:
+            if not self.outermost(loop):
+                continue
+            called = [f for stmt in loop.body for f in self._called(stmt)]
+            shared = {n for f in called for g in ast.walk(f) if isinstance(g, ast.Global) for n in g.names}  # fmt: skip
+            exposed = _exposed(loop.body, set()) | shared
+            found |= exposed & self._touched(loop.body)
+            found -= self.checkpointed | _targets(loop) | self.modules
+        return found
 
     def in_loop(self, node: ast.AST, seen: frozenset[ast.AST] = frozenset()) -> bool:
         """Whether `node` runs inside a `flor.loop`, directly or through the functions that
@@ -326,6 +353,54 @@ class _Code:
                     node = self.parent[node]
                 sites.append(node)
         return sites
+
+
+def _exposed(stmts: list[ast.stmt], bound: set[str]) -> set[str]:
+    """Names `stmts` may read before binding them themselves, `bound` being bound already
+    (and growing with what they bind on every path)."""
+    exposed: set[str] = set()
+    for stmt in stmts:
+        if isinstance(stmt, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            reads = _reads(stmt.value) | {n for t in targets for n in _reads(t)}
+            if isinstance(stmt, ast.AugAssign):
+                reads |= _bound(stmt)  # `x += 1` reads x
+            exposed |= reads - bound
+            bound |= _bound(stmt)
+        elif isinstance(stmt, ast.If | ast.For | ast.AsyncFor | ast.While):
+            head = stmt.test if isinstance(stmt, ast.If | ast.While) else stmt.iter
+            exposed |= _reads(head) - bound
+            inner = set(bound) | (_bound(stmt) if isinstance(stmt, ast.For | ast.AsyncFor) else set())  # fmt: skip
+            other = set(bound)
+            exposed |= _exposed(stmt.body, inner) | _exposed(stmt.orelse, other)
+            if isinstance(stmt, ast.If):  # bound after it only where both branches bind
+                bound |= inner & other
+        elif isinstance(stmt, ast.With | ast.AsyncWith):
+            for item in stmt.items:
+                exposed |= _reads(item.context_expr) - bound
+                bound |= {n.id for n in ast.walk(item.optional_vars or ast.Pass()) if isinstance(n, ast.Name)}  # fmt: skip
+            exposed |= _exposed(stmt.body, bound)
+        elif isinstance(stmt, ast.Try):
+            exposed |= _exposed(stmt.body, set(bound))
+            for handler in stmt.handlers:
+                exposed |= _exposed(handler.body, set(bound))
+            exposed |= _exposed(stmt.orelse, set(bound)) | _exposed(stmt.finalbody, bound)
+        elif isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(stmt.name)
+        else:
+            exposed |= _reads(stmt) - bound
+    return exposed
+
+
+def _reads(node: ast.AST | None) -> set[str]:
+    """The names `node` loads, less those its comprehensions and lambdas bind themselves."""
+    own: set[str] = set()
+    for child in ast.walk(node or ast.Pass()):
+        if isinstance(child, ast.comprehension):
+            own |= {n.id for n in ast.walk(child.target) if isinstance(n, ast.Name)}
+        elif isinstance(child, ast.Lambda):
+            own |= {a.arg for a in ast.walk(child.args) if isinstance(a, ast.arg)}
+    return _loaded(node) - own
 
 
 def _flor_call(node: ast.AST, method: str) -> str | None:

@@ -1,0 +1,126 @@
+"""Values the outer loop carries from one iteration to the next outside its checkpoints (an
+early-stopping patience counter, the best loss so far, a list of past losses): no checkpoint
+restores them, so their replays run every iteration from the first, in one piece, and equal
+the new code run from scratch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flor_flows.config import load_settings
+from flor_flows.record.replay import Step, from_start
+from flor_flows.replay.backfill import BackfillRequest, resolve
+from flor_flows.replay.engine import prepare_version, replay
+from flor_flows.replay.skipping import carried_state
+from tests.conftest import Project, git
+
+OLD = """
+import argparse
+import numpy as np
+import flor_flows as flor
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=12)
+parser.add_argument("--patience", type=int, default=100)
+args = parser.parse_args()
+rng = np.random.default_rng(0)
+X, y = rng.normal(size=(64, 3)), rng.normal(size=64)
+w = np.zeros(3)
+best_loss, bad_epochs, history = float("inf"), 0, []
+
+
+def validate(w):
+    return float(np.mean((X @ w - y) ** 2))
+
+
+with flor.checkpointing(w=w):
+    for epoch in flor.loop("epoch", range(args.epochs)):
+        for i in range(0, 64, 16):
+            xb, yb = X[i : i + 16], y[i : i + 16]
+            w -= 0.05 * xb.T @ (xb @ w - yb) / 16
+        val_loss = validate(w) + 0.05 * np.sin(epoch)  # it wiggles: the counter moves
+        history.append(val_loss)
+        if val_loss < best_loss:
+            best_loss = val_loss
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        flor.log("val_loss", val_loss)
+        if bad_epochs > args.patience:
+            break
+"""
+LOGGED = '        flor.log("val_loss", val_loss)\n'
+NEW = (
+    OLD.replace(
+        LOGGED,
+        LOGGED
+        + '        flor.log("bad_epochs", bad_epochs)\n        flor.log("best", best_loss)\n',
+    )
+    + 'flor.log("seen", len(history))\n'
+)
+NAMES = ("bad_epochs", "best", "seen")
+
+
+def test_the_names_a_loop_carries_outside_its_checkpoints_are_read_from_the_code() -> None:
+    files = {"train.py": NEW}
+    assert carried_state(files, ["bad_epochs"]) == {"bad_epochs"}
+    assert carried_state(files, ["best"]) == {"best_loss"}
+    assert carried_state(files, ["seen"]) == {"history"}  # appended to, read after the loop
+    assert carried_state(files, ["val_loss"]) == frozenset()  # bound before it is read
+    assert carried_state({"train.py": "x = ("}, ["best"]) == frozenset()
+
+
+def test_a_replay_from_the_start_runs_every_iteration_up_to_what_it_needs() -> None:
+    assert list(from_start((3, 5), 7, run_level=False)) == [
+        Step(i, "record" if i in (3, 5) else "silent") for i in range(6)
+    ]
+    assert [s.iteration for s in from_start((3,), 7, run_level=True)] == list(range(8))
+    assert list(from_start(None, 2, run_level=False)) == [Step(i, "record") for i in range(3)]
+    assert list(from_start((), 2, run_level=False)) == []
+
+
+def _project(root: Path, source: str) -> Project:
+    root.mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main")
+    (root / ".gitignore").write_text(".flor-flows/\n")
+    project = Project(root)
+    project.write("train.py", source)
+    project.commit("train.py")
+    return project
+
+
+@pytest.fixture(scope="module")
+def truth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[float]]:
+    project = _project(tmp_path_factory.mktemp("truth") / "proj", NEW)
+    project.run("train.py")
+    frame = project.store().dataframe(list(NAMES))
+    values = {name: frame[name].tolist() for name in ("bad_epochs", "best")}
+    assert max(values["bad_epochs"]) > 0  # the counter moves: the test can tell
+    return values | {"seen": frame["seen"].iloc[:1].tolist()}
+
+
+def test_replays_of_carried_values_start_at_the_first_iteration(
+    truth: dict[str, list[float]], project: Project, tmp_path: Path
+) -> None:
+    project.write("train.py", OLD)
+    commit = project.commit("v1")
+    project.run("train.py", env={"FLOR_FLOWS_CHECKPOINT_POLICY": "every"})
+    uid = project.store().runs()["run_uid"][0]
+    project.write("train.py", NEW)
+    # planned as one replay of every epoch, though two could run at once: said why
+    (item,) = resolve(BackfillRequest(project=str(project.root), names=list(NAMES))).items
+    assert item.iterations is None
+    assert item.reason.endswith(
+        "from the first iteration: bad_epochs, best_loss, history carried outside checkpoints"
+    )
+    settings = load_settings(project.root)
+    version = prepare_version(project.root, commit, {"train.py": NEW}, NAMES, tmp_path / "v")
+    assert version.carried == {"bad_epochs", "best_loss", "history"}
+    replay(version, uid, "train.py", settings, NAMES, iterations=(11,), on_output=lambda _: None)
+    got = project.store().dataframe(list(NAMES))
+    last = got[got["epoch"] == 11].iloc[0]
+    assert [last["bad_epochs"], last["best"]] == [truth["bad_epochs"][11], truth["best"][11]]
+    assert got["seen"].dropna().unique().tolist() == truth["seen"] == [12]
+    assert got["bad_epochs"].notna().sum() == 1  # only the epoch asked for is recorded
