@@ -124,3 +124,35 @@ def test_replays_of_carried_values_start_at_the_first_iteration(
     assert [last["bad_epochs"], last["best"]] == [truth["bad_epochs"][11], truth["best"][11]]
     assert got["seen"].dropna().unique().tolist() == truth["seen"] == [12]
     assert got["bad_epochs"].notna().sum() == 1  # only the epoch asked for is recorded
+
+
+ACCUMULATING = """
+import torch
+import flor_flows as flor
+model = torch.nn.Linear(3, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+with flor.checkpointing(model=model, optimizer=optimizer):
+    for epoch in flor.loop("epoch", range(3)):
+        for i, x in enumerate(torch.ones(10, 4, 3)):
+            model(x).sum().backward()
+            flor.log("grad", float(model.weight.grad.norm()))
+            if (i + 1) % 4 == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "carried"),
+    [
+        (ACCUMULATING, {"gradients"}),  # a step's gradients may reach into the next epoch
+        (ACCUMULATING.replace("optimizer.zero_grad()", "pass"), {"gradients"}),  # never reset
+        (
+            ACCUMULATING.replace("            model(x)", "            optimizer.zero_grad()\n            model(x)"),
+            frozenset(),  # reset before every backward pass
+        ),
+        (ACCUMULATING.replace("model.weight.grad.norm()", "model.weight.norm()"), frozenset()),
+    ],
+)  # fmt: skip
+def test_gradients_that_outlive_a_step_are_carried(source: str, carried: set[str]) -> None:
+    assert carried_state({"train.py": source}, ["grad"]) == carried

@@ -79,13 +79,15 @@ def shortcuts(files: dict[str, str], names: Iterable[str]) -> list[Shortcut]:
 def carried_state(files: dict[str, str], names: Iterable[str]) -> frozenset[str]:
     """The names the requested values read that an outer loop carries from one iteration to
     the next outside its checkpoints (a patience counter, a best score so far, a list of
-    past losses): no checkpoint restores them, so a replay of such values runs every
-    iteration from the first (`record.replay.from_start`)."""
+    past losses; "gradients" where they read a `.grad` that no unconditional `zero_grad()`
+    resets, as in gradient accumulation): no checkpoint restores them, so a replay of such
+    values runs every iteration from the first (`record.replay.from_start`)."""
     try:
         code = _Code(files, frozenset(names))
     except SyntaxError:
         return frozenset()
-    return frozenset(code.read & code.carried())
+    accumulated = {"gradients"} if code.reads_gradients() and code.keeps_gradients() else set()
+    return frozenset(code.read & code.carried() | accumulated)
 
 
 def run_level_only(files: dict[str, str], names: Iterable[str]) -> bool:
@@ -156,6 +158,32 @@ class _Code:
             found |= exposed & self._touched(loop.body)
             found -= self.checkpointed | _targets(loop) | self.modules
         return found
+
+    def reads_gradients(self) -> bool:
+        """Whether the requested values read a `.grad`, directly or through assignments."""
+        nodes = [arg for call in self.requested for arg in call.args[1:]]
+        nodes += [stmt.value for stmt in self.assignments if _bound(stmt) & self.read]  # type: ignore[attr-defined]
+        return any(
+            isinstance(n, ast.Attribute) and n.attr == "grad"
+            for node in nodes
+            if node is not None
+            for n in ast.walk(node)
+        )
+
+    def keeps_gradients(self) -> bool:
+        """Whether gradients may outlive a step, and so an iteration (a checkpoint holds
+        none): no `zero_grad()` runs on every pass, only on a condition, if at all."""
+        zeroing = [n for n in self.parent if isinstance(n, ast.Call) and _method(n) == "zero_grad"]
+        return all(self._conditional(call) for call in zeroing)
+
+    def _conditional(self, node: ast.AST) -> bool:
+        """Whether `node` runs only on a condition within its loop or function body."""
+        while (node := self.parent.get(node)) is not None:
+            if isinstance(node, ast.If | ast.IfExp | ast.Try | ast.Match):
+                return True
+            if isinstance(node, ast.For | ast.While | ast.FunctionDef | ast.AsyncFunctionDef):
+                return False
+        return False
 
     def in_loop(self, node: ast.AST, seen: frozenset[ast.AST] = frozenset()) -> bool:
         """Whether `node` runs inside a `flor.loop`, directly or through the functions that
