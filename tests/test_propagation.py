@@ -68,6 +68,13 @@ def test_a_statement_moves_out_of_a_function_with_renames() -> None:
     assert result.source == expected
 
 
+def test_another_new_statement_is_no_anchor_for_a_requested_one() -> None:
+    head = '    for x, y in flor.loop("step", loader):\n'
+    both = NEW.replace(head, head + '        flor.log("a", 1)\n        flor.log("b", 2)\n')
+    result = propagate(both, OLD, names=["b"])  # asked alone, after the other one
+    assert result.ok and [(p.name, p.line) for p in result.placements] == [("b", 6)]
+
+
 def test_already_present_is_a_no_op_and_unknown_names_are_refused() -> None:
     done = propagate(NEW, propagate(NEW, OLD).source)
     assert done.ok and done.present == ["grad_norm"] and not done.placements

@@ -433,6 +433,11 @@ def test_format_plan(history: History) -> None:
     )
     total = sum(item.estimated_seconds for item in items) + 2.5
     assert lines[-1] == f"4 replay(s), about {total:.1f} s one after another"
+    checks = {item.run_uid: "refused: a reason" for item in items[1:]} | {items[0].run_uid: "ok"}
+    only = items[0].estimated_seconds + 2.5  # what is refused does not run
+    assert format_plan(items, checks).splitlines()[-1] == (
+        f"1 replay(s), about {only:.1f} s one after another; 3 will not (refused or not applicable)"
+    )
     assert format_plan([]) == "nothing to replay"
 
 

@@ -131,7 +131,10 @@ def _propagate(
         return result
 
     target_ids = {id(t) for t in targets}
-    placer = Placer(new, old, Matching(new, old, ignore=target_ids), target_ids)
+    # No anchor is a log statement the old version lacks, requested or not (another new one)
+    logged = old.logs()
+    absent = {id(s) for s in new.statements if s.log_name and s.log_name not in logged}
+    placer = Placer(new, old, Matching(new, old, ignore=absent), absent | target_ids)
     insertions: dict[int, dict[int, list[cst.BaseStatement]]] = defaultdict(
         lambda: defaultdict(list)
     )

@@ -315,8 +315,11 @@ def format_plan(items: Sequence[Item], checks: dict[str, str] | None = None) -> 
         for item in items
         if item.server_seconds
     ]
-    total = sum(item.estimated_seconds + item.server_seconds for item in items)
-    lines.append(f"{len(items)} replay(s), about {total:.1f} s one after another")
+    runnable = [i for i in items if checks is None or checks.get(i.run_uid, "ok") == "ok"]
+    total = sum(item.estimated_seconds + item.server_seconds for item in runnable)
+    lines.append(f"{len(runnable)} replay(s), about {total:.1f} s one after another")
+    if len(runnable) < len(items):  # the others will not run: their check says why
+        lines[-1] += f"; {len(items) - len(runnable)} will not (refused or not applicable)"
     return "\n".join(lines)
 
 
