@@ -14,7 +14,7 @@ from flor_flows.record.replay import Step, from_start
 from flor_flows.replay.backfill import BackfillRequest, resolve
 from flor_flows.replay.engine import prepare_version, replay
 from flor_flows.replay.skipping import carried_state
-from tests.conftest import Project, git
+from tests.conftest import Project, new_project
 
 OLD = """
 import argparse
@@ -81,19 +81,10 @@ def test_a_replay_from_the_start_runs_every_iteration_up_to_what_it_needs() -> N
     assert list(from_start((), 2, run_level=False)) == []
 
 
-def _project(root: Path, source: str) -> Project:
-    root.mkdir(parents=True)
-    git(root, "init", "-q", "-b", "main")
-    (root / ".gitignore").write_text(".flor-flows/\n")
-    project = Project(root)
-    project.write("train.py", source)
-    project.commit("train.py")
-    return project
-
-
 @pytest.fixture(scope="module")
 def truth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[float]]:
-    project = _project(tmp_path_factory.mktemp("truth") / "proj", NEW)
+    project = new_project(tmp_path_factory.mktemp("truth") / "proj")
+    project.write("train.py", NEW)
     project.run("train.py")
     frame = project.store().dataframe(list(NAMES))
     values = {name: frame[name].tolist() for name in ("bad_epochs", "best")}
