@@ -64,7 +64,11 @@ def test_bad_input_is_a_clear_error_not_a_traceback(project: Project) -> None:
     assert missing.returncode == 2 and "cannot read nope.py" in missing.stderr
     for args, why in [
         (("--apply", "x", "--max-parallel", "0"), "max-parallel: Input should be greater"),
-        (("--apply", ","), "--apply: List should have at least 1 item"),
+        (("--apply", ","), "--apply: nothing given (at least one is needed)"),
+        (
+            ("--apply", "1x"),
+            "--apply: '1x' is not a name (letters, digits and _, not first a digit)",
+        ),
     ]:
         invalid = cli(project, "replay", *args, "--dry-run")
         assert invalid.returncode == 2 and why in invalid.stderr, invalid.stderr
@@ -72,7 +76,7 @@ def test_bad_input_is_a_clear_error_not_a_traceback(project: Project) -> None:
 
 
 def test_reading_a_project_without_runs_creates_nothing(project: Project) -> None:
-    for args in (("runs",), ("dataframe", "loss"), ("query", "select 1")):
+    for args in (("runs",), ("dataframe", "loss"), ("query", "select 1"), ("replay", "--apply", "x", "--dry-run")):  # fmt: skip
         empty = cli(project, *args)
         assert empty.returncode == 2, empty.stderr
         assert empty.stderr.startswith("flor-flows: error: no runs recorded yet: there is no store")

@@ -206,19 +206,11 @@ def test_serve_help_lists_every_deployment_served(project: Project) -> None:
         assert f"{deployment.flow_name}/{deployment.name}" in listed
 
 
-def test_an_untracked_entry_script_is_new_code_and_no_store_is_made_by_a_dry_run(
-    project: Project,
-) -> None:
+def test_an_untracked_entry_script_is_new_code(project: Project) -> None:
     script = (
         "import flor_flows as flor\nfor e in flor.loop('epoch', range(2)):\n    flor.log('a', e)\n"
     )
     project.write("train.py", script)  # never added to git, as people do
-    done = cli(project, "replay", "--apply", "b", "--dry-run")
-    assert (done.returncode, done.stderr) == (2, (
-        "flor-flows: error: no runs recorded yet: there is no store at "
-        f"{project.root / '.flor-flows' / 'store.db'}\n"
-    ))  # fmt: skip
-    assert not (project.root / ".flor-flows").exists()  # a dry run makes nothing
     project.run("train.py")  # its code version holds the untracked script
     project.write("train.py", script + "    flor.log('b', 2 * e)\n")
     done = cli(project, "replay", "--apply", "b", "--dry-run")
@@ -232,11 +224,6 @@ def test_replay_input_errors_come_before_prefect_starts(
     for args, why in [
         (("--apply", "nosuch"), "no flor.log statement for nosuch in the new code"),
         (("--apply", "new", "--where", "zz < 1"), "zz is neither a logged name nor a run column"),
-        (("--apply", ","), "--apply: nothing given (at least one is needed)"),
-        (
-            ("--apply", "1x"),
-            "--apply: '1x' is not a name (letters, digits and _, not first a digit)",
-        ),
     ]:
         done = cli(project, "replay", *args)
         assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
