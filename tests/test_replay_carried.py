@@ -13,7 +13,7 @@ from flor_flows.config import load_settings
 from flor_flows.record.replay import Step, from_start
 from flor_flows.replay.backfill import BackfillRequest, resolve
 from flor_flows.replay.engine import prepare_version, replay
-from flor_flows.replay.skipping import carried_state
+from flor_flows.replay.skipping import carried_state, run_level_only, shortcuts
 from tests.conftest import Project, new_project
 
 OLD = """
@@ -142,8 +142,99 @@ with flor.checkpointing(model=model, optimizer=optimizer):
             ACCUMULATING.replace("            model(x)", "            optimizer.zero_grad()\n            model(x)"),
             frozenset(),  # reset before every backward pass
         ),
-        (ACCUMULATING.replace("model.weight.grad.norm()", "model.weight.norm()"), frozenset()),
+        # the weights too: the next epoch's first step applies what the last one left
+        (ACCUMULATING.replace("model.weight.grad.norm()", "model.weight.norm()"), {"gradients"}),
+        (ACCUMULATING.replace(".sum().backward()", ".sum()"), frozenset()),  # no backward pass
     ],
 )  # fmt: skip
 def test_gradients_that_outlive_a_step_are_carried(source: str, carried: set[str]) -> None:
     assert carried_state({"train.py": source}, ["grad"]) == carried
+
+
+# As real scripts carry state (pytorch/examples' word_language_model, the transfer learning
+# tutorial, an early-stopping helper), each with the value it is logged for.
+ANNEALED = """
+import flor_flows as flor
+lr, best = 20.0, None
+def train():
+    for p in model.parameters():
+        p.data.add_(p.grad, alpha=-lr)
+with flor.checkpointing(model=model):
+    for epoch in flor.loop("epoch", range(4)):
+        train()
+        val_loss = evaluate()
+        flor.log("val2", val_loss)
+        if best is None or val_loss < best:
+            best = val_loss
+        else:
+            lr /= 4.0
+"""
+BEST_WEIGHTS = """
+import copy
+import flor_flows as flor
+best_acc, best_wts = 0.0, copy.deepcopy(model.state_dict())
+with flor.checkpointing(model=model):
+    for epoch in flor.loop("epoch", range(4)):
+        acc = fit(model)
+        if acc > best_acc:
+            best_acc, best_wts = acc, copy.deepcopy(model.state_dict())
+model.load_state_dict(best_wts)
+flor.log("final_wn", model.weight.norm().item())
+"""
+STOPPER = """
+import flor_flows as flor
+from helpers import EarlyStopping
+stopper = EarlyStopping(patience=3)
+with flor.checkpointing(model=model):
+    for epoch in flor.loop("epoch", range(9)):
+        val_loss = fit(model)
+        stopper(val_loss, model)
+        flor.log("count", stopper.counter)
+        if stopper.early_stop:
+            break
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "name", "carried"),
+    [
+        (ANNEALED, "val2", {"lr"}),  # the training reads it: every value after it depends on it
+        (BEST_WEIGHTS, "final_wn", {"best_wts"}),  # set in the loop, loaded into the model after
+        (STOPPER, "count", {"stopper"}),  # an object its call changes
+    ],
+)
+def test_state_real_scripts_carry_is_found(source: str, name: str, carried: set[str]) -> None:
+    assert carried_state({"train.py": source}, [name]) == carried
+
+
+def test_a_statement_in_a_closure_passed_to_the_optimizer_runs_in_the_loop() -> None:
+    source = """
+import flor_flows as flor
+with flor.checkpointing(model=model, optimizer=optimizer):
+    for epoch in flor.loop("epoch", range(3)):
+        def closure():
+            optimizer.zero_grad()
+            loss = model(x).sum()
+            flor.log("closs", loss.item())
+            loss.backward()
+            return loss
+        optimizer.step(closure)
+"""
+    assert not run_level_only({"train.py": source}, ["closs"])
+
+
+def test_an_in_place_update_of_a_part_of_the_model_keeps_the_head_of_the_epoch() -> None:
+    source = """
+import time
+import flor_flows as flor
+def train():
+    for p in model.parameters():
+        p.data.add_(p.grad, alpha=-0.1)
+with flor.checkpointing(model=model):
+    for epoch in flor.loop("epoch", range(3)):
+        t0 = time.time()
+        flor.log("w_start", model.weight.norm().item())
+        train()
+"""
+    (shortcut,) = shortcuts({"train.py": source}, ["w_start"])
+    assert not shortcut.head  # the epoch's end is not its start: `train()` changes the model

@@ -21,12 +21,14 @@ requested statements read nothing the body sets but checkpointed objects.
 from __future__ import annotations
 
 import ast
+import builtins
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from flor_flows import pyast
 
 _MUTATORS = frozenset({"step", "load_state_dict", "add_param_group"})
+_BUILTINS = frozenset(dir(builtins))
 
 
 def skippable_loops(files: dict[str, str], names: Iterable[str]) -> frozenset[str]:
@@ -79,15 +81,17 @@ def shortcuts(files: dict[str, str], names: Iterable[str]) -> list[Shortcut]:
 def carried_state(files: dict[str, str], names: Iterable[str]) -> frozenset[str]:
     """The names the requested values read that an outer loop carries from one iteration to
     the next outside its checkpoints (a patience counter, a best score so far, a list of
-    past losses; "gradients" where they read a `.grad` that no unconditional `zero_grad()`
-    resets, as in gradient accumulation): no checkpoint restores them, so a replay of such
-    values runs every iteration from the first (`record.replay.from_start`)."""
+    past losses), or that the training reads (a learning rate annealed by hand), and
+    "gradients" where no unconditional `zero_grad()` resets them, as in gradient
+    accumulation: no checkpoint restores them, so a replay of such values runs every
+    iteration from the first (`record.replay.from_start`)."""
     try:
         code = _Code(files, frozenset(names))
     except SyntaxError:
         return frozenset()
-    accumulated = {"gradients"} if code.reads_gradients() and code.keeps_gradients() else set()
-    return frozenset(code.read & code.carried() | accumulated)
+    carried = code.carried()
+    accumulated = {"gradients"} if code.keeps_gradients() else set()
+    return frozenset(code.read & carried | code.steering(carried) | accumulated)
 
 
 def run_level_only(files: dict[str, str], names: Iterable[str]) -> bool:
@@ -109,6 +113,7 @@ class _Code:
         self.requested: set[ast.Call] = set()
         self.checkpointed: set[str] = set()
         self.functions: dict[str, list[ast.AST]] = {}
+        self.classes: set[str] = set()
         self.assignments: list[ast.stmt] = []
         calls: list[ast.Call] = []
         self.path_of: dict[ast.For, str] = {}
@@ -123,6 +128,8 @@ class _Code:
                     self.path_of[node] = path
                 elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                     self.functions.setdefault(node.name, []).append(node)
+                elif isinstance(node, ast.ClassDef):
+                    self.classes.add(node.name)
                 elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.NamedExpr):
                     self.assignments.append(node)
                 elif isinstance(node, ast.Call):
@@ -147,34 +154,69 @@ class _Code:
     def carried(self) -> set[str]:
         """Names an outer loop's iteration may read as the iteration before left them, that
         it may also set, and that no checkpoint holds; the globals of the functions it calls
-        count as read and set (where in doubt, carried)."""
+        count as read and set, an object it calls as set, and what it sets that the code
+        after the loop reads as carried too (where in doubt, carried)."""
         found: set[str] = set()
         for _, loop in self.loops:
             if not self.outermost(loop):
                 continue
             called = [f for stmt in loop.body for f in self._called(stmt)]
             shared = {n for f in called for g in ast.walk(f) if isinstance(g, ast.Global) for n in g.names}  # fmt: skip
-            exposed = _exposed(loop.body, set()) | shared
-            found |= exposed & self._touched(loop.body)
-            found -= self.checkpointed | _targets(loop) | self.modules
+            touched = self._touched(loop.body) | self._objects_called(loop.body)
+            after = set().union(*(_reads(stmt) for stmt in self._after(loop)))
+            exposed = _exposed(loop.body, set()) | shared | after
+            found |= (exposed & touched) - self.checkpointed - _targets(loop) - self.modules
         return found
 
-    def reads_gradients(self) -> bool:
-        """Whether the requested values read a `.grad`, directly or through assignments."""
-        nodes = [arg for call in self.requested for arg in call.args[1:]]
-        nodes += [stmt.value for stmt in self.assignments if _bound(stmt) & self.read]  # type: ignore[attr-defined]
-        return any(
-            isinstance(n, ast.Attribute) and n.attr == "grad"
-            for node in nodes
-            if node is not None
-            for n in ast.walk(node)
-        )
+    def steering(self, names: set[str]) -> set[str]:
+        """Of `names`, those the training itself reads: in a loop nested in the outer one, in
+        a function the script calls (as a global), or in a statement that changes
+        checkpointed state (`model.load_state_dict(best_weights)`)."""
+        free: set[str] = set()
+        for functions in self.functions.values():
+            for function in functions:
+                own = {a.arg for a in ast.walk(function.args) if isinstance(a, ast.arg)}  # type: ignore[attr-defined]
+                own |= {n.id for n in ast.walk(function) if isinstance(n, ast.Name) and _stores(n)}
+                free |= _reads(function) - own
+        nested = {
+            n
+            for _, loop in self.loops
+            for stmt in ast.walk(loop)
+            if stmt is not loop and isinstance(stmt, ast.For | ast.While)
+            for n in _reads(stmt)
+        }
+        mutating = {n for stmt in self.parent if isinstance(stmt, ast.stmt) and not isinstance(stmt, ast.For | ast.While | ast.With | ast.If | ast.Try | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module) and self._mutates(stmt) for n in _reads(stmt)}  # fmt: skip
+        return names & (free | nested | mutating)
+
+    def _objects_called(self, stmts: list[ast.stmt]) -> set[str]:
+        """Objects `stmts` call whose attributes the script reads (not the script's
+        functions, imports or builtins): an early-stopping helper whose call changes the
+        counter the script reads, not a loss function."""
+        known = set(self.functions) | self.modules | self.classes | _BUILTINS
+        called = {
+            node.func.id
+            for stmt in stmts
+            for node in ast.walk(stmt)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
+        methods = {id(n.func) for n in self.parent if isinstance(n, ast.Call)}
+        read = {
+            n.value.id
+            for n in self.parent
+            if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name)
+            and id(n) not in methods
+        }
+        return (called & read) - known
 
     def keeps_gradients(self) -> bool:
         """Whether gradients may outlive a step, and so an iteration (a checkpoint holds
-        none): no `zero_grad()` runs on every pass, only on a condition, if at all."""
-        zeroing = [n for n in self.parent if isinstance(n, ast.Call) and _method(n) == "zero_grad"]
-        return all(self._conditional(call) for call in zeroing)
+        none): the script calls `.backward()`, and no `zero_grad()` runs on every pass, only
+        on a condition, if at all."""
+        calls = [n for n in self.parent if isinstance(n, ast.Call)]
+        zeroing = [call for call in calls if _method(call) == "zero_grad"]
+        backward = any(_method(call) == "backward" for call in calls)
+        return backward and all(self._conditional(call) for call in zeroing)
 
     def _conditional(self, node: ast.AST) -> bool:
         """Whether `node` runs only on a condition within its loop or function body."""
@@ -192,7 +234,9 @@ class _Code:
             if isinstance(node, ast.For) and _flor_call(node.iter, "loop"):
                 return True
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                sites = [site for site in self._call_sites_of(node) if site not in seen]
+                # a function passed by name (a closure to `optimizer.step`) runs where it goes
+                sites = self._call_sites_of(node) or self._references_of(node)
+                sites = [site for site in sites if site not in seen]
                 return any(self.in_loop(site, seen | {site}) for site in sites)
         return False
 
@@ -356,9 +400,8 @@ class _Code:
                 method = node.func.attr
                 if method in _MUTATORS:
                     return True
-                in_place = method.endswith("_") and not method.startswith("_")
-                if in_place and _root(node.func.value) in self.checkpointed:
-                    return True
+                if method.endswith("_") and not method.startswith("_"):
+                    return True  # in place: on checkpointed state, or on a part of it (`p.data`)
             elif _stores(node) and _root(node) in self.checkpointed:
                 return True
         return False
@@ -369,6 +412,16 @@ class _Code:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 return node
         return None
+
+    def _references_of(self, function: ast.AST) -> list[ast.stmt]:
+        """The statements naming `function` without calling it (passing it on)."""
+        sites = []
+        for node in self.parent:
+            if isinstance(node, ast.Name) and node.id == function.name and not _stores(node):  # type: ignore[attr-defined]
+                while not isinstance(node, ast.stmt):
+                    node = self.parent[node]
+                sites.append(node)
+        return sites
 
     def _call_sites_of(self, function: ast.AST | None) -> list[ast.stmt]:
         """The statements calling `function` (by name: the checks do not resolve types)."""
