@@ -207,6 +207,23 @@ def test_state_real_scripts_carry_is_found(source: str, name: str, carried: set[
     assert carried_state({"train.py": source}, [name]) == carried
 
 
+def test_a_logger_the_training_reports_to_steers_nothing() -> None:
+    source = """
+import logging
+import flor_flows as flor
+log = logging.getLogger("train")
+def train():
+    for x in data:
+        log.info("loss %s", model(x).sum().item())
+with flor.checkpointing(model=model):
+    for epoch in flor.loop("epoch", range(3)):
+        train()
+        log.info("epoch %d", epoch)
+        flor.log("w", model.weight.norm().item())
+"""
+    assert carried_state({"train.py": source}, ["w"]) == frozenset()
+
+
 def test_a_statement_in_a_closure_passed_to_the_optimizer_runs_in_the_loop() -> None:
     source = """
 import flor_flows as flor

@@ -177,16 +177,32 @@ class _Code:
             for function in functions:
                 own = {a.arg for a in ast.walk(function.args) if isinstance(a, ast.arg)}  # type: ignore[attr-defined]
                 own |= {n.id for n in ast.walk(function) if isinstance(n, ast.Name) and _stores(n)}
-                free |= _reads(function) - own
+                free |= self._used(function) - own
         nested = {
             n
             for _, loop in self.loops
             for stmt in ast.walk(loop)
             if stmt is not loop and isinstance(stmt, ast.For | ast.While)
-            for n in _reads(stmt)
+            for n in self._used(stmt)
         }
         mutating = {n for stmt in self.parent if isinstance(stmt, ast.stmt) and not isinstance(stmt, ast.For | ast.While | ast.With | ast.If | ast.Try | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module) and self._mutates(stmt) for n in _reads(stmt)}  # fmt: skip
         return names & (free | nested | mutating)
+
+    def _used(self, node: ast.AST) -> set[str]:
+        """The names `node` reads, less those it only reports on: an expression statement
+        calling a method that changes no checkpointed state (`logger.info(...)`,
+        `writer.add_scalar(...)`, `bar.update()`)."""
+        told = {
+            id(n)
+            for stmt in ast.walk(node)
+            if isinstance(stmt, ast.Expr)
+            and isinstance(stmt.value, ast.Call)
+            and isinstance(stmt.value.func, ast.Attribute)
+            and not self._mutates(stmt)
+            for n in ast.walk(stmt)
+        }
+        loads = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and not _stores(n) and id(n) not in told}  # fmt: skip
+        return _reads(node) & loads
 
     def _objects_called(self, stmts: list[ast.stmt]) -> set[str]:
         """Objects `stmts` call whose attributes the script reads (not the script's
