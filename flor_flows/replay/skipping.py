@@ -431,25 +431,25 @@ class _Code:
 
     def _references_of(self, function: ast.AST) -> list[ast.stmt]:
         """The statements naming `function` without calling it (passing it on)."""
-        sites = []
-        for node in self.parent:
-            if isinstance(node, ast.Name) and node.id == function.name and not _stores(node):  # type: ignore[attr-defined]
-                while not isinstance(node, ast.stmt):
-                    node = self.parent[node]
-                sites.append(node)
-        return sites
+        name = function.name  # type: ignore[attr-defined]
+        named = (
+            n for n in self.parent if isinstance(n, ast.Name) and n.id == name and not _stores(n)
+        )
+        return [self._statement_of(node) for node in named]
 
     def _call_sites_of(self, function: ast.AST | None) -> list[ast.stmt]:
         """The statements calling `function` (by name: the checks do not resolve types)."""
         if function is None:
             return []
-        sites = []
-        for node in self.parent:
-            if isinstance(node, ast.Call) and _callee(node) == function.name:  # type: ignore[attr-defined]
-                while not isinstance(node, ast.stmt):
-                    node = self.parent[node]
-                sites.append(node)
-        return sites
+        name = function.name  # type: ignore[attr-defined]
+        calls = (n for n in self.parent if isinstance(n, ast.Call) and _callee(n) == name)
+        return [self._statement_of(node) for node in calls]
+
+    def _statement_of(self, node: ast.AST) -> ast.stmt:
+        """The statement `node` is part of."""
+        while not isinstance(node, ast.stmt):
+            node = self.parent[node]
+        return node
 
 
 def _exposed(stmts: list[ast.stmt], bound: set[str]) -> set[str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from flor_flows.config import load_settings
 from flor_flows.errors import StoreError
-from flor_flows.store.store import Store, open_store
+from flor_flows.store.store import Store, open_store, sqlite_file
 
 __all__ = ["Store", "open_store", "project_store", "reader", "recorded"]
 
@@ -22,7 +20,7 @@ def project_store(root: Path | None = None) -> Store:
 def reader(url: str) -> Store:
     """The store at `url` for reading: created by nothing, read-only where this process
     cannot write its file (a store on read-only storage or of another user)."""
-    path = _sqlite_file(url)
+    path = _recorded_file(url)
     if path is None:
         return open_store(url)
     writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
@@ -31,16 +29,13 @@ def reader(url: str) -> Store:
 
 def recorded(url: str) -> Store:
     """The store at `url`, where runs were recorded: a SQLite file is not created here."""
-    _sqlite_file(url)
+    _recorded_file(url)
     return open_store(url)
 
 
-def _sqlite_file(url: str) -> Path | None:
+def _recorded_file(url: str) -> Path | None:
     """The SQLite file of `url` (None for another database); StoreError if it is not there."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    path = Path(parsed.database)
-    if not path.exists():
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
         raise StoreError(f"no runs recorded yet: there is no store at {path}")
     return path

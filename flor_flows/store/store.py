@@ -32,6 +32,14 @@ from flor_flows.store.runs import RunsArea
 from flor_flows.store.sql import insert_sql
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for another database or an in-memory one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def _read_only_connection(path: Path) -> sqlite3.Connection:
     """A connection that can only read `path`, also on read-only storage.
 
@@ -134,10 +142,9 @@ class Store(RunsArea, ArrivalsArea, BackfillsArea, ReplaysArea, ReadsArea):
 
     def _unwritable(self) -> str:
         """Why this process cannot write a SQLite store's file, if that is why (else "")."""
-        parsed = make_url(self.url)
-        if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        path = sqlite_file(self.url)
+        if path is None:
             return ""
-        path = Path(parsed.database)
         found = [p for p in (path, path.parent) if p.exists() and not os.access(p, os.W_OK)]
         return (
             f" ({found[0]} is read-only here: the store can be read, not written)" if found else ""
