@@ -103,6 +103,19 @@ def test_a_replay_forked_from_a_ready_server_skips_its_imports_and_its_writer_st
     assert two == pytest.approx(forked_startup + (5.0 - 2.0) * SETUP_CONTENTION)
 
 
+def test_what_replays_measured_outside_their_loop_stands_for_start_up_and_set_up() -> None:
+    model = run(outside=5.0, count=4, size=100_000_000, rate=100e6)
+    measured = RunHistory(**{**vars(model), "replay_outside": {True: 0.3}})
+    read = 1.0 * READ_PER_WRITE  # the final checkpoint, as the run wrote it
+    assert estimate(measured, (), forked=2.0) == pytest.approx(0.3 + read)
+    two = estimate(measured, (3,), concurrent=2, forked=2.0, cores=2)
+    assert two == pytest.approx(0.3 * SETUP_CONTENTION + 2.0 * CONTENTION + read)  # from 2's
+    # a fresh replay pays the imports a fork skips: none of its kind measured, the model
+    assert (
+        estimate(measured, ()) == estimate(model, ()) == pytest.approx(STARTUP_SECONDS + 5.0 + read)
+    )
+
+
 def test_reads_go_at_the_speed_the_run_wrote_its_checkpoints() -> None:
     size = 400_000_000
     unknown = run(size=size, count=4)

@@ -198,6 +198,9 @@ def test_a_forked_replay_gets_a_writer_its_server_started_ahead_unless_that_one_
         (False, "-m flor_flows.record.writer"),
     ]
     assert len({pid for pid, _, _ in writers}) == 3
+    measured = project.store().query("SELECT forked, loop_seconds FROM replays ORDER BY id")
+    assert measured["forked"].tolist() == [1, 1, 0]  # the last had to start its own writer
+    assert (measured["loop_seconds"] > 0).all()
     assert _values(project, "w1", "replay") == [0.0, 0.5, 1.5]  # (1,) again: the same value
     server.wait(10)  # the scope ended: so did the server, and the spare it had started next
     assert len(waiting) == 1

@@ -17,7 +17,7 @@ from flor_flows.errors import FlorError
 from flor_flows.replay import plan as planning
 from flor_flows.replay.costs import READ_PER_WRITE, SPARE_WRITER_SAVED_SECONDS, STARTUP_SECONDS
 from flor_flows.replay.engine import prepare_version, replay
-from flor_flows.replay.history import _write_rate
+from flor_flows.replay.history import _measured, _outside, _write_rate, assemble
 from flor_flows.replay.plan import format_plan, plan
 from flor_flows.replay.selection import Selection, compact, parse_iter
 from flor_flows.replay.where import parse_where
@@ -358,6 +358,49 @@ def test_replays_measure_their_checkpoint_reads_and_later_plans_price_reads_by_t
     was = _write_rate(written) / READ_PER_WRITE
     assert after[1] - before[1] == pytest.approx((sizes[2] + sizes[4]) * (1 / rate - 1 / was))
     assert after[history.seed[other]] != before[history.seed[other]]  # the others' median
+
+
+def test_replays_measure_their_time_outside_the_loop_and_later_plans_take_it_for_their_kind(
+    history: History, tmp_path: Path
+) -> None:
+    store = history.copy(tmp_path)
+    uid, other = history.uid[1], history.uid[2]
+    settings = load_settings(history.project.root, store_url=store.url)
+    version = prepare_version(
+        history.project.root, history.commits["v1"], {"train.py": V2}, ["grad_norm"], tmp_path
+    )
+    replay(version, uid, "train.py", settings, ["grad_norm"], (2,), on_output=lambda _: None)
+    (row,) = store.query(
+        "SELECT started_at, ended_at, loop_seconds, forked FROM replays"
+    ).itertuples()
+    span = (pd.Timestamp(row.ended_at) - pd.Timestamp(row.started_at)).total_seconds()
+    assert 0 < row.loop_seconds < span and not row.forked  # a fresh process, no fork server
+    spans = reads.replay_spans(store, None)
+    assert spans[["run_uid", "entry_script", "forked"]].values.tolist() == [
+        [uid, "train.py", False]
+    ]
+    assert spans["outside"][0] == pytest.approx(span - row.loop_seconds)
+
+    runs, contexts = reads.candidates(store, None), reads.outer_iterations(store, None)
+    found = assemble(
+        runs, contexts, reads.checkpoints(store, None), [], reads.loops(store, contexts),
+        False, {}, None, spans,
+    )  # fmt: skip
+    # the replayed run, and the other run of its entry script: that replay's figure, for
+    # fresh replays only (a forked one skips the imports a fresh one pays)
+    assert found[uid].replay_outside == found[other].replay_outside == {False: spans["outside"][0]}
+
+
+def test_a_runs_own_replays_come_before_its_scripts_and_the_latest_count() -> None:
+    rows = [("b", "t.py", True, s) for s in (8.0, 1, 2, 3, 4, 5)]  # oldest first
+    rows += [("b", "t.py", False, 7.0), ("a", "t.py", True, 9.0)]
+    spans = pd.DataFrame(rows, columns=["run_uid", "entry_script", "forked", "outside"])
+    outside = _outside(spans)
+    assert _measured(outside, "b", "t.py") == {True: 3.0, False: 7.0}  # 8.0 is not of the last 5
+    assert _measured(outside, "a", "t.py") == {True: 9.0, False: 7.0}  # fresh: its script's
+    assert _measured(outside, "c", "t.py") == {True: 4.0, False: 7.0}  # t.py's last five
+    assert _measured(outside, "c", "other.py") == {}
+    assert _outside(spans.iloc[:0]) == {}
 
 
 def test_running_runs_are_left_alone(history: History, tmp_path: Path) -> None:

@@ -137,6 +137,7 @@ class Buffer:
         self.restarts = 0
         self._writer = writer_process()
         self._writer.listener = self._on_message
+        self.forked = isinstance(self._writer.process, spare.Adopted)  # handed a spare writer
         self._send(("start", *self._session))
         self._flusher = threading.Thread(
             target=self._flush_loop, name="flor-flows-flush", daemon=True
@@ -272,14 +273,14 @@ class Buffer:
         self._request(("sync",), "synced")
 
     def close(
-        self, status: str, error: str | None, reads: tuple[int, float] | None = None
+        self, status: str, error: str | None, measures: tuple[Any, ...] | None = None
     ) -> str | None:
-        """Send what is left and record the outcome (a replay's checkpoint `reads`: bytes and
-        seconds); the writer stays for the next run.
+        """Send what is left and record the outcome (with a replay's `replay_loop.Measures`);
+        the writer stays for the next run.
 
         Returns the writer's note when the store could not take the end of the run. The
         writer process exits by itself when this process ends and the pipe closes.
         """
         self._stop.set()
         self._flusher.join()
-        return self._request(("finish", status, error, reads), "finished")[1]
+        return self._request(("finish", status, error, measures), "finished")[1]

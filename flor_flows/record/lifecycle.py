@@ -127,11 +127,13 @@ def finish_replay(
     checked: int | None = None,
     divergence: str | None = None,
     error: str | None = None,
-    reads: tuple[int, float] | None = None,
+    measures: tuple[Any, ...] | None = None,
 ) -> None:
-    """Record how a replay ended, and the bytes and seconds of its checkpoint restores; one
-    that completed but diverged from its run's record is `diverged`, with the divergence as
-    its error."""
+    """Record how a replay ended, and what it measured (`replay_loop.Measures`; a spill file
+    of an earlier flor-flows holds only its reads: bytes, seconds); one that completed but
+    diverged from its run's record is `diverged`, with the divergence as its error."""
     if divergence is not None and status == "completed":
         status = "diverged"
-    store.finish_replay(replay_id, status, checked, divergence or error, reads)
+    fields = ("read_bytes", "read_seconds", "loop_seconds", "forked")
+    measured = dict(zip(fields, measures or (), strict=False))
+    store.finish_replay(replay_id, status, checked, divergence or error, measured)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flor_flows.record import replay
 from flor_flows.record.frames import ROOT, Frame
@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from flor_flows.config import Settings
     from flor_flows.record.buffer import Buffer
     from flor_flows.record.checkpointer import Checkpointer
+
+
+class Measures(NamedTuple):
+    """What a replay measured, for the estimates of later plans (`replay.costs`)."""
+
+    read_bytes: int  # the checkpoints it restored
+    read_seconds: float  # reading and restoring them
+    loop_seconds: float  # in its outer loop, restores included: the rest is outside it
+    forked: bool  # forked from a fork server, its writer ready (`record.spare`)
 
 
 class ReplayLoop:
@@ -39,6 +48,7 @@ class ReplayLoop:
     step: replay.Step | None
     outer_checkpoint: dict[str, Any] | None
     reads: tuple[int, float]  # the checkpoints restored: bytes, seconds (for the estimates)
+    looped: float  # seconds in the outer loop (for the estimates)
     _enter: Callable[[str, int | None, Any], None]  # enter an iteration (a child frame)
 
     def _replay_outer(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
@@ -48,6 +58,7 @@ class ReplayLoop:
         end of training, so statements after it see what they saw in the forward run.
         """
         ready = self.buffer.wait_ready()
+        began = time.perf_counter()
         recorded = {}
         if self.checkpointing is not None:
             recorded = {c["iteration"]: c for c in ready["checkpoints"] if c["loop_name"] == name}
@@ -91,6 +102,7 @@ class ReplayLoop:
         finally:
             self.frame, self.muted, self.outer_checkpoint = ROOT, not self.run_level, None
             self.step = None
+            self.looped += time.perf_counter() - began
 
     def _restore(self, saved: dict[str, Any]) -> None:
         from flor_flows.versioning.checkpoints import CheckpointStore, restore

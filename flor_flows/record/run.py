@@ -25,7 +25,7 @@ from flor_flows.record import frames, replay
 from flor_flows.record.buffer import Buffer
 from flor_flows.record.context import RunContext
 from flor_flows.record.frames import ROOT, Frame
-from flor_flows.record.replay_loop import ReplayLoop
+from flor_flows.record.replay_loop import Measures, ReplayLoop
 
 if TYPE_CHECKING:
     from flor_flows.record.checkpointer import Checkpointer
@@ -82,6 +82,7 @@ class Run(ReplayLoop):
         self.inner_seconds = 0.0  # of the current outer iteration: time in its nested loops
         self.outer_checkpoint: dict[str, Any] | None = None  # replay: the one ending it
         self.reads = (0, 0.0)  # replay: the checkpoints it restored, bytes and seconds
+        self.looped = 0.0  # replay: seconds in its outer loop
         self.args: dict[str, Any] = {}  # flor.arg values
         self.asked: set[str] = set()  # names flor.arg was called with
         self.options: dict[str, Any] = {}  # the script's argparse options
@@ -334,7 +335,10 @@ class Run(ReplayLoop):
                 flush=True,
             )
         status = "failed" if self.failure else "completed"
-        note = self.buffer.close(status, self.failure, self.reads)  # a forward run's: unused
+        measures = (
+            Measures(*self.reads, self.looped, self.buffer.forked) if self.replaying else None
+        )
+        note = self.buffer.close(status, self.failure, measures)
         if note:
             print(f"flor-flows: warning: {note}", file=sys.stderr, flush=True)
 

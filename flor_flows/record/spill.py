@@ -92,11 +92,11 @@ class SpillFile:
         self.batches += 1
 
     def append_finish(
-        self, status: str, error: str | None, reads: tuple[int, float] | None = None
+        self, status: str, error: str | None, measures: tuple[Any, ...] | None = None
     ) -> None:
-        """Keep the run's outcome (with a replay's checkpoint reads), to record once its
-        batches are written."""
-        self._append(("finish", status, error, reads))
+        """Keep the run's outcome (with a replay's measures), to record once its batches are
+        written."""
+        self._append(("finish", status, error, measures))
 
 
 def read(path: Path) -> Iterator[tuple[Any, ...]]:

@@ -272,9 +272,9 @@ class Session:
                 )
 
     def finish(
-        self, status: str, error: str | None, reads: tuple[int, float] | None = None
+        self, status: str, error: str | None, measures: tuple[Any, ...] | None = None
     ) -> str | None:
-        """Record the outcome (with a replay's checkpoint `reads`: bytes, seconds); if the
+        """Record the outcome (with a replay's `replay_loop.Measures`); if the
         store stays unreachable, leave it and the batches not written in the spill file for
         the next writer, and say so (the returned note)."""
         patience = float(os.environ.get(PATIENCE_VAR, PATIENCE_DEFAULT))  # read now: `spare`
@@ -283,14 +283,14 @@ class Session:
             time.sleep(max(0.0, min(self.next_try, deadline) - time.monotonic()))
         if self.spilled is None:
             try:
-                self._record_outcome(status, error, reads)
+                self._record_outcome(status, error, measures)
                 recover(self.settings)  # a writer that was still exiting when this run began
                 return None
             except Exception as exc:  # noqa: BLE001 - re-raised unless the store may come back
                 if not spill.transient(exc):
                     raise
                 self._spill_from_now(exc)
-        self.spilled.append_finish(status, error, reads)
+        self.spilled.append_finish(status, error, measures)
         return (
             f"the store did not answer for {patience:.0f} s: this run's last values and "
             f"its outcome are kept in {self.spilled.path}; the next run that opens the store "
@@ -298,7 +298,7 @@ class Session:
         )
 
     def _record_outcome(
-        self, status: str, error: str | None, reads: tuple[int, float] | None = None
+        self, status: str, error: str | None, measures: tuple[Any, ...] | None = None
     ) -> None:
         if self.verifier is not None:
             verifier = self.verifier
@@ -312,7 +312,7 @@ class Session:
                 verifier.checked,
                 verifier.divergence,
                 error,
-                reads,
+                measures,
             )
         else:
             lifecycle.finish(self.store, self.run_id, status, error)

@@ -3,6 +3,7 @@
 Estimates come from what the forward run recorded (`history.RunHistory`) and how the plan runs:
 
     seconds = start-up + set-up * slowdown(k, SETUP_CONTENTION) + compute * slowdown(k) + reads
+    or, where measured: measured * slowdown(k, SETUP_CONTENTION) + compute * slowdown(k) + reads
 
 - start-up: STARTUP_SECONDS, less the writer's imports for a replay forked from a fork
   server, which hands it a writer process started ahead (`record.spare`).
@@ -14,6 +15,10 @@ Estimates come from what the forward run recorded (`history.RunHistory`) and how
   of a script whose server does not run yet waits for it to start before it starts
   (`priced`): a cost of the command, shared by the replays that fork from it.
 - compute: the recorded seconds of every outer iteration the replay executes (`_executed`).
+- measured: once replays of the run (else of its entry script) measured what they took
+  outside their outer loop, forked or fresh (`RunHistory.replay_outside`), that figure of
+  this host stands for start-up and set-up in the replays of its kind: it holds what the
+  model can only guess, the script's own work after a fork and this host's speed.
 - slowdown(k): the recorded run had the host to itself; k replays at once (`workers` at a
   time) on c cores, each using RUN_CORES, get at most c / k cores each and lose CONTENTION
   on top: max(1, k * RUN_CORES / c) * CONTENTION for k > 1, 1 alone. Set-up and compute
@@ -131,6 +136,9 @@ def estimate(
         restored.append(final)  # the state after the loop is that of its last checkpoint
     read = sum(_read_seconds(run, run.checkpoints[i]) for i in restored)
     stretched = slowdown(concurrent, cores, SETUP_CONTENTION)
+    measured = run.replay_outside.get(forked is not None)
+    if measured is not None:  # what earlier replays of the kind took outside the loop here
+        return measured * stretched + compute * slowdown(concurrent, cores) + read
     setup = run.outside - min(run.outside, forked or 0.0)  # a fork skips the server's imports
     work = setup * stretched + compute * slowdown(concurrent, cores)
     startup = STARTUP_SECONDS - (SPARE_WRITER_SAVED_SECONDS if forked is not None else 0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -41,6 +41,9 @@ class RunHistory:
     read_rate: float | None = None  # bytes/s its replays read and restored them at
     # Its replays run every iteration from the first (`skipping.carried_state`).
     from_start: bool = False
+    # What earlier replays of it (else of its entry script) took outside their outer loop,
+    # forked from a fork server (True) or not: the median of the latest MEASURED_SPANS.
+    replay_outside: dict[bool, float] = field(default_factory=dict)
 
     @property
     def iterations(self) -> list[int]:
@@ -57,15 +60,18 @@ def assemble(
     skip_nested: bool,
     shortcuts: dict[str, bool],
     read_rates: dict[str, float] | None = None,
+    spans: pd.DataFrame | None = None,
 ) -> dict[str, RunHistory]:
     """What planning knows of each candidate run, by uid, in run order.
 
     `runs` (`store.history.candidates`), `contexts` (`outer_iterations`), `checkpoints`,
-    `read_rates` (`read_rates`): as the store reads them; `logged`: wide tables of the runs
-    (None: not read), where the loops and iterations the context rows miss are found. A run
-    whose replays never measured their reads takes the median of the others' rates.
+    `read_rates` (`read_rates`), `spans` (`replay_spans`): as the store reads them;
+    `logged`: wide tables of the runs (None: not read), where the loops and iterations the
+    context rows miss are found. A run whose replays never measured their reads takes the
+    median of the others' rates.
     """
     read_rates = read_rates or {}
+    outside = _outside(spans)
     usual = statistics.median(read_rates.values()) if read_rates else None
     seen = _loops_seen([frame for frame in logged if frame is not None], loops)
     contexts_of = dict(tuple(contexts.groupby("run_uid")))
@@ -80,9 +86,39 @@ def assemble(
             skip_nested,
             shortcuts,
             read_rates.get(run.run_uid, usual),
+            _measured(outside, run.run_uid, run.entry_script),
         )
         for run in runs[columns].itertuples(index=False)
     }
+
+
+# Replays whose spans a run's estimates take the median of: the latest few, as the host is now.
+MEASURED_SPANS = 5
+
+
+def _outside(spans: pd.DataFrame | None) -> dict[tuple[str, str, bool], float]:
+    """From the replay spans: ("run", uid | "script", entry script, forked) -> the median of
+    the seconds outside the outer loop of its latest MEASURED_SPANS replays."""
+    if spans is None or spans.empty:
+        return {}
+    found = {}
+    for kind, key in (("run", "run_uid"), ("script", "entry_script")):
+        for (name, forked), group in spans.groupby([key, "forked"]):
+            found[kind, name, bool(forked)] = float(group["outside"].tail(MEASURED_SPANS).median())
+    return found
+
+
+def _measured(
+    outside: dict[tuple[str, str, bool], float], uid: str, script: str
+) -> dict[bool, float]:
+    """Per forked or not: what the run's own replays took outside their loop, else those of
+    its entry script."""
+    found = {}
+    for forked in (True, False):
+        seconds = outside.get(("run", uid, forked), outside.get(("script", script, forked)))
+        if seconds is not None:
+            found[forked] = seconds
+    return found
 
 
 def _run(
@@ -93,6 +129,7 @@ def _run(
     skip_nested: bool,
     shortcuts: dict[str, bool],
     read_rate: float | None,
+    replay_outside: dict[bool, float],
 ) -> RunHistory:
     """One run's outer loop, its iterations with their durations, and its checkpoints."""
     loop = _outer_loop(contexts, checkpoints) or (seen[0] if seen else None)
@@ -130,6 +167,7 @@ def _run(
         shortcut=shortcuts.get(loop) if loop else None,
         write_rate=_write_rate(checkpoints),
         read_rate=read_rate,
+        replay_outside=replay_outside,
     )
 
 

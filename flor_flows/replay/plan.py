@@ -109,9 +109,9 @@ def plan(
     untimed = sorted(set(runs["run_uid"]) - set(contexts["run_uid"]))
     probe = reads.probe(store, untimed, project)
     logged = [probe, where_rows, existing]
-    rates = reads.read_rates(store, project)
+    rates, spans = reads.read_rates(store, project), reads.replay_spans(store, project)
     history = assemble(
-        runs, contexts, checkpoints, logged, loops, skip_nested, shortcuts or {}, rates
+        runs, contexts, checkpoints, logged, loops, skip_nested, shortcuts or {}, rates, spans
     )
     if from_start:
         history = {uid: replace(run, from_start=True, shortcut=None) for uid, run in history.items()}  # fmt: skip

@@ -82,6 +82,32 @@ def read_rates(store: Store, project: str | None) -> dict[str, float]:
     return dict(zip(rates["run_uid"], speed, strict=True))
 
 
+def replay_spans(store: Store, project: str | None) -> pd.DataFrame:
+    """The completed replays that measured their outer loop, oldest first: run_uid,
+    entry_script, forked, outside (the seconds of their span, started_at to ended_at, that
+    were not in the loop)."""
+    query = (
+        select(
+            s.Run.uid,
+            s.Run.entry_script,
+            s.Replay.forked,
+            s.Replay.started_at,
+            s.Replay.ended_at,
+            s.Replay.loop_seconds,
+        )  # fmt: skip
+        .join(s.Run, s.Run.id == s.Replay.run_id)
+        .where(s.Replay.status == "completed", s.Replay.loop_seconds.is_not(None))
+        .where(s.Replay.ended_at.is_not(None))
+        .order_by(s.Replay.id)
+    )
+    columns = ["run_uid", "entry_script", "forked", "started_at", "ended_at", "loop_seconds"]
+    spans = _frame(store, _in_project(query, project), columns)
+    ends = zip(spans["started_at"], spans["ended_at"], strict=True)
+    span = pd.Series([(end - start).total_seconds() for start, end in ends], dtype=float)
+    spans["outside"] = span - spans["loop_seconds"].astype(float)
+    return spans[["run_uid", "entry_script", "forked", "outside"]]
+
+
 @dataclass(frozen=True)
 class Loops:
     """Loop names as recorded: all of them, and those seen as the outermost of a run."""

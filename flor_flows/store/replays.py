@@ -40,13 +40,12 @@ class ReplaysArea:
         status: str,
         checked: int | None = None,
         error: str | None = None,
-        reads: tuple[int, float] | None = None,
+        measured: dict[str, Any] | None = None,
     ) -> None:
-        """End a replay: completed, failed or diverged, with its verification and the bytes
-        and seconds of its checkpoint restores (None: kept)."""
+        """End a replay: completed, failed or diverged, with its verification and what it
+        measured (`schema.Replay`'s read_bytes, read_seconds, loop_seconds, forked; None: kept)."""
         values = {"status": status, "ended_at": now(), "checked": checked, "error": error}
-        if reads is not None and reads[0]:
-            values |= {"read_bytes": reads[0], "read_seconds": reads[1]}
+        values |= measured or {}
         with self.engine.begin() as conn:
             conn.execute(
                 update(s.Replay)

@@ -225,6 +225,11 @@ class Replay(Base):
     # took (the read rate later plans price restores of this run at, `replay.costs`).
     read_bytes: Mapped[int | None] = mapped_column(BigInteger)
     read_seconds: Mapped[float | None] = mapped_column(Float)
+    # Its seconds in the outer loop, and whether it was forked from a fork server: the rest
+    # of its span (started_at to ended_at) is what later replays of the script pay outside
+    # their iterations (`replay.costs`).
+    loop_seconds: Mapped[float | None] = mapped_column(Float)
+    forked: Mapped[bool | None] = mapped_column(Boolean)
 
 
 _COVERED = ("ctx_id", "sig_id", "vtype", "num", "ival", "i0", "i1", "i2")
