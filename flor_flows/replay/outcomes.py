@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from flor_flows.replay.plan import Item
 
 
+# A run replayed without fault whose replays stored no value of the names: replayed, not
+# failed, and said so.
+NO_VALUES = "no values"
+
+
 class Tracker:
     """The status of every run of `resolved` as its replays (one or more segments) end."""
 
@@ -65,15 +70,24 @@ class Tracker:
         self._ended()
 
     def replayed(self, item: Item) -> None:
-        """One of the run's replays ended well; the run is replayed once all its segments are."""
+        """One of the run's replays ended well; the run is replayed once all its segments are,
+        said with why where they stored no value of the names (`NO_VALUES`)."""
         self.segments_left[item.run_uid] -= 1
         if not self.segments_left[item.run_uid] and item.run_uid not in self.outcomes:
-            self._store(item, "replayed", None)
-            self.board.set(item.run_uid, "replayed")
+            names = list(self.resolved.names)
+            why = None
+            if not self.store.values_replayed(item.run_uid, names, str(self.flow_run_id)):
+                why = (
+                    f"its replay stored no value of {', '.join(names)}: the statements did not "
+                    "run in the replayed iterations (a condition never true there, say)"
+                )
+                self.outcomes[item.run_uid] = (NO_VALUES, why)
+            self._store(item, "replayed", why)
+            self.board.set(item.run_uid, "replayed", why)
         self._ended()
 
     def finish(self) -> dict[str, tuple[str, str]]:
-        """The runs that were not replayed, with their status and why."""
+        """The runs that were not replayed or stored no value, with their status and why."""
         self._percent(100.0)
         return self.outcomes
 
@@ -99,9 +113,12 @@ def final_state(
     for uid, (status, why) in outcomes.items():
         by_status.setdefault(status, {})[uid] = why
     skipped = by_status.pop("not applicable", {})
+    empty = by_status.pop(NO_VALUES, {})
     runs = len({item.run_uid for item in resolved.items}) - len(skipped)
     failed = sum(len(uids) for uids in by_status.values())
     parts = [f"{runs - failed} of {runs} runs replayed"]
+    if empty:
+        parts.append(f"{len(empty)} of them stored no value of the names")
     if skipped:
         parts.append(f"{len(skipped)} not applicable (their scripts log none of the names)")
     if held:
@@ -109,7 +126,7 @@ def final_state(
         parts.append(f"{len(held)} left to another backfill replaying them now: {who}")
     details = [
         f"{status}: {uid}: {why}"
-        for status, runs_ in by_status.items()
+        for status, runs_ in [*by_status.items(), (NO_VALUES, empty)]
         for uid, why in runs_.items()
     ]
     message = "; ".join(parts) + "".join(f"\n{line}" for line in details)

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import (
-    insert,
-    select,
-    update,
-)
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 
 from flor_flows.store import schema as s
 from flor_flows.store.sql import now
-
-if TYPE_CHECKING:
-    pass
 
 
 class ReplaysArea:
@@ -60,3 +53,17 @@ class ReplaysArea:
         )
         with self.engine.connect() as conn:
             return dict(conn.execute(query).mappings().one())
+
+    def values_replayed(self, run_uid: str, names: list[str], flow_run_id: str) -> int:
+        """How many values of `names` the replays of run `run_uid` by Prefect flow run
+        `flow_run_id` stored."""
+        query = (
+            select(func.count())
+            .select_from(s.Log)
+            .join(s.Replay, s.Replay.id == s.Log.replay_id)
+            .join(s.Run, s.Run.id == s.Log.run_id)
+            .where(s.Run.uid == run_uid, s.Log.name.in_(names))
+            .where(s.Replay.prefect_flow_run_id == flow_run_id)
+        )
+        with self.engine.connect() as conn:
+            return conn.scalar(query)

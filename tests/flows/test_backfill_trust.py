@@ -68,6 +68,29 @@ def test_runs_of_another_script_are_not_applicable(project: Project) -> None:
     assert len(store.query("SELECT id FROM replays")) == 1
 
 
+def test_a_replay_that_stores_no_value_is_said_so(project: Project) -> None:
+    project.write("train.py", TRAIN)
+    project.commit("train")
+    project.run("train.py")
+    project.run("train.py", "--lr", "60")
+    # its statement runs only where w passes 100: in the second run's last two epochs
+    big = '        if state["w"] > 100:\n            flor.log("big", state["w"])\n'
+    project.write("train.py", TRAIN + big)
+    state = backfill(BackfillRequest(project=str(project.root), names=["big"]), return_state=True)
+    assert state.is_completed(), state.message
+    quiet = project.store().runs().sort_values("started_at")["run_uid"].iloc[0]
+    assert state.message.splitlines() == [
+        "2 of 2 runs replayed; 1 of them stored no value of the names",
+        f"no values: {quiet}: its replay stored no value of big: the statements did not run "
+        "in the replayed iterations (a condition never true there, say)",
+    ]
+    items = project.store().query("SELECT run_uid, status, error FROM backfill_items")
+    by_run = {uid: (status, error) for uid, status, error in items.itertuples(index=False)}
+    assert by_run[quiet][0] == "replayed" and "stored no value of big" in by_run[quiet][1]
+    assert [status for status, _ in by_run.values()] == ["replayed", "replayed"]
+    assert [(i, v) for _, i, v in _replayed(project.store(), "big")] == [(1, 120.0), (2, 180.0)]
+
+
 def test_a_diverged_replay_fails_the_flow_with_the_first_difference(project: Project) -> None:
     noisy = TRAIN.replace(
         'flor.log("w", state["w"])', 'r = __import__("random").random()\n        flor.log("w", r)'
@@ -160,12 +183,15 @@ def test_the_final_message_counts_runs_not_statuses() -> None:
         "b": ("replay failed", "boom"),
         "c": ("diverged", "loss at 3"),
         "d": ("not applicable", "eval.py logs none of x"),
+        "e": ("no values", "its replay stored no value of x"),
     }
     state = final_state(SimpleNamespace(items=items), outcomes, {})
     assert state.is_failed()
     assert state.message.splitlines() == [
-        "2 of 5 runs replayed; 1 not applicable (their scripts log none of the names)",
+        "2 of 5 runs replayed; 1 of them stored no value of the names; 1 not applicable "
+        "(their scripts log none of the names)",
         "replay failed: a: boom",
         "replay failed: b: boom",
         "diverged: c: loss at 3",
+        "no values: e: its replay stored no value of x",
     ]
