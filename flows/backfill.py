@@ -142,6 +142,7 @@ def _replay_all(
     with their status (not applicable, propagation failed, replay failed, diverged,
     cancelled) and why."""
     tracker = outcomes.Tracker(resolved, prefix, flow_run.id)
+    outcomes.failures_in_one_line()  # each says why in its message
     pending = list(resolved.items)
     running: dict[PrefectFuture, plan.Item] = {}
     while pending or running:

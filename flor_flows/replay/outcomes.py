@@ -7,6 +7,7 @@ watch (the live status table and the progress bar). `final_state` sums the flow 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,24 @@ from flor_flows.store import open_store
 if TYPE_CHECKING:
     from flor_flows.replay.backfill import Resolved
     from flor_flows.replay.plan import Item
+
+
+class _OneLine(logging.Filter):
+    """Prefect logs a failed task run with its traceback; a replay that failed or diverged
+    says why in its exception's message, so its record keeps that line only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ReplayFailed | ReplayDiverged):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def failures_in_one_line() -> None:
+    """From now on, this process's task runs that end in a failed or diverged replay are
+    logged in one line, without Prefect's traceback (other failures keep theirs)."""
+    logger = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _OneLine) for f in logger.filters):
+        logger.addFilter(_OneLine())
 
 
 # A run replayed without fault whose replays stored no value of the names: replayed, not

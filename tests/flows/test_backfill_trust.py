@@ -3,6 +3,7 @@ and writes each value once, even with two identical backfills running at the sam
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from datetime import timedelta
@@ -100,10 +101,22 @@ def test_a_diverged_replay_fails_the_flow_with_the_first_difference(project: Pro
     project.run("train.py")
     # w2 reads what the epoch computed: the replay runs the epoch, whose `w` comes out different
     project.write("train.py", noisy + '        flor.log("w2", r * 2)\n')
-    state = backfill(BackfillRequest(project=str(project.root), names=["w2"]), return_state=True)
+    logged: list[logging.LogRecord] = []
+    watch = logging.Handler()
+    watch.emit = logged.append  # what the task runs log, after the logger's filters
+    logging.getLogger("prefect.task_runs").addHandler(watch)
+    try:
+        request = BackfillRequest(project=str(project.root), names=["w2"])
+        state = backfill(request, return_state=True)
+    finally:
+        logging.getLogger("prefect.task_runs").removeHandler(watch)
     assert state.is_failed()
     assert state.message.startswith("0 of 1 runs replayed")
     assert "diverged: " in state.message and "w at epoch=0: recorded " in state.message
+    # the failed task run is logged in lines that say why, without Prefect's traceback
+    failed = [record for record in logged if record.levelno >= logging.ERROR]
+    assert failed and all("ReplayDiverged" in record.getMessage() for record in failed)
+    assert [record.exc_info for record in failed] == [None] * len(failed)
     item = project.store().query("SELECT status, error FROM backfill_items").iloc[0]
     assert item.status == "diverged" and "w at epoch=0" in item.error
     assert project.store().dataframe(["w2"])["w2"].isna().all()
