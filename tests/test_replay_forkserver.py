@@ -8,6 +8,7 @@ is imported by every replay, forked or not.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -552,6 +553,9 @@ def test_a_kept_server_serves_later_scopes_until_a_library_changes_or_its_keeper
     assert second != first and len(_lines(library)) == 2  # a new server imported the new file
     psutil.Process(first).wait(10)  # the stale one retired
     assert _forked_by(script) == second
+    (state,) = [json.loads(p.read_text()) for p in forkserver._keeper[0].directory.glob("*.json")]
+    assert len(state["measured"]) == 2  # both servers' imports: the cost model takes the median
+    assert forkserver.kept("s.py")[0] == pytest.approx(sum(state["measured"]) / 2)
 
     keeper.kill()
     psutil.Process(second).wait(10)  # its keeper ended: so did it

@@ -10,8 +10,8 @@ Estimates come from what the forward run recorded (`history.RunHistory`) and how
 
 - set-up: the run's recorded time outside its outer loop (the script's imports, data
   loading and model building, what follows the loop). Replays fork from their script's
-  fork server (`forkserver`) and skip what its imports took: as the last server of that
-  script measured them on this host, or the whole set-up before one did. The first replay
+  fork server (`forkserver`) and skip what its imports took: as the last servers of that
+  script measured them on this host (their median), or the whole set-up before one did. The first replay
   of a script whose server does not run yet waits for it to start before it starts
   (`priced`): a cost of the command, shared by the replays that fork from it.
 - compute: the recorded seconds of every outer iteration the replay executes (`_executed`).
@@ -204,8 +204,8 @@ def priced(
     an earlier command runs (`Item.server_seconds`). A server serves every version whose
     script imports the same libraries: the versions of one entry script, as a rule.
 
-    A server's imports take what the last one of that script measured on this host (what
-    forking skips); before any did, the run's whole set-up is taken for them, and its start
+    A server's imports take what the last ones of that script measured on this host (the
+    median, `forkserver.kept`: what forking skips); before any did, the run's whole set-up is taken for them, and its start
     for that of a fresh replay (start-up and set-up)."""
     concurrent = min(workers, len(items))
     forked = forkserver.enabled()

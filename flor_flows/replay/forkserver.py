@@ -37,6 +37,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,9 @@ from flor_flows.replay import forkserver_main
 ENV_VAR = "FLOR_FLOWS_REPLAY_FORK"
 PROGRAM = Path(__file__).with_name("forkserver_main.py")
 MAX_SERVERS = 4  # each holds its libraries in memory (torch + sklearn: about 340 MB)
+# Servers of the same libraries whose imports a kept server's price takes the median of:
+# one start competes with a command's flow run for the cores, another had them to itself.
+KEPT_MEASURES = 5
 START_TIMEOUT = 600.0  # seconds a server may take to import the script's libraries
 REQUEST_TIMEOUT = 10.0  # seconds a server may take to fork a replay
 KEPT_IDLE_SECONDS = 600.0  # a kept server (`keep`) ends after this long without a replay
@@ -254,17 +258,20 @@ def keeping() -> bool:
 
 
 def kept(entry: str) -> tuple[float, bool] | None:
-    """How long the imports of the last kept server (`keep`) that forked replays of entry
-    script `entry` took on this host (what a replay forked from one skips), and whether that
-    server still runs; None if none did here."""
+    """How long the imports of the kept servers (`keep`) that forked replays of entry script
+    `entry` took on this host (what a replay forked from one skips; the median of the last
+    KEPT_MEASURES servers' of its libraries), and whether the last still runs; None if none
+    did here."""
     if not keeping():
         return None
     try:
         name = (_keeper[0].directory / _entry_file(entry)).read_text()
-        seconds = json.loads((_keeper[0].directory / f"{name}.json").read_text())["seconds"]
-        return float(seconds), _answers(_keeper[0].directory / name)
-    except (OSError, ValueError, KeyError, TypeError):  # gone meanwhile, or half written
+    except OSError:
         return None
+    measured = _measured(_keeper[0].directory / f"{name}.json")
+    if not measured:
+        return None
+    return statistics.median(measured), _answers(_keeper[0].directory / name)
 
 
 @contextlib.contextmanager
@@ -416,8 +423,22 @@ def _kept(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server |
         with (keeper.directory / f"{name}.log").open("ab") as log:
             started = _start(key, script, cwd, roots, str(path), keeper.pidfd, log)
         if isinstance(started, Server):
-            state.write_text(json.dumps({"modules": started.modules, "seconds": started.seconds}))
+            measured = [*_measured(state), started.seconds][-KEPT_MEASURES:]
+            state.write_text(
+                json.dumps(
+                    {"modules": started.modules, "seconds": started.seconds, "measured": measured}
+                )
+            )
         return started
+
+
+def _measured(state: Path) -> list[float]:
+    """What the imports of the earlier servers of a state file took, oldest first."""
+    try:
+        found = json.loads(state.read_text())
+        return [float(s) for s in found.get("measured", [found["seconds"]])]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or half written
+        return []
 
 
 def _started(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server | str:
