@@ -11,11 +11,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from sqlalchemy import update
 
 from flor_flows.config import load_settings
 from flor_flows.errors import FlorError
 from flor_flows.replay import plan as planning
-from flor_flows.replay.costs import READ_PER_WRITE, SPARE_WRITER_SAVED_SECONDS, STARTUP_SECONDS
+from flor_flows.replay.costs import (
+    READ_PER_WRITE,
+    SETUP_CONTENTION,
+    SPARE_WRITER_SAVED_SECONDS,
+    STARTUP_SECONDS,
+    slowdown,
+)
 from flor_flows.replay.engine import prepare_version, replay
 from flor_flows.replay.history import _measured, _outside, _write_rate, assemble
 from flor_flows.replay.plan import format_plan, plan
@@ -23,6 +30,7 @@ from flor_flows.replay.selection import Selection, compact, parse_iter
 from flor_flows.replay.where import parse_where
 from flor_flows.store import Store
 from flor_flows.store import history as reads
+from flor_flows.store.schema import Replay
 from tests.conftest import Project, git
 
 # -- where ------------------------------------------------------------------------------
@@ -380,6 +388,7 @@ def test_replays_measure_their_time_outside_the_loop_and_later_plans_take_it_for
         [uid, "train.py", False]
     ]
     assert spans["outside"][0] == pytest.approx(span - row.loop_seconds)
+    assert spans["concurrent"].tolist() == [1]  # it ran alone
 
     runs, contexts = reads.candidates(store, None), reads.outer_iterations(store, None)
     found = assemble(
@@ -390,12 +399,32 @@ def test_replays_measure_their_time_outside_the_loop_and_later_plans_take_it_for
     # fresh replays only (a forked one skips the imports a fresh one pays)
     assert found[uid].replay_outside == found[other].replay_outside == {False: spans["outside"][0]}
 
+    # two more replays of the other run: one beside the first, one after both
+    for shift in (0.5 * span, 10 * span):
+        replay_id = store.start_replay(store.run_id(other))
+        store.finish_replay(replay_id, "completed", measured={"loop_seconds": 0.0})
+        with store.engine.begin() as conn:
+            conn.execute(
+                update(Replay)
+                .where(Replay.id == replay_id)
+                .values(
+                    started_at=pd.Timestamp(row.started_at) + pd.Timedelta(seconds=shift),
+                    ended_at=pd.Timestamp(row.ended_at) + pd.Timedelta(seconds=shift),
+                )
+            )
+    assert reads.replay_spans(store, None)["concurrent"].tolist() == [2, 2, 1]
+
 
 def test_a_runs_own_replays_come_before_its_scripts_and_the_latest_count() -> None:
     rows = [("b", "t.py", True, s) for s in (8.0, 1, 2, 3, 4, 5)]  # oldest first
     rows += [("b", "t.py", False, 7.0), ("a", "t.py", True, 9.0)]
-    spans = pd.DataFrame(rows, columns=["run_uid", "entry_script", "forked", "outside"])
+    rows = [(*row, 1) for row in rows]  # each alone
+    two = slowdown(2, contention=SETUP_CONTENTION)
+    rows += [("d", "u.py", True, 2.0 * two, 2)]  # one of two at once: 2.0 s alone
+    columns = ["run_uid", "entry_script", "forked", "outside", "concurrent"]
+    spans = pd.DataFrame(rows, columns=columns)
     outside = _outside(spans)
+    assert _measured(outside, "d", "u.py") == {True: pytest.approx(2.0)}
     assert _measured(outside, "b", "t.py") == {True: 3.0, False: 7.0}  # 8.0 is not of the last 5
     assert _measured(outside, "a", "t.py") == {True: 9.0, False: 7.0}  # fresh: its script's
     assert _measured(outside, "c", "t.py") == {True: 4.0, False: 7.0}  # t.py's last five

@@ -98,9 +98,12 @@ MEASURED_SPANS = 5
 
 def _outside(spans: pd.DataFrame | None) -> dict[tuple[str, str, bool], float]:
     """From the replay spans: ("run", uid | "script", entry script, forked) -> the median of
-    the seconds outside the outer loop of its latest MEASURED_SPANS replays."""
+    the seconds outside the outer loop of its latest MEASURED_SPANS replays, each as it would
+    have taken alone (a replay that ran beside others took `costs.slowdown` longer)."""
     if spans is None or spans.empty:
         return {}
+    alone = [costs.slowdown(int(k), contention=costs.SETUP_CONTENTION) for k in spans["concurrent"]]
+    spans = spans.assign(outside=spans["outside"] / alone)
     found = {}
     for kind, key in (("run", "run_uid"), ("script", "entry_script")):
         for (name, forked), group in spans.groupby([key, "forked"]):

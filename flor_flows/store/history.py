@@ -82,10 +82,16 @@ def read_rates(store: Store, project: str | None) -> dict[str, float]:
     return dict(zip(rates["run_uid"], speed, strict=True))
 
 
+# The latest completed replays a plan reads the spans of (`replay_spans`): enough for the
+# latest few of each run and script, as the host is now.
+SPANS_READ = 200
+
+
 def replay_spans(store: Store, project: str | None) -> pd.DataFrame:
-    """The completed replays that measured their outer loop, oldest first: run_uid,
-    entry_script, forked, outside (the seconds of their span, started_at to ended_at, that
-    were not in the loop)."""
+    """The latest SPANS_READ completed replays that measured their outer loop, oldest first:
+    run_uid, entry_script, forked, outside (the seconds of their span, started_at to
+    ended_at, that were not in the loop) and concurrent (how many of them ran at once, each
+    one's span overlapping its own, itself included)."""
     query = (
         select(
             s.Run.uid,
@@ -98,14 +104,19 @@ def replay_spans(store: Store, project: str | None) -> pd.DataFrame:
         .join(s.Run, s.Run.id == s.Replay.run_id)
         .where(s.Replay.status == "completed", s.Replay.loop_seconds.is_not(None))
         .where(s.Replay.ended_at.is_not(None))
-        .order_by(s.Replay.id)
+        .order_by(s.Replay.id.desc())
+        .limit(SPANS_READ)
     )
     columns = ["run_uid", "entry_script", "forked", "started_at", "ended_at", "loop_seconds"]
-    spans = _frame(store, _in_project(query, project), columns)
-    ends = zip(spans["started_at"], spans["ended_at"], strict=True)
-    span = pd.Series([(end - start).total_seconds() for start, end in ends], dtype=float)
-    spans["outside"] = span - spans["loop_seconds"].astype(float)
-    return spans[["run_uid", "entry_script", "forked", "outside"]]
+    spans = _frame(store, _in_project(query, project), columns).iloc[::-1]
+    start = spans["started_at"].map(lambda t: t.timestamp()).to_numpy(dtype=float)
+    end = spans["ended_at"].map(lambda t: t.timestamp()).to_numpy(dtype=float)
+    spans["outside"] = end - start - spans["loop_seconds"].to_numpy(dtype=float)
+    overlapping = (start[:, None] < end[None, :]) & (end[:, None] > start[None, :])
+    spans["concurrent"] = overlapping.sum(axis=1)
+    return spans[["run_uid", "entry_script", "forked", "outside", "concurrent"]].reset_index(
+        drop=True
+    )
 
 
 @dataclass(frozen=True)
