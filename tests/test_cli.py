@@ -69,6 +69,7 @@ def test_bad_input_is_a_clear_error_not_a_traceback(project: Project) -> None:
             ("--apply", "1x"),
             "--apply: '1x' is not a name (letters, digits and _, not first a digit)",
         ),
+        (("--apply", "a-b"), "--apply: 'a-b' is not a name"),
     ]:
         invalid = cli(project, "replay", *args, "--dry-run")
         assert invalid.returncode == 2 and why in invalid.stderr, invalid.stderr

@@ -53,7 +53,7 @@ RETRIED = ("propagation failed", "replay failed", "diverged", "cancelled")
 # Those they have released (their replays all ended), oldest first: see `release`.
 RELEASED: list[Lease] = []
 _RANGE = r"\d+(-\d+)?"
-ITERATIONS_PATTERN = rf"^\s*[A-Za-z_]\w*\s*=\s*(all|last|none|{_RANGE}(\s*,\s*{_RANGE})*)\s*$"
+ITERATIONS_PATTERN = rf"^\s*[^\W\d]\w*\s*=\s*(all|last|none|{_RANGE}(\s*,\s*{_RANGE})*)\s*$"
 
 
 class BackfillRequest(ProjectRequest):

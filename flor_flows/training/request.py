@@ -27,7 +27,9 @@ from flor_flows.config import find_root
 from flor_flows.errors import FlorError, NotAGitRepository
 
 PROJECT_DIR_ENV = "FLOR_FLOWS_PROJECT_DIR"
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A Python identifier's shape, in any script's letters (as flor.log takes them): a letter or
+# _, then letters, digits and _. (The Prefect UI's forms check it with ASCII `\w`.)
+NAME_PATTERN = r"^[^\W\d]\w*$"
 SCRIPT_PATTERN = r"\.py$"
 
 # A flor.arg / flor.data / flor.log name: identifier-like, as --where and the wide table need.

@@ -69,6 +69,17 @@ def test_runs_of_another_script_are_not_applicable(project: Project) -> None:
     assert len(store.query("SELECT id FROM replays")) == 1
 
 
+def test_a_name_in_any_scripts_letters_is_backfilled(project: Project) -> None:
+    project.write("train.py", TRAIN)
+    project.commit("train")
+    project.run("train.py")
+    project.write("train.py", TRAIN + '        flor.log("längd_λ", state["w"] * 3)\n')
+    request = BackfillRequest(project=str(project.root), names=["längd_λ"])
+    state = backfill(request, return_state=True)
+    assert state.is_completed() and state.message == "1 of 1 runs replayed", state.message
+    assert [v for _, _, v in _replayed(project.store(), "längd_λ")] == [3.0, 6.0, 9.0]
+
+
 def test_a_replay_that_stores_no_value_is_said_so(project: Project) -> None:
     project.write("train.py", TRAIN)
     project.commit("train")
