@@ -335,22 +335,27 @@ def test_only_missing_skips_what_a_replay_filled_in(history: History, tmp_path: 
     assert 1 not in history.by_seed(plan(store, ["grad_norm"], iters=parse_iter(["epoch=none"])))
 
 
+def _replay_epoch_2(history: History, store: Store, uid: str, tmp_path: Path) -> None:
+    """Replay epoch 2 of run `uid` in V2 (grad_norm), in a fresh process, into `store`."""
+    settings = load_settings(history.project.root, store_url=store.url)
+    version = prepare_version(
+        history.project.root, history.commits["v1"], {"train.py": V2}, ["grad_norm"], tmp_path
+    )
+    replay(version, uid, "train.py", settings, ["grad_norm"], (2,), on_output=lambda _: None)
+
+
 def test_replays_measure_their_checkpoint_reads_and_later_plans_price_reads_by_them(
     history: History, tmp_path: Path
 ) -> None:
     store = history.copy(tmp_path)
     uid, other = history.uid[1], history.uid[2]
-    settings = load_settings(history.project.root, store_url=store.url)
 
     def estimates() -> dict[int, float]:
         items = plan(store, ["grad_norm"], iters=parse_iter(["epoch=3"]), only_missing=False)
         return {history.seed[i.run_uid]: i.estimated_seconds for i in items}
 
     before = estimates()
-    version = prepare_version(
-        history.project.root, history.commits["v1"], {"train.py": V2}, ["grad_norm"], tmp_path
-    )
-    replay(version, uid, "train.py", settings, ["grad_norm"], (2,), on_output=lambda _: None)
+    _replay_epoch_2(history, store, uid, tmp_path)
     (measured,) = store.query("SELECT read_bytes, read_seconds FROM replays").itertuples()
     sizes = store.query(
         f"SELECT iteration, bytes FROM checkpoints WHERE run_id = {store.run_id(uid)}"
@@ -373,11 +378,7 @@ def test_replays_measure_their_time_outside_the_loop_and_later_plans_take_it_for
 ) -> None:
     store = history.copy(tmp_path)
     uid, other = history.uid[1], history.uid[2]
-    settings = load_settings(history.project.root, store_url=store.url)
-    version = prepare_version(
-        history.project.root, history.commits["v1"], {"train.py": V2}, ["grad_norm"], tmp_path
-    )
-    replay(version, uid, "train.py", settings, ["grad_norm"], (2,), on_output=lambda _: None)
+    _replay_epoch_2(history, store, uid, tmp_path)
     (row,) = store.query(
         "SELECT started_at, ended_at, loop_seconds, forked FROM replays"
     ).itertuples()
