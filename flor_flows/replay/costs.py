@@ -11,9 +11,9 @@ Estimates come from what the forward run recorded (`history.RunHistory`) and how
 - set-up: the run's recorded time outside its outer loop (the script's imports, data
   loading and model building, what follows the loop). Replays fork from their script's
   fork server (`forkserver`) and skip what its imports took: as the last servers of that
-  script measured them on this host (their median), or the whole set-up before one did. The first replay
-  of a script whose server does not run yet waits for it to start before it starts
-  (`priced`): a cost of the command, shared by the replays that fork from it.
+  script measured them on this host (their median), or the whole set-up before one did.
+  The first replay of a script whose server does not run yet waits for it to start before
+  it starts (`priced`): a cost of the command, shared by the replays that fork from it.
 - compute: the recorded seconds of every outer iteration the replay executes (`_executed`).
 - measured: once replays of the run (else of its entry script) measured what they took
   outside their outer loop, forked or fresh (`RunHistory.replay_outside`), that figure of
@@ -205,8 +205,8 @@ def priced(
     script imports the same libraries: the versions of one entry script, as a rule.
 
     A server's imports take what the last ones of that script measured on this host (the
-    median, `forkserver.kept`: what forking skips); before any did, the run's whole set-up is taken for them, and its start
-    for that of a fresh replay (start-up and set-up)."""
+    median, `forkserver.kept`: what forking skips); before any did, the run's whole set-up
+    is taken for them, and its start for that of a fresh replay (start-up and set-up)."""
     concurrent = min(workers, len(items))
     forked = forkserver.enabled()
     kept = {entry: forkserver.kept(entry) for entry in {item.entry_script for item in items}}
