@@ -194,10 +194,32 @@ with flor.checkpointing(model=model):
             break
 """
 
+# A dict of counters the script's own function changes, given as an argument
+PASSED = """
+import flor_flows as flor
+def note(history, loss):
+    history.append(loss)
+def train(model, state, history):
+    loss = fit(model)
+    note(history, loss)
+    if state["best"] is None or loss < state["best"]:
+        state["best"], state["bad"] = loss, 0
+    else:
+        state["bad"] += 1
+state, history = {"best": None, "bad": 0}, []
+with flor.checkpointing(model=model):
+    for epoch in flor.loop("epoch", range(6)):
+        train(model, state=state, history=history)
+        flor.log("bad2", state["bad"])
+        flor.log("seen2", len(history))
+"""
+
 
 @pytest.mark.parametrize(
     ("source", "name", "carried"),
     [
+        (PASSED, "bad2", {"state"}),  # changed by the function it is passed to
+        (PASSED, "seen2", {"history"}),  # appended to by a function that one passes it to
         (ANNEALED, "val2", {"lr"}),  # the training reads it: every value after it depends on it
         (BEST_WEIGHTS, "final_wn", {"best_wts"}),  # set in the loop, loaded into the model after
         (STOPPER, "count", {"stopper"}),  # an object its call changes

@@ -293,27 +293,54 @@ class _Code:
         )
 
     def _touched(self, stmts: list[ast.stmt]) -> set[str]:
-        """Names `stmts` may set: bind, store into, call a method of, or declare global in a
-        function they call."""
+        """Names `stmts` may set: bind, store into, call a method of, pass to a function of
+        the script that does, or declare global in a function they call."""
         touched: set[str] = set()
         for stmt in stmts:
             for node in ast.walk(stmt):
                 if isinstance(node, ast.Name) and _stores(node):
                     touched.add(node.id)
-                elif isinstance(node, ast.Attribute | ast.Subscript) and _stores(node):
-                    touched.add(_root(node) or "")
-                elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-                    root = _root(node.func.value) or ""
-                    touched |= {root} - self.modules  # `np.mean(x)` changes no name
                 elif isinstance(node, ast.alias):
                     touched.add((node.asname or node.name).partition(".")[0])
                 elif isinstance(node, ast.Global | ast.Nonlocal):
                     touched.update(node.names)
+                else:
+                    touched |= self._in_place(node)
+            touched |= self._changed_arguments(stmt, frozenset())
             for function in self._called(stmt):
                 touched |= {
                     n for g in ast.walk(function) if isinstance(g, ast.Global) for n in g.names
                 }
         return touched
+
+    def _in_place(self, node: ast.AST) -> set[str]:
+        """The name `node` changes in place: one it stores into (`state["n"] = 1`) or calls a
+        method of (not a module's: `np.mean(x)` changes no name)."""
+        if isinstance(node, ast.Attribute | ast.Subscript) and _stores(node):
+            return {_root(node) or ""}
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            return {_root(node.func.value) or ""} - self.modules
+        return set()
+
+    def _changed_arguments(self, stmt: ast.AST, seen: frozenset[ast.AST]) -> set[str]:
+        """Names `stmt` passes to a function of the script that changes that argument in
+        place, itself or through the functions it passes it to (`state["bad"] += 1` in
+        `train(model, state)`)."""
+        found: set[str] = set()
+        for call in ast.walk(stmt):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+                continue
+            for function in self.functions.get(call.func.id, []):
+                if function in seen:
+                    continue
+                given = function.args.posonlyargs + function.args.args  # type: ignore[attr-defined]
+                passed = dict(zip((a.arg for a in given), call.args, strict=False))
+                passed |= {kw.arg: kw.value for kw in call.keywords if kw.arg}
+                changed = set().union(*(self._in_place(n) for n in ast.walk(function)))
+                for inner in function.body:  # type: ignore[attr-defined]
+                    changed |= self._changed_arguments(inner, seen | {function})
+                found |= {_root(passed[name]) or "" for name in changed & passed.keys()}
+        return found - {""}
 
     def _mutates_deep(self, stmt: ast.stmt) -> bool:
         """Whether `stmt`, or a function of the script it calls, may change checkpointed
