@@ -27,6 +27,7 @@ from flor_flows.replay import plan as planning
 from flor_flows.replay.selection import parse_iter
 from flor_flows.replay.skipping import (
     carried_state,
+    logged_in_loops,
     run_level_only,
     shortcuts,
     skippable_loops,
@@ -194,6 +195,7 @@ def resolve(request: BackfillRequest) -> Resolved:
         run_level=run_level_only(files, names),
         workers=request.max_parallel,
         from_start=bool(carried),
+        looped=logged_in_loops(files, names),
     )
     if carried:  # said in the plan: why each replay runs from the first iteration
         why = f"from the first iteration: {', '.join(sorted(carried))} carried outside checkpoints"

@@ -10,7 +10,7 @@ costs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -54,12 +54,16 @@ class _Held:
     run_level: set[str] = field(default_factory=set)
     by_iteration: dict[int, set[str]] = field(default_factory=dict)
 
-    def missing(self, names: Sequence[str], iteration: int | None) -> list[str]:
-        """The names without a value in `iteration` (None: in the run at all)."""
+    def missing(
+        self, names: Sequence[str], iteration: int | None, looped: Collection[str] = ()
+    ) -> list[str]:
+        """The names without a value in `iteration` (None: in the run at all); a run-level
+        value stands for every iteration's, but for the `looped` names (logged inside the
+        loop too: `test()` called every few epochs and once after the training)."""
         if iteration is None:
             held = self.anywhere
         else:
-            held = self.run_level | self.by_iteration.get(iteration, set())
+            held = (self.run_level - set(looped)) | self.by_iteration.get(iteration, set())
         return [name for name in names if name not in held]
 
 
@@ -75,6 +79,7 @@ def plan(
     shortcuts: dict[str, bool] | None = None,
     run_level: bool = False,
     from_start: bool = False,
+    looped: Collection[str] = (),
 ) -> list[Item]:
     """The replays that compute `names` over history, in run order, with estimated costs.
 
@@ -89,7 +94,8 @@ def plan(
     names are logged only after the training (`skipping.run_level_only`), so the replays run
     no iteration unless `iters` asks for some. `from_start`: the values read what the outer
     loop carries outside its checkpoints (`skipping.carried_state`), so the replays run every
-    iteration from the first, each run in one piece.
+    iteration from the first, each run in one piece. `looped`: the names logged inside the
+    loop (`skipping.logged_in_loops`), whose run-level values stand for no iteration's.
     With fewer replays than `workers`, the longest are split into segments at checkpoints.
     """
     names = list(dict.fromkeys(names))
@@ -126,7 +132,7 @@ def plan(
         run = history[uid]
         have = held.get(uid, _Held()) if only_missing else None
         selection = iters.get(run.loop) if run.loop else None
-        item = _item(run, iterations, selection, have, names, where, run_level)
+        item = _item(run, iterations, selection, have, names, where, run_level, looped)
         if item is not None:
             items.append(item)
     return costs.split(items, history, workers)
@@ -221,12 +227,14 @@ def _item(
     names: Sequence[str],
     where: Where | None,
     run_level_names: bool = False,
+    looped: Collection[str] = (),
 ) -> Item | None:
     """The replay of `run` the request needs, or None when it needs none.
 
     `matched`: the iterations `where` selected (None: all); `held`: the values the run has
     already, when only missing ones are wanted; `run_level_names`: the names are logged
-    after the training only, so no iteration is replayed unless `selection` asks for some.
+    after the training only, so no iteration is replayed unless `selection` asks for some;
+    `looped`: the names logged inside the loop (see `_Held.missing`).
     """
     reasons = []
     if where is not None:
@@ -247,7 +255,7 @@ def _item(
     if held is None:
         reasons.append("replayed even where values exist")
     else:
-        lacking = {i: held.missing(names, i) for i in (pool or [None])}
+        lacking = {i: held.missing(names, i, looped) for i in (pool or [None])}
         units = [i for i, missing in lacking.items() if missing]
         if not units:
             return None

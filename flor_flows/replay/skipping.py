@@ -104,6 +104,16 @@ def run_level_only(files: dict[str, str], names: Iterable[str]) -> bool:
     return bool(code.requested) and not any(code.in_loop(call) for call in code.requested)
 
 
+def logged_in_loops(files: dict[str, str], names: Iterable[str]) -> frozenset[str]:
+    """The names of `names` some `flor.log` in `files` logs inside a `flor.loop` (or in a
+    function called there): a value of one at run level stands for none of its iterations."""
+    try:
+        code = _Code(files, frozenset(names))
+    except SyntaxError:
+        return frozenset(names)
+    return frozenset(_flor_call(call, "log") for call in code.requested if code.in_loop(call))  # type: ignore[misc]
+
+
 class _Code:
     """The modules of one code version, with what the checks need to look up."""
 

@@ -9,6 +9,7 @@ import os
 from datetime import timedelta
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 from flor_flows.replay.backfill import BackfillRequest
@@ -101,6 +102,47 @@ def test_a_replay_that_stores_no_value_is_said_so(project: Project) -> None:
     assert by_run[quiet][0] == "replayed" and "stored no value of big" in by_run[quiet][1]
     assert [status for status, _ in by_run.values()] == ["replayed", "replayed"]
     assert [(i, v) for _, i, v in _replayed(project.store(), "big")] == [(1, 120.0), (2, 180.0)]
+
+
+EVALUATED = """
+import flor_flows as flor
+state = {"w": 0.0}
+def test():
+    return state["w"] * 10
+with flor.checkpointing(state=state):
+    for epoch in flor.loop("epoch", range(6)):
+        state["w"] += 1.0
+        if (epoch + 1) % 3 == 0:
+            test()
+test()
+"""
+
+
+def test_a_run_level_value_stands_for_no_epoch_of_a_name_also_logged_in_the_loop(
+    project: Project,
+) -> None:
+    project.write("train.py", EVALUATED)
+    project.commit("evaluates every third epoch and at the end")
+    project.run("train.py")
+    logged = EVALUATED.replace(
+        "    return state", '    flor.log("val", state["w"] * 10)\n    return state'
+    )
+    project.write("train.py", logged)
+    first = BackfillRequest(project=str(project.root), names=["val"], iterations=["epoch=0,1"])
+    assert backfill(first, return_state=True).is_completed()  # epochs 0-1 log none: the end's
+    # the end's value is no epoch's: epochs 2 and 5 are still missing, and replayed
+    state = backfill(BackfillRequest(project=str(project.root), names=["val"]), return_state=True)
+    assert state.is_completed() and state.message == "1 of 1 runs replayed", state.message
+    values = project.store().query(
+        "SELECT i0, num FROM logs WHERE name = 'val' AND source = 'replay' ORDER BY i0"
+    )
+    assert [(None if pd.isna(i) else int(i), v) for i, v in values.itertuples(index=False)] == [
+        (None, 60.0),  # the end's, from the first backfill
+        (2, 30.0),
+        (5, 60.0),
+    ]
+    again = backfill(BackfillRequest(project=str(project.root), names=["val"]), return_state=True)
+    assert again.message == "0 replays planned; nothing run"  # now every value is there
 
 
 def test_a_diverged_replay_fails_the_flow_with_the_first_difference(project: Project) -> None:
