@@ -93,12 +93,15 @@ class Tracker:
         said with why where they stored no value of the names (`NO_VALUES`)."""
         self.segments_left[item.run_uid] -= 1
         if not self.segments_left[item.run_uid] and item.run_uid not in self.outcomes:
-            names = list(self.resolved.names)
+            stored = self.store.values_replayed(
+                item.run_uid, list(self.resolved.names), str(self.flow_run_id)
+            )
             why = None
-            if not self.store.values_replayed(item.run_uid, names, str(self.flow_run_id)):
+            if empty := [name for name, count in stored.items() if not count]:
+                where = "in the replayed iterations" if item.iterations != () else "after the loop"
                 why = (
-                    f"its replay stored no value of {', '.join(names)}: the statements did not "
-                    "run in the replayed iterations (a condition never true there, say)"
+                    f"its replay stored no value of {', '.join(empty)}: the statements did not "
+                    f"run {where} (a condition never true there, say)"
                 )
                 self.outcomes[item.run_uid] = (NO_VALUES, why)
             self._store(item, "replayed", why)
@@ -137,7 +140,8 @@ def final_state(
     failed = sum(len(uids) for uids in by_status.values())
     parts = [f"{runs - failed} of {runs} runs replayed"]
     if empty:
-        parts.append(f"{len(empty)} of them stored no value of the names")
+        which = "the name" if len(resolved.names) == 1 else "some of the names"
+        parts.append(f"{len(empty)} of them stored no value of {which}")
     if skipped:
         parts.append(f"{len(skipped)} not applicable (their scripts log none of the names)")
     if held:

@@ -54,16 +54,16 @@ class ReplaysArea:
         with self.engine.connect() as conn:
             return dict(conn.execute(query).mappings().one())
 
-    def values_replayed(self, run_uid: str, names: list[str], flow_run_id: str) -> int:
-        """How many values of `names` the replays of run `run_uid` by Prefect flow run
-        `flow_run_id` stored."""
+    def values_replayed(self, run_uid: str, names: list[str], flow_run_id: str) -> dict[str, int]:
+        """Per name of `names`, how many values the replays of run `run_uid` by Prefect flow
+        run `flow_run_id` stored (0 for none)."""
         query = (
-            select(func.count())
-            .select_from(s.Log)
+            select(s.Log.name, func.count())
             .join(s.Replay, s.Replay.id == s.Log.replay_id)
             .join(s.Run, s.Run.id == s.Log.run_id)
             .where(s.Run.uid == run_uid, s.Log.name.in_(names))
             .where(s.Replay.prefect_flow_run_id == flow_run_id)
+            .group_by(s.Log.name)
         )
         with self.engine.connect() as conn:
-            return conn.scalar(query)
+            return dict.fromkeys(names, 0) | dict(conn.execute(query).all())

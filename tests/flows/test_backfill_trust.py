@@ -93,7 +93,7 @@ def test_a_replay_that_stores_no_value_is_said_so(project: Project) -> None:
     assert state.is_completed(), state.message
     quiet = project.store().runs().sort_values("started_at")["run_uid"].iloc[0]
     assert state.message.splitlines() == [
-        "2 of 2 runs replayed; 1 of them stored no value of the names",
+        "2 of 2 runs replayed; 1 of them stored no value of the name",
         f"no values: {quiet}: its replay stored no value of big: the statements did not run "
         "in the replayed iterations (a condition never true there, say)",
     ]
@@ -102,6 +102,23 @@ def test_a_replay_that_stores_no_value_is_said_so(project: Project) -> None:
     assert by_run[quiet][0] == "replayed" and "stored no value of big" in by_run[quiet][1]
     assert [status for status, _ in by_run.values()] == ["replayed", "replayed"]
     assert [(i, v) for _, i, v in _replayed(project.store(), "big")] == [(1, 120.0), (2, 180.0)]
+
+    # two names, one of which the first run's replay stores no value of
+    project.write("train.py", TRAIN + big + '        flor.log("w3", state["w"] * 3)\n')
+    request = BackfillRequest(project=str(project.root), names=["w3", "big"], only_missing=False)
+    state = backfill(request, return_state=True)
+    assert state.is_completed() and state.message.splitlines() == [
+        "2 of 2 runs replayed; 1 of them stored no value of some of the names",
+        f"no values: {quiet}: its replay stored no value of big: the statements did not run "
+        "in the replayed iterations (a condition never true there, say)",
+    ]
+
+    # after the training, under a condition never true: no iteration was replayed
+    project.write("train.py", TRAIN + 'if state["w"] > 1000:\n    flor.log("huge", 1)\n')
+    state = backfill(BackfillRequest(project=str(project.root), names=["huge"]), return_state=True)
+    lines = state.message.splitlines()
+    assert lines[0] == "2 of 2 runs replayed; 2 of them stored no value of the name"
+    assert all(line.endswith("did not run after the loop (a condition never true there, say)") for line in lines[1:]) and len(lines) == 3  # fmt: skip
 
 
 EVALUATED = """
@@ -251,10 +268,10 @@ def test_the_final_message_counts_runs_not_statuses() -> None:
         "d": ("not applicable", "eval.py logs none of x"),
         "e": ("no values", "its replay stored no value of x"),
     }
-    state = final_state(SimpleNamespace(items=items), outcomes, {})
+    state = final_state(SimpleNamespace(items=items, names=("x",)), outcomes, {})
     assert state.is_failed()
     assert state.message.splitlines() == [
-        "2 of 5 runs replayed; 1 of them stored no value of the names; 1 not applicable "
+        "2 of 5 runs replayed; 1 of them stored no value of the name; 1 not applicable "
         "(their scripts log none of the names)",
         "replay failed: a: boom",
         "replay failed: b: boom",
