@@ -229,6 +229,21 @@ def test_state_real_scripts_carry_is_found(source: str, name: str, carried: set[
     assert carried_state({"train.py": source}, [name]) == carried
 
 
+def test_a_name_bound_again_after_the_loop_is_not_carried_by_it() -> None:
+    source = """
+import flor_flows as flor
+with flor.checkpointing(model=model):
+    for epoch in flor.loop("epoch", range(3)):
+        fit(model)
+        acc, vl = test(model)
+acc, vl = test(model)
+flor.log("test_loss", vl)
+"""
+    assert carried_state({"train.py": source}, ["test_loss"]) == frozenset()
+    read_first = source.replace("acc, vl = test(model)\nflor", "flor")  # the loop's last vl
+    assert carried_state({"train.py": read_first}, ["test_loss"]) == {"vl"}
+
+
 def test_a_logger_the_training_reports_to_steers_nothing() -> None:
     source = """
 import logging

@@ -173,7 +173,7 @@ class _Code:
             called = [f for stmt in loop.body for f in self._called(stmt)]
             shared = {n for f in called for g in ast.walk(f) if isinstance(g, ast.Global) for n in g.names}  # fmt: skip
             touched = self._touched(loop.body) | self._objects_called(loop.body)
-            after = set().union(*(_reads(stmt) for stmt in self._after(loop)))
+            after = _exposed(list(self._after(loop)), set())  # read before bound again
             exposed = _exposed(loop.body, set()) | shared | after
             found |= (exposed & touched) - self.checkpointed - _targets(loop) - self.modules
         return found
