@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flor_flows import children
 from flor_flows.config import load_settings
 from flor_flows.errors import ReplayFailed
+from flor_flows.replay import engine
 from flor_flows.replay.engine import prepare_version, replay
 from tests.conftest import Project, git
 
@@ -298,3 +300,10 @@ def test_a_replay_resolves_relative_paths_in_the_version_copy(
     assert (version.directory / "written.txt").read_text() == "ran\n"
     assert not (project.root / "written.txt").exists()
     assert git(project.root, "status", "--porcelain") == before
+
+
+def test_a_replay_process_that_ended_without_a_word_is_said_how() -> None:
+    killed = children.Outcome("r", returncode=-9, seconds=1.0, stderr_tail="")
+    assert engine._failure(killed) == "was killed by signal 9 (SIGKILL), printing nothing"
+    failed = children.Outcome("r", returncode=3, seconds=1.0, stderr_tail="boom\n")
+    assert engine._failure(failed) == "exited with code 3; the last lines of its stderr:\nboom"

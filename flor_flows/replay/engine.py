@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import signal
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -264,7 +265,14 @@ def _failure(outcome: children.Outcome) -> str:
     if ours:
         kind, _, message = " ".join(lines[ours[-1] :]).partition(": ")
         return f"failed: {message} ({kind.rpartition('.')[2]})"
+    ended = f"exited with code {outcome.returncode}"
+    if outcome.returncode < 0:  # killed: say by what
+        number = -outcome.returncode
+        try:
+            ended = f"was killed by signal {number} ({signal.Signals(number).name})"
+        except ValueError:  # a real-time signal has no name
+            ended = f"was killed by signal {number}"
+    tail = outcome.stderr_tail.strip()
     return (
-        f"exited with code {outcome.returncode}; the last lines of its stderr:\n"
-        f"{outcome.stderr_tail}"
+        f"{ended}; the last lines of its stderr:\n{tail}" if tail else f"{ended}, printing nothing"
     )
