@@ -433,6 +433,18 @@ def test_a_runs_own_replays_come_before_its_scripts_and_the_latest_count() -> No
     assert _outside(spans.iloc[:0]) == {}
 
 
+def test_only_the_chosen_runs_are_planned_and_split(
+    history: History, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = history.store()
+    split = planning.costs.split
+    seen: list[int] = []
+    monkeypatch.setattr(planning.costs, "split", lambda items, *a: seen.append(len(items)) or split(items, *a))  # fmt: skip
+    chosen = plan(store, ["grad_norm"], only_missing=False, workers=2, only={history.uid[1]})
+    assert {item.run_uid for item in chosen} == {history.uid[1]}
+    assert seen == [1]  # one run to split among 2 workers, not the 3 candidates
+
+
 def test_running_runs_are_left_alone(history: History, tmp_path: Path) -> None:
     store = history.copy(tmp_path)
     with store.engine.begin() as conn:  # another host's run, still going
@@ -512,6 +524,20 @@ def test_format_plan(history: History) -> None:
         f"1 replay(s), about {only:.1f} s one after another; 3 will not (refused or not applicable)"
     )
     assert format_plan([]) == "nothing to replay"
+    # with 2 at a time: each as soon as a worker is free, none before its server is ready
+    timed = [
+        replace(item, estimated_seconds=t) for item, t in zip(items, (4, 3, 2, 1), strict=True)
+    ]
+    assert format_plan(timed, workers=2).splitlines()[-1] == (
+        "4 replay(s), about 12.5 s one after another, 7.5 s 2 at a time"
+    )
+    # the wait for a server only refused replays would fork from is neither said nor counted
+    refused = dict.fromkeys((item.run_uid for item in items), "refused: a reason")
+    shown = format_plan(items, refused).splitlines()
+    assert not [line for line in shown if line.startswith("+ ")]
+    assert shown[-1] == (
+        "0 replay(s), about 0.0 s one after another; 4 will not (refused or not applicable)"
+    )
 
 
 UNTIMED = """

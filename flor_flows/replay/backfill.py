@@ -184,6 +184,8 @@ def resolve(request: BackfillRequest) -> Resolved:
     status = {} if backfill_id is None else store.backfill_status(backfill_id)
     where = parse_where(request.where) if request.where else None
     iters = parse_iter(request.iterations) if request.iterations else None
+    # the same work as the whole request's, on fewer runs: the same key; split as they need
+    chosen = _named_runs(runs["run_uid"], request.runs) if request.runs else None
     items = planning.plan(
         store,
         names,
@@ -196,13 +198,11 @@ def resolve(request: BackfillRequest) -> Resolved:
         workers=request.max_parallel,
         from_start=bool(carried),
         looped=logged_in_loops(files, names),
+        only=chosen,
     )
     if carried:  # said in the plan: why each replay runs from the first iteration
         why = f"from the first iteration: {', '.join(sorted(carried))} carried outside checkpoints"
         items = [replace(item, reason=f"{item.reason}; {why}") for item in items]
-    if request.runs:  # the same work as the whole request's, on fewer runs: the same key
-        chosen = _named_runs(runs["run_uid"], request.runs)
-        items = [item for item in items if item.run_uid in chosen]
     while not request.only_missing and items and all(status.get(i.run_uid) == "replayed" for i in items):  # fmt: skip
         # `--all` once more after it finished: a new request, computed anew (a retry of one
         # that did not finish resumes it)

@@ -13,11 +13,11 @@ process would have imported that file instead) or it holds a module from those r
 when a file it imported changed since, else forks, sends back the child's pid and a pidfd,
 and later its exit status. The child becomes what `python SCRIPT ARGV` in that directory
 would be and runs the script as `__main__`; it gets SIGTERM if the request's connection closes
-first (its client died). The server keeps one spare writer process started ahead, whose
-socket each child inherits and hands its own pipes (`flor_flows.record.spare`), and then
-starts the next one. The server ends when the process of PIDFD does, or once retired or
-IDLE seconds without a replay (0: never) when its children have ended; its children end with
-it.
+first (its client died). The server keeps SPARES spare writer processes started ahead; the
+next child gets the socket of the oldest and hands it its own pipes
+(`flor_flows.record.spare`), and the server starts another. The server ends when the
+process of PIDFD does, or once retired or IDLE seconds without a replay (0: never) when its
+children have ended; its children end with it.
 
 Only the standard library is imported here: this file runs as a script, before anything else.
 """
@@ -32,6 +32,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import select
 import selectors
 import signal
 import site
@@ -43,6 +44,9 @@ from typing import NamedTuple
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 SPARE_WRITER = "FLOR_FLOWS_SPARE_WRITER"  # flor_flows.record.spare.ENV_VAR
+# Spare writers kept started ahead: one for each of two replays forked at once (the
+# command's default --max-parallel), each ready when its replay starts.
+SPARES = 2
 REQUEST_TIMEOUT = 10.0  # seconds a client has to send its request once connected
 
 
@@ -202,7 +206,8 @@ def serve(argv: list[str]) -> Request:
     watch, idle = int(argv[3]), float(argv[4])  # the launcher's pidfd; 0: no idle timeout
     sys.path[0] = os.path.dirname(os.path.realpath(script))  # as `python SCRIPT` has it
     on_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the replays
-    spare = _spare()  # it imports what a writer needs while we import the libraries
+    # they import what a writer needs while we import the libraries
+    spares = [spare for spare in (_spare() for _ in range(SPARES)) if spare is not None]
     state = prepare(script, roots)
     if not state["ready"]:
         print(json.dumps(state), flush=True)
@@ -270,17 +275,24 @@ def serve(argv: list[str]) -> Request:
                 selector.close()
                 for sock in (listener, conn, *children.values()):
                     sock.close()
-                if spare is None:
+                for other in spares[1:]:  # the next replays'
+                    other[0].close()
+                    os.close(other[2])
+                if not spares:
                     return request
-                sock, spare_pid, spare_pidfd = spare
+                sock, spare_pid, spare_pidfd = spares[0]
                 named = f"{spare_pid}:{sock.detach()}:{spare_pidfd}:{os.getpid()}"
                 return request._replace(writer=named)
             os.close(request.stdout)
             os.close(request.stderr)
-            if spare is not None:  # that replay's now: another for the next one
-                spare[0].close()
-                os.close(spare[2])
-                spare = _spare()
+            # the oldest is that replay's now, and one that died is of no use: others for
+            # the next replays
+            for gone in spares[:1] + [s for s in spares[1:] if select.select([s[2]], [], [], 0)[0]]:
+                spares.remove(gone)
+                gone[0].close()
+                os.close(gone[2])
+            started = (_spare() for _ in range(SPARES - len(spares)))
+            spares += [spare for spare in started if spare is not None]
             pidfd = os.pidfd_open(pid)
             with contextlib.suppress(OSError):  # else the client gave up; the child is reaped
                 socket.send_fds(conn, [f"{pid}\n".encode()], [pidfd])

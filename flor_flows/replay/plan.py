@@ -80,6 +80,7 @@ def plan(
     run_level: bool = False,
     from_start: bool = False,
     looped: Collection[str] = (),
+    only: Collection[str] | None = None,
 ) -> list[Item]:
     """The replays that compute `names` over history, in run order, with estimated costs.
 
@@ -96,6 +97,7 @@ def plan(
     loop carries outside its checkpoints (`skipping.carried_state`), so the replays run every
     iteration from the first, each run in one piece. `looped`: the names logged inside the
     loop (`skipping.logged_in_loops`), whose run-level values stand for no iteration's.
+    `only`: the uids of the runs to plan (None: every candidate).
     With fewer replays than `workers`, the longest are split into segments at checkpoints.
     """
     names = list(dict.fromkeys(names))
@@ -105,6 +107,8 @@ def plan(
         where = parse_where(where)
     iters = iters or {}
     runs = reads.candidates(store, project)
+    if only is not None:
+        runs = runs[runs["run_uid"].isin(list(only))].reset_index(drop=True)
     if runs.empty:
         return []
     contexts = reads.outer_iterations(store, project)
@@ -283,11 +287,15 @@ def _describe(iterations: tuple[int, ...] | None) -> str:
     return compact(iterations) if iterations else "none (run level)"
 
 
-def format_plan(items: Sequence[Item], checks: dict[str, str] | None = None) -> str:
-    """The plan as a table for `--dry-run`: one replay a line, then the count and total.
+def format_plan(
+    items: Sequence[Item], checks: dict[str, str] | None = None, workers: int = 1
+) -> str:
+    """The plan as a table for `--dry-run`: one replay a line, then the count and total, and
+    with `workers` replays at a time, how long the plan takes so.
 
     `checks`: per run, what propagating into its code version found (ok, refused: why,
-    not applicable: why), shown after the reason.
+    not applicable: why), shown after the reason; a replay that will not run is not counted,
+    nor is the wait for a fork server only such replays would fork from.
     """
     if not items:
         return "nothing to replay"
@@ -313,22 +321,36 @@ def format_plan(items: Sequence[Item], checks: dict[str, str] | None = None) -> 
         ).rstrip()
         for row in (header, *rows)
     ]
-    lines += [
-        f"+ {_seconds(item.server_seconds)} s before the first replay of {item.entry_script}: "
-        "its fork server imports the script's libraries, once"
-        + (
-            " (a guess from the run's set-up: no fork server of it ran here yet)"
-            * item.server_guessed
-        )
-        for item in items
-        if item.server_seconds
-    ]
     runnable = [i for i in items if checks is None or checks.get(i.run_uid, "ok") == "ok"]
-    total = sum(item.estimated_seconds + item.server_seconds for item in runnable)
+    scripts = {item.entry_script for item in runnable}
+    waits = {i.entry_script: i for i in items if i.server_seconds and i.entry_script in scripts}
+    lines += [
+        f"+ {_seconds(item.server_seconds)} s before the first replay of {script}: its fork "
+        "server imports the script's libraries, once"
+        + " (a guess from the run's set-up: no fork server of it ran here yet)"
+        * item.server_guessed
+        for script, item in waits.items()
+    ]
+    total = sum(i.estimated_seconds for i in runnable) + sum(
+        i.server_seconds for i in waits.values()
+    )
     lines.append(f"{len(runnable)} replay(s), about {total:.1f} s one after another")
+    if workers > 1 and len(runnable) > 1:
+        lines[-1] += f", {_wall(runnable, waits, workers):.1f} s {workers} at a time"
     if len(runnable) < len(items):  # the others will not run: their check says why
         lines[-1] += f"; {len(items) - len(runnable)} will not (refused or not applicable)"
     return "\n".join(lines)
+
+
+def _wall(items: Sequence[Item], waits: dict[str, Item], workers: int) -> float:
+    """Seconds `items` take `workers` at a time, in order, each as soon as a worker is free
+    and its script's fork server (`waits`, started with the command) is ready."""
+    free = [0.0] * workers
+    for item in items:
+        at = free.index(min(free))
+        ready = waits[item.entry_script].server_seconds if item.entry_script in waits else 0.0
+        free[at] = max(free[at], ready) + item.estimated_seconds
+    return max(free)
 
 
 def _seconds(seconds: float) -> str:
