@@ -44,10 +44,11 @@ Lease = tuple[str, int, str]  # a backfill flow run's hold: (store URL, backfill
 # The leases this process's backfill flow runs hold now. A stopped `flor-flows replay` marks
 # their unfinished runs cancelled (see `Store.cancel_leased`).
 LEASES: set[Lease] = set()
-# Where a run of a backfill stands (`BackfillItem.status`), in the order it may get there,
-# and those `flor-flows backfills ID --retry-failed` runs again.
+# Where a run of a backfill stands (`BackfillItem.status`), in the order it may get there
+# (and "no values": replayed, its replays storing no value of some name, counted apart in
+# `flor-flows backfills`), and those `flor-flows backfills ID --retry-failed` runs again.
 STATUSES = (
-    "planned", "propagated", "replaying", "replayed", "not applicable",
+    "planned", "propagated", "replaying", "replayed", "no values", "not applicable",
     "propagation failed", "replay failed", "diverged", "cancelled",
 )  # fmt: skip
 RETRIED = ("propagation failed", "replay failed", "diverged", "cancelled")

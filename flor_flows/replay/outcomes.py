@@ -19,6 +19,7 @@ from flor_flows.errors import ReplayDiverged, ReplayFailed
 from flor_flows.publishing import published
 from flor_flows.replay.artifacts import StatusBoard
 from flor_flows.store import open_store
+from flor_flows.store.backfills import NO_VALUES
 
 if TYPE_CHECKING:
     from flor_flows.replay.backfill import Resolved
@@ -41,11 +42,6 @@ def failures_in_one_line() -> None:
     logger = logging.getLogger("prefect.task_runs")
     if not any(isinstance(f, _OneLine) for f in logger.filters):
         logger.addFilter(_OneLine())
-
-
-# A run replayed without fault whose replays stored no value of the names: replayed, not
-# failed, and said so.
-NO_VALUES = "no values"
 
 
 class Tracker:

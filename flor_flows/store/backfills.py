@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 
 from flor_flows.errors import RequestError
 from flor_flows.store import schema as s
@@ -16,13 +16,22 @@ if TYPE_CHECKING:
     from flor_flows.store.store import Store
 
 
+# How the list counts a run replayed whose replays stored no value of some name (its item is
+# `replayed`, with why as its error).
+NO_VALUES = "no values"
+
+
 def requests(store: Store, statuses: Sequence[str] = ()) -> pd.DataFrame:
     """One row per request: id, names, created_at, then the number of its runs per status
-    (`statuses` first, in their order, then any other found), oldest request first."""
+    (`statuses` first, in their order, then any other found; NO_VALUES for a replayed run
+    with an error), oldest request first."""
     query = select(s.Backfill.id, s.Backfill.names, s.Backfill.created_at).order_by(s.Backfill.id)
-    counted = select(
-        s.BackfillItem.backfill_id, s.BackfillItem.status, func.count().label("n")
-    ).group_by(s.BackfillItem.backfill_id, s.BackfillItem.status)
+    item = s.BackfillItem
+    empty = and_(item.status == "replayed", item.error.is_not(None))
+    status = case((empty, NO_VALUES), else_=item.status).label("status")
+    counted = select(item.backfill_id, status, func.count().label("n")).group_by(
+        item.backfill_id, status
+    )
     with store.engine.connect() as conn:
         found = pd.DataFrame(conn.execute(query).all(), columns=["id", "names", "created_at"])
         counts = pd.DataFrame(conn.execute(counted).all(), columns=["id", "status", "n"])

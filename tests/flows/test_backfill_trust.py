@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from flor_flows.replay.backfill import BackfillRequest
+from flor_flows.replay.backfill import STATUSES, BackfillRequest
 from flor_flows.replay.outcomes import final_state
-from flor_flows.store import Store
+from flor_flows.store import Store, backfills
 from flor_flows.store.leases import lease_holder
 from flor_flows.store.sql import now
 from flows.backfill import backfill
@@ -101,6 +101,8 @@ def test_a_replay_that_stores_no_value_is_said_so(project: Project) -> None:
     by_run = {uid: (status, error) for uid, status, error in items.itertuples(index=False)}
     assert by_run[quiet][0] == "replayed" and "stored no value of big" in by_run[quiet][1]
     assert [status for status, _ in by_run.values()] == ["replayed", "replayed"]
+    listed = backfills.requests(project.store(), STATUSES).iloc[0]
+    assert (listed["replayed"], listed["no values"]) == (1, 1)  # counted apart in the list
     assert [(i, v) for _, i, v in _replayed(project.store(), "big")] == [(1, 120.0), (2, 180.0)]
 
     # two names, one of which the first run's replay stores no value of
