@@ -115,7 +115,8 @@ def backfill(request: BackfillRequest, dry_run: bool = False) -> State:
         "those the first replay of a script waits for its fork server to start).",
     )
     if dry_run or not resolved.items:
-        return Completed(message=f"{len(resolved.items)} replays planned; nothing run")
+        said = [f"{len(resolved.items)} replays planned; nothing run", resolved.left_out()]
+        return Completed(message="; ".join(part for part in said if part))
 
     with leased(resolved, request, flow_run.id) as (resolved, held):
         worktree.share(resolved.settings, resolved.commits)  # for hosts without the repository

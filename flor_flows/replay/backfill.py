@@ -130,6 +130,16 @@ class Resolved:
         """The code versions of the planned runs, each once, in plan order."""
         return list(dict.fromkeys(item.code_version for item in self.items))
 
+    def left_out(self) -> str | None:
+        """Why the runs an earlier attempt of this request replayed are not in the plan."""
+        if not self.done:
+            return None
+        return (
+            f"{len(self.done)} run(s) left out: backfill {self.backfill_id}, the same request "
+            "(names, statements, selection), replayed them already; once it has replayed "
+            "every run, the same command with --all replays them all anew"
+        )
+
 
 def new_files(root: Path, ref: str | None, entry_scripts: Iterable[str] = ()) -> dict[str, str]:
     """The Python files holding the new statements: those of `ref`, or the working tree's

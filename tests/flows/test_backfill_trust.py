@@ -161,7 +161,31 @@ def test_a_run_level_value_stands_for_no_epoch_of_a_name_also_logged_in_the_loop
         (5, 60.0),
     ]
     again = backfill(BackfillRequest(project=str(project.root), names=["val"]), return_state=True)
-    assert again.message == "0 replays planned; nothing run"  # now every value is there
+    assert again.message.startswith("0 replays planned; nothing run; 1 run(s) left out: backfill 2")
+
+
+def test_runs_an_earlier_attempt_of_the_request_replayed_are_said_left_out(
+    project: Project,
+) -> None:
+    project.write("train.py", TRAIN)
+    project.commit("train")
+    project.run("train.py")
+    project.run("train.py", "--lr", "2")
+    first, second = project.store().runs().sort_values("started_at")["run_uid"]
+    project.write("train.py", NEW)
+    one = BackfillRequest(project=str(project.root), names=["w2"], only_missing=False, runs=[first])
+    assert backfill(one, return_state=True).message == "1 of 1 runs replayed"
+    # the same request on every run resumes that one: the run it replayed is left out, said so
+    every = BackfillRequest(project=str(project.root), names=["w2"], only_missing=False)
+    state = backfill(every, return_state=True)
+    assert state.message == (
+        "1 of 1 runs replayed; 1 run(s) left out: backfill 1, the same request (names, "
+        "statements, selection), replayed them already; once it has replayed every run, the "
+        "same command with --all replays them all anew"
+    )
+    assert {uid for uid, _, _ in _replayed(project.store(), "w2")} == {first, second}
+    again = backfill(every, return_state=True)  # finished: --all once more is a new request
+    assert again.message == "2 of 2 runs replayed"
 
 
 def test_a_diverged_replay_fails_the_flow_with_the_first_difference(project: Project) -> None:
@@ -270,7 +294,8 @@ def test_the_final_message_counts_runs_not_statuses() -> None:
         "d": ("not applicable", "eval.py logs none of x"),
         "e": ("no values", "its replay stored no value of x"),
     }
-    state = final_state(SimpleNamespace(items=items, names=("x",)), outcomes, {})
+    resolved = SimpleNamespace(items=items, names=("x",), left_out=lambda: None)
+    state = final_state(resolved, outcomes, {})
     assert state.is_failed()
     assert state.message.splitlines() == [
         "2 of 5 runs replayed; 1 of them stored no value of the name; 1 not applicable "
