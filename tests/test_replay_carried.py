@@ -13,7 +13,7 @@ from flor_flows.config import load_settings
 from flor_flows.record.replay import Step, from_start
 from flor_flows.replay.backfill import BackfillRequest, resolve
 from flor_flows.replay.engine import prepare_version, replay
-from flor_flows.replay.skipping import carried_state, run_level_only, shortcuts
+from flor_flows.replay.skipping import carried_state, logged, shortcuts
 from tests.conftest import Project, new_project
 
 OLD = """
@@ -274,7 +274,7 @@ with flor.checkpointing(model=model, optimizer=optimizer):
             return loss
         optimizer.step(closure)
 """
-    assert not run_level_only({"train.py": source}, ["closs"])
+    assert not logged({"train.py": source}, ["closs"]).run_level_only
 
 
 def test_an_in_place_update_of_a_part_of_the_model_keeps_the_head_of_the_epoch() -> None:

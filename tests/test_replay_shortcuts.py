@@ -14,7 +14,7 @@ from flor_flows.config import load_settings
 from flor_flows.record.replay import Step, shortcut_steps
 from flor_flows.replay.backfill import BackfillRequest, resolve
 from flor_flows.replay.engine import prepare_version, replay
-from flor_flows.replay.skipping import run_level_only, shortcuts
+from flor_flows.replay.skipping import logged, shortcuts
 from tests.conftest import Project, git
 
 DATA = Path(__file__).parent / "data" / "shortcuts"
@@ -254,7 +254,7 @@ FINAL = LOOPED.replace('    print("DONE"', '    flor.log("final", w[0] * 10)\n  
 def test_names_logged_after_the_training_only_are_read_from_the_code(
     names: list[str], expected: bool
 ) -> None:
-    assert run_level_only({"train.py": FINAL}, names) is expected
+    assert logged({"train.py": FINAL}, names).run_level_only is expected
 
 
 def test_a_statement_after_the_training_replays_no_epoch_unless_asked(

@@ -58,8 +58,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     resolved = resolve(request)  # a bad name, filter or loop: an error before Prefect starts
     if args.dry_run:  # the plan, each version checked: no flow run, no Prefect, no writes
         print(format_plan(resolved.items, check_versions(resolved), request.max_parallel))
-        if resolved.left_out():
-            print(resolved.left_out())
+        if left_out := resolved.left_out():
+            print(left_out)
         return 0
     use_api(background=not args.dask)  # Dask workers cannot reach a server on 127.0.0.1
     if resolved.items and not args.dask:  # its replays here: their libraries load meanwhile

@@ -20,6 +20,7 @@ from typing import Any
 
 from flor_flows.config import Settings
 from flor_flows.record.context import RunContext
+from flor_flows.record.replay_loop import Measures
 
 _STARTED: set[int] = set()  # training processes whose first run this process recorded
 
@@ -134,6 +135,5 @@ def finish_replay(
     diverged from its run's record is `diverged`, with the divergence as its error."""
     if divergence is not None and status == "completed":
         status = "diverged"
-    fields = ("read_bytes", "read_seconds", "loop_seconds", "forked")
-    measured = dict(zip(fields, measures or (), strict=False))
+    measured = dict(zip(Measures._fields, measures or (), strict=False))
     store.finish_replay(replay_id, status, checked, divergence or error, measured)

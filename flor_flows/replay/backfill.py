@@ -27,8 +27,7 @@ from flor_flows.replay import plan as planning
 from flor_flows.replay.selection import parse_iter
 from flor_flows.replay.skipping import (
     carried_state,
-    logged_in_loops,
-    run_level_only,
+    logged,
     shortcuts,
     skippable_loops,
 )
@@ -186,6 +185,7 @@ def resolve(request: BackfillRequest) -> Resolved:
     files = new_files(settings.root, request.source_ref, runs["entry_script"].dropna().unique())
     digest = statements_sha256(files, names)
     carried = carried_state(files, names)
+    placed = logged(files, names)  # where the statements log: in the loop, or after it
     key = hashlib.sha256(
         json.dumps(
             [names, digest, request.where, sorted(request.iterations), request.only_missing]
@@ -205,10 +205,10 @@ def resolve(request: BackfillRequest) -> Resolved:
         only_missing=request.only_missing,
         skip_nested=bool(skippable_loops(files, names)),
         shortcuts={s.loop: s.free for s in shortcuts(files, names)},
-        run_level=run_level_only(files, names),
+        run_level=placed.run_level_only,
         workers=request.max_parallel,
         from_start=bool(carried),
-        looped=logged_in_loops(files, names),
+        looped=placed.looped,
         only=chosen,
     )
     if carried:  # said in the plan: why each replay runs from the first iteration

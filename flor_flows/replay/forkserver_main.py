@@ -276,8 +276,7 @@ def serve(argv: list[str]) -> Request:
                 for sock in (listener, conn, *children.values()):
                     sock.close()
                 for other in spares[1:]:  # the next replays'
-                    other[0].close()
-                    os.close(other[2])
+                    _drop(other)
                 if not spares:
                     return request
                 sock, spare_pid, spare_pidfd = spares[0]
@@ -289,8 +288,7 @@ def serve(argv: list[str]) -> Request:
             # the next replays
             for gone in spares[:1] + [s for s in spares[1:] if select.select([s[2]], [], [], 0)[0]]:
                 spares.remove(gone)
-                gone[0].close()
-                os.close(gone[2])
+                _drop(gone)
             started = (_spare() for _ in range(SPARES - len(spares)))
             spares += [spare for spare in started if spare is not None]
             pidfd = os.pidfd_open(pid)
@@ -319,6 +317,13 @@ def _spare() -> tuple[socket.socket, int, int] | None:
     finally:
         theirs.close()
     return ours, pid, os.pidfd_open(pid)
+
+
+def _drop(spare: tuple[socket.socket, int, int]) -> None:
+    """Let go of a spare writer (`_spare`): its socket and pidfd here; it ends when no
+    process holds its socket."""
+    spare[0].close()
+    os.close(spare[2])
 
 
 def _retire(selector: selectors.BaseSelector, listener: socket.socket, path: str) -> None:

@@ -140,8 +140,8 @@ def final_state(
         parts.append(f"{len(empty)} of them stored no value of {which}")
     if skipped:
         parts.append(f"{len(skipped)} not applicable (their scripts log none of the names)")
-    if resolved.left_out():
-        parts.append(resolved.left_out())
+    if left_out := resolved.left_out():
+        parts.append(left_out)
     if held:
         who = ", ".join(f"{uid} (by {holder})" for uid, holder in held.items())
         parts.append(f"{len(held)} left to another backfill replaying them now: {who}")

@@ -92,11 +92,12 @@ def plan(
     `skip_nested`: the replays skip the loops nested in the outer one; `shortcuts`: outer
     loop name -> whether they run only the requested statements of its body (True) or up
     to them (False) (`skipping.shortcuts`; both for the estimates only). `run_level`: the
-    names are logged only after the training (`skipping.run_level_only`), so the replays run
-    no iteration unless `iters` asks for some. `from_start`: the values read what the outer
-    loop carries outside its checkpoints (`skipping.carried_state`), so the replays run every
-    iteration from the first, each run in one piece. `looped`: the names logged inside the
-    loop (`skipping.logged_in_loops`), whose run-level values stand for no iteration's.
+    names are logged only after the training (`skipping.Logged.run_level_only`), so the
+    replays run no iteration unless `iters` asks for some. `from_start`: the values read
+    what the outer loop carries outside its checkpoints (`skipping.carried_state`), so the
+    replays run every iteration from the first, each run in one piece. `looped`: the names
+    logged inside the loop (`skipping.Logged.looped`), whose run-level values stand for no
+    iteration's.
     `only`: the uids of the runs to plan (None: every candidate).
     With fewer replays than `workers`, the longest are split into segments at checkpoints.
     """

@@ -94,24 +94,32 @@ def carried_state(files: dict[str, str], names: Iterable[str]) -> frozenset[str]
     return frozenset(code.read & carried | code.steering(carried) | accumulated)
 
 
-def run_level_only(files: dict[str, str], names: Iterable[str]) -> bool:
-    """Whether every `flor.log` of `names` in `files` runs outside the loops: after the
-    training, not in it (nor in a function called in it). A replay then runs no iteration."""
+@dataclass(frozen=True)
+class Logged:
+    """Where the `flor.log` statements of a request's names are in one code version."""
+
+    found: frozenset[str]  # the names some statement logs
+    looped: frozenset[str]  # those logged inside a `flor.loop` (or a function called there)
+
+    @property
+    def run_level_only(self) -> bool:
+        """Every statement runs outside the loops, after the training: a replay runs no
+        iteration."""
+        return bool(self.found) and not self.looped
+
+
+def logged(files: dict[str, str], names: Iterable[str]) -> Logged:
+    """Where `files` log `names`; code that does not parse is taken as logging them all in
+    loops (no shortcut is taken on a guess)."""
     try:
         code = _Code(files, frozenset(names))
     except SyntaxError:
-        return False
-    return bool(code.requested) and not any(code.in_loop(call) for call in code.requested)
-
-
-def logged_in_loops(files: dict[str, str], names: Iterable[str]) -> frozenset[str]:
-    """The names of `names` some `flor.log` in `files` logs inside a `flor.loop` (or in a
-    function called there): a value of one at run level stands for none of its iterations."""
-    try:
-        code = _Code(files, frozenset(names))
-    except SyntaxError:
-        return frozenset(names)
-    return frozenset(_flor_call(call, "log") for call in code.requested if code.in_loop(call))  # type: ignore[misc]
+        return Logged(frozenset(), frozenset(names))
+    name = {call: str(_flor_call(call, "log")) for call in code.requested}
+    return Logged(
+        frozenset(name.values()),
+        frozenset(logged for call, logged in name.items() if code.in_loop(call)),
+    )
 
 
 class _Code:
