@@ -13,7 +13,7 @@ from deployments import serve as serving
 from flor_flows.commands import read
 from flor_flows.commands.propagate import cmd_propagate
 from flor_flows.commands.replay import cmd_replay
-from flor_flows.commands.server import cmd_serve, cmd_server
+from flor_flows.commands.server import cmd_prepare, cmd_serve, cmd_server
 from flor_flows.commands.train import cmd_train
 from flor_flows.errors import FlorError
 
@@ -39,7 +39,17 @@ unless --port is given, its log in $PREFECT_HOME/flor-flows-server.log) and prin
 URL; `flor-flows server status` shows it (exit 1 if none answers), `flor-flows server stop`
 stops it. `flor-flows train` and `replay` without PREFECT_API_URL use that server, and start
 it when none runs (FLOR_FLOWS_SERVER_DATABASE applies); FLOR_FLOWS_PREFECT=temporary gives
-them Prefect's temporary server of each command instead.
+them Prefect's temporary server of each command instead. Run in a project with recorded
+runs, `server start` also prepares its replays (`flor-flows prepare`).
+"""
+
+PREPARE_HELP = """Start the fork servers that replays of the project's latest runs fork from (each imports
+its entry script's libraries once: torch takes seconds), and wait until they are ready,
+so that the next `flor-flows replay` waits for no library. They are kept by the background
+server's warm process (`flor-flows server start`, which runs this in a project) until 10
+minutes without a replay or `flor-flows server stop`; each holds its libraries in memory
+(torch: about 300 MB). Without a background server, or with FLOR_FLOWS_REPLAY_FORK=0,
+nothing is prepared.
 """
 
 
@@ -138,7 +148,8 @@ def _add_demo(sub: Subparsers) -> None:
 
 
 def _add_servers(sub: Subparsers) -> None:
-    """`server` (the Prefect server) and `serve` (the project's flows)."""
+    """`server` (the Prefect server), `prepare` (its fork servers) and `serve` (the
+    project's flows)."""
     server = sub.add_parser(
         "server",
         help="Run a Prefect server for flor-flows (SQLite by default, or PostgreSQL).",
@@ -159,6 +170,22 @@ def _add_servers(sub: Subparsers) -> None:
         "--port", type=int, help="port to listen on; default: 4200 (start: a free one)"
     )
     server.set_defaults(func=cmd_server)
+
+    prepare = sub.add_parser(
+        "prepare",
+        help="Start the fork servers the project's next replays fork from, and wait for them.",
+        description=PREPARE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prepare.add_argument(
+        "--project-dir", type=Path, metavar="DIR", help="the project (git repo); default: cwd"
+    )
+    prepare.add_argument(
+        "--quiet",
+        action="store_true",
+        help="say nothing outside a project, or where no run can be replayed yet",
+    )
+    prepare.set_defaults(func=cmd_prepare)
 
     serve = sub.add_parser(
         "serve",

@@ -3,10 +3,10 @@
 A command's own work is often a second or two; importing Prefect, pandas, SQLAlchemy and
 libcst costs 4-5 s before it starts. Next to the background Prefect server (background.py)
 runs one process that has imported all of that and waits on a Unix socket in PREFECT_HOME.
-`flor-flows CMD` connects, hands over its arguments, directory, environment and its own
-stdin/stdout/stderr (as file descriptors), and the warm process forks a child that runs the
-command exactly as the command line would, in its own process group; the caller forwards
-Ctrl-C and other signals to that group and exits with the child's code.
+`flor-flows CMD` connects (handover.py), hands over its arguments, directory, environment
+and its own stdin/stdout/stderr (as file descriptors), and the warm process forks a child
+that runs the command exactly as the command line would, in its own process group; the
+caller forwards Ctrl-C and other signals to that group and exits with the child's code.
 
 Forking is safe because the warm process only imports: it starts no thread (checked before
 it listens) and opens no connection. Prefect reads most of its settings (logging above all)
@@ -24,10 +24,8 @@ subreaper) and end with it.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import gc
-import hashlib
 import io
 import json
 import os
@@ -41,123 +39,15 @@ import tempfile
 import threading
 from pathlib import Path
 
-import flor_flows
 from flor_flows.api import ephemeral_defaults
 from flor_flows.background import warm_socket
+from flor_flows.handover import MAX_REQUEST, fingerprint, kill_group, send
 from flor_flows.process import alive
 from flor_flows.replay import forkserver
+from flor_flows.replay.forkserver_main import apply_env
 
-# The commands worth a warm start: those that import Prefect, pandas or libcst.
-COMMANDS = frozenset({"replay", "train", "runs", "dataframe", "query", "backfills", "propagate"})
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
-MAX_REQUEST = 1 << 20  # argv, cwd and environment, as JSON
 SERVER_CHECK = 2.0  # seconds between checks that the Prefect server it serves still runs
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-# Prefect settings read when used, not at import: a caller's own are applied in its child.
-AT_USE = frozenset({
-    "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING",
-    "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
-})  # fmt: skip
-SOURCES = [Path(flor_flows.__file__).parent, *(Path(flor_flows.__file__).parents[1] / d for d in ("flows", "deployments"))]  # fmt: skip
-
-
-def fingerprint() -> dict[str, str]:
-    """What a caller and the warm process must share for a forked command to behave as a
-    fresh one: the interpreter, Prefect's settings read at import and our sources."""
-    stats = hashlib.sha256()
-    for root in SOURCES:
-        for path in sorted(root.rglob("*.py")):
-            found = path.stat()
-            stats.update(f"{path}:{found.st_mtime_ns}:{found.st_size}\n".encode())
-    prefect = {
-        k: v for k, v in sorted(os.environ.items()) if k.startswith("PREFECT_") and k not in AT_USE
-    }
-    return {
-        "python": sys.executable,
-        "prefect": json.dumps(prefect),
-        "sources": stats.hexdigest(),
-    }
-
-
-# --- the caller's side -------------------------------------------------------------------
-
-
-def forward(argv: list[str], home: Path) -> int | None:
-    """Run `flor-flows argv` in the warm process of `home`: its exit code, or None when
-    there is none to run it (then the caller runs the command itself)."""
-    if not argv or argv[0] not in COMMANDS or not _std_fds_open():
-        return None
-    ephemeral_defaults()  # as the command would, and as the warm process did: same settings
-    path = warm_socket(home)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        sock.connect(str(path))
-    except OSError:  # none, or a stale socket file: the command runs here
-        sock.close()
-        return None
-    with sock:
-        request = {
-            "argv": argv,
-            "cwd": os.getcwd(),
-            "env": dict(os.environ),
-            "umask": _umask(),
-            "fingerprint": fingerprint(),
-        }
-        socket.send_fds(sock, [json.dumps(request).encode()], [0, 1, 2])
-        reply = _receive(sock)
-        if "pid" not in reply:
-            return None  # stale: the warm process no longer matches this caller
-        return _follow(sock, reply["pid"])
-
-
-def _follow(sock: socket.socket, pid: int) -> int:
-    """Forward signals to the command's process group until it ends; its exit code."""
-    previous = {sig: signal.signal(sig, lambda sig, _: _kill(pid, sig)) for sig in FORWARDED}
-    try:
-        reply = _receive(sock)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if "exit" not in reply:
-        print("flor-flows: error: the warm process ended without the command's exit code", file=sys.stderr)  # fmt: skip
-        return 1
-    code = reply["exit"]
-    return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell says
-
-
-def _kill(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
-
-
-def _std_fds_open() -> bool:
-    """Whether stdin, stdout and stderr are all open (a closed one cannot be handed over)."""
-    try:
-        for fd in (0, 1, 2):
-            os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _receive(sock: socket.socket) -> dict:
-    """The next message on `sock`; {} when the other side closed it."""
-    data = sock.recv(MAX_REQUEST)
-    return json.loads(data) if data else {}
-
-
-def _send(sock: socket.socket, message: dict) -> None:
-    with contextlib.suppress(OSError):  # a caller gone has nothing left to read
-        sock.send(json.dumps(message).encode())
-
-
-# --- the warm process --------------------------------------------------------------------
 
 
 def serve(home: Path, server_pid: int) -> None:
@@ -240,7 +130,7 @@ def _session(conn: socket.socket, shared: dict[str, str]) -> None:
     if uid != os.getuid() or len(fds) != 3 or theirs != shared:
         differ = [key for key in shared if theirs.get(key) != shared[key]]
         print(f"flor-flows warm: not serving uid {uid}: {len(fds)} fds, {differ} differ", flush=True)  # fmt: skip
-        _send(conn, {"stale": "another user, Python, Prefect settings or flor-flows version"})
+        send(conn, {"stale": "another user, Python, Prefect settings or flor-flows version"})
         edited = theirs.get("python") == shared["python"] and theirs.get("sources") != shared["sources"]  # fmt: skip
         if (
             edited
@@ -253,9 +143,9 @@ def _session(conn: socket.socket, shared: dict[str, str]) -> None:
         _become(request, fds)  # runs the command and exits; never returns
     for fd in fds:
         os.close(fd)
-    _send(conn, {"pid": pid})
+    send(conn, {"pid": pid})
     print(f"flor-flows warm: pid {pid}: flor-flows {' '.join(request['argv'])}", flush=True)
-    _send(conn, {"exit": os.waitstatus_to_exitcode(_wait(pid, conn))})
+    send(conn, {"exit": os.waitstatus_to_exitcode(_wait(pid, conn))})
 
 
 def _wait(pid: int, conn: socket.socket) -> int:
@@ -264,7 +154,7 @@ def _wait(pid: int, conn: socket.socket) -> int:
     watched = [child, conn]
     while child not in select.select(watched, [], [])[0]:
         if not conn.recv(1):  # the caller exited or was killed, as a closed terminal
-            _kill(pid, signal.SIGHUP)
+            kill_group(pid, signal.SIGHUP)
             watched = [child]
     os.close(child)
     return os.waitpid(pid, 0)[1]
@@ -277,13 +167,7 @@ def _become(request: dict, fds: list[int]) -> None:
         os.dup2(fd, target)
         os.close(fd)
     os.chdir(request["cwd"])
-    ours = {k: os.environ.get(k) for k in AT_USE}
-    os.environ.clear()
-    os.environ.update(request["env"])
-    if ours != {k: os.environ.get(k) for k in AT_USE}:  # another API (or key) than ours
-        import prefect.context
-
-        prefect.context.refresh_global_settings_context()
+    apply_env(request["env"])
     os.umask(request["umask"])
     sys.argv = ["flor-flows", *request["argv"]]
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))

@@ -27,6 +27,11 @@ if "PREFECT_HOME" not in os.environ:
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="flor-flows-prefect-")
     os.environ["FLOR_TESTS_OWN_PREFECT_HOME"] = "1"  # ours (xdist's workers inherit it)
     atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+# This user's caches (fetched code versions, fork servers' import times): the session's own.
+if "FLOR_TESTS_OWN_CACHE" not in os.environ:
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="flor-flows-cache-")
+    os.environ["FLOR_TESTS_OWN_CACHE"] = "1"  # xdist's workers inherit it
+    atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

@@ -5,12 +5,14 @@ No timing here: every figure comes from the model's own constants and the histor
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from flor_flows.replay import forkserver
+from flor_flows.replay import forkserver, importtimes
 from flor_flows.replay.costs import (
     CONTENTION,
     READ_BYTES_PER_SECOND,
@@ -160,8 +162,10 @@ def test_a_kept_server_is_not_waited_for_and_its_measured_imports_are_skipped(
     runs = {uid: run(uid, outside=5.0) for uid in "ab"}
     other = RunHistory(**{**vars(run("f", outside=5.0)), "entry_script": "eval.py"})
     kept = {runs["a"].entry_script: (4.0, True)}  # its measured imports; it runs
-    monkeypatch.setattr(forkserver, "kept", kept.get)
-    items = priced([item(runs["a"]), item(runs["b"]), item(other)], runs | {"f": other}, 2, 2)
+    root = Path("/project")
+    monkeypatch.setattr(forkserver, "measured", lambda script, env: kept.get(script.name))
+    history = runs | {"f": other}
+    items = priced([item(runs["a"]), item(runs["b"]), item(other)], history, 2, 2, root)
     warm = estimate(runs["a"], None, concurrent=2, forked=4.0, cores=2)
     first = estimate(runs["a"], None, concurrent=2, forked=5.0, cores=2)  # eval.py: unmeasured
     assert [i.estimated_seconds for i in items] == pytest.approx([warm, warm, first])
@@ -169,10 +173,44 @@ def test_a_kept_server_is_not_waited_for_and_its_measured_imports_are_skipped(
     assert [i.server_guessed for i in items] == [False, False, True]
     assert warm - first == pytest.approx(1.0 * SETUP_CONTENTION)  # the set-up it still runs
     kept[runs["a"].entry_script] = (4.0, False)  # it ended since: started again, as measured
-    items = priced([item(runs["a"]), item(runs["b"])], runs, 2, 2)
+    items = priced([item(runs["a"]), item(runs["b"])], runs, 2, 2, root)
     assert [i.server_seconds for i in items] == [4.0, 0]
     assert [i.server_guessed for i in items] == [False, False]  # as measured
     assert [i.estimated_seconds for i in items] == pytest.approx([warm, warm])
+
+
+def test_import_measures_outlive_the_process_the_last_five_priced_at_their_median(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert importtimes.median(("torch",)) is None
+    for seconds in (9.0, 1.0, 3.0, 2.0, 5.0, 4.0):  # 9.0 is not of the last five
+        importtimes.record(("torch",), seconds)
+    assert importtimes.median(("torch",)) == 3.0
+    assert importtimes.median(("torch", "sklearn")) is None  # other libraries: their own
+    (path,) = importtimes.directory().iterdir()  # written whole: no partial file is left
+    assert json.loads(path.read_text())["measured"] == [1.0, 3.0, 2.0, 5.0, 4.0]
+
+    path.write_text("{half")  # a cache another version or a crash left: a guess, no error
+    assert importtimes.median(("torch",)) is None
+    importtimes.record(("torch",), 6.0)
+    assert importtimes.median(("torch",)) == 6.0
+
+
+def test_an_unwritable_cache_keeps_no_measure_and_fails_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "cache").write_text("a file where the cache's directory would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    importtimes.record(("torch",), 3.0)
+    assert importtimes.median(("torch",)) is None
+
+
+def test_a_plan_without_its_project_guesses_the_imports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forkserver, "measured", lambda script, env: (1.0, True))
+    runs = {uid: run(uid, outside=5.0) for uid in "ab"}
+    items = priced([item(runs["a"]), item(runs["b"])], runs, 2, 2)  # no root: no script
+    assert [i.server_guessed for i in items] == [True, False]
 
 
 def test_without_fork_servers_no_item_is_forked(monkeypatch: pytest.MonkeyPatch) -> None:

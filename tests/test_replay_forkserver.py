@@ -26,7 +26,7 @@ from flor_flows import children
 from flor_flows.config import load_settings
 from flor_flows.record import spare
 from flor_flows.record.context import RunContext
-from flor_flows.replay import engine, forkserver, forkserver_main
+from flor_flows.replay import engine, forkserver, forkserver_main, importtimes
 from tests.conftest import Project, is_fork_server, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -510,6 +510,7 @@ def keeper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subproce
     process = subprocess.Popen(["sleep", "600"])
     (tmp_path / "forks").mkdir()
     monkeypatch.setattr(forkserver, "_keeper", [])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no earlier test's measures
     pidfd = os.pidfd_open(process.pid)
     forkserver.keep(tmp_path / "forks", pidfd)
     yield process
@@ -520,34 +521,38 @@ def keeper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subproce
         server.wait(60)
 
 
-def _forked_by(script: Path, entry: str | None = None, said: list[str] | None = None) -> int:
+def _forked_by(script: Path, said: list[str] | None = None) -> int:
     """Run `script` in a scope of its own: the pid of its parent (its fork server's if forked)."""
     env = children.child_env()
     on_output = (said if said is not None else []).append
     with forkserver.scope():
-        spawn = forkserver.spawner(
-            "s", script, script.parent, [script.parent], env, on_output, entry
-        )
+        spawn = forkserver.spawner("s", script, script.parent, [script.parent], env, on_output)
         code, printed, _ = _run(script, spawn)
     assert code == 0 and printed[0].endswith(" 0.5"), printed
     return int(printed[0].split()[0])
 
 
 def test_a_kept_server_serves_later_scopes_until_a_library_changes_or_its_keeper_ends(
-    project: Project, library: Path, keeper: subprocess.Popen[bytes]
+    project: Project,
+    library: Path,
+    keeper: subprocess.Popen[bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     script = project.write("s.py", PARENT)
     said: list[str] = []
-    assert forkserver.kept("s.py") is None
-    first = _forked_by(script, "s.py", said)
+    assert forkserver.measured(script, children.child_env()) is None
+    first = _forked_by(script, said)
     assert first != os.getpid() and len(_lines(library)) == 1  # the server imported countlib
     assert is_fork_server(psutil.Process(first))  # its scope closed: it stays
     assert [_untimed(line) for line in said] == [
                     "flor-flows: replays of s fork from one process that imported countlib "
                     "(kept for the next commands until 10 min without a replay, or until "
                     "`flor-flows server stop`)"]  # fmt: skip
-    found = forkserver.kept("s.py")  # for the cost model: what forking from it skips
-    assert found is not None and found[0] > 0 and found[1] and forkserver.kept("other.py") is None
+    found = forkserver.measured(script, children.child_env())  # for the cost model
+    other = project.write("other.py", "import json\n")  # imports no library of it
+    assert found is not None and found[0] > 0 and found[1]
+    assert forkserver.measured(other, children.child_env()) is None
     assert f"imported countlib in {found[0]:.2f} s" in said[0]  # said, as measured
     assert _forked_by(script) == first and len(_lines(library)) == 1  # a later scope: forked
 
@@ -557,14 +562,19 @@ def test_a_kept_server_serves_later_scopes_until_a_library_changes_or_its_keeper
     assert second != first and len(_lines(library)) == 2  # a new server imported the new file
     psutil.Process(first).wait(10)  # the stale one retired
     assert _forked_by(script) == second
-    (state,) = [json.loads(p.read_text()) for p in forkserver._keeper[0].directory.glob("*.json")]
-    assert len(state["measured"]) == 2  # both servers' imports: the cost model takes the median
-    assert forkserver.kept("s.py")[0] == pytest.approx(sum(state["measured"]) / 2)
+    (state,) = [json.loads(p.read_text()) for p in importtimes.directory().glob("*.json")]
+    assert state["imports"] == ["countlib"] and len(state["measured"]) == 2  # both servers'
+    measured = forkserver.measured(script, children.child_env())
+    assert measured == (pytest.approx(sum(state["measured"]) / 2), True)  # the median
 
     keeper.kill()
     psutil.Process(second).wait(10)  # its keeper ended: so did it
-    ended = forkserver.kept("s.py")  # what its imports took is still known, for the next start
-    assert ended is not None and ended[0] > 0 and not ended[1]
+    monkeypatch.setattr(forkserver, "_keeper", [])  # as in a new warm process: none kept yet
+    (tmp_path / "forks-2").mkdir()
+    forkserver.keep(tmp_path / "forks-2", os.pidfd_open(os.getpid()))
+    ended = forkserver.measured(script, children.child_env())  # known still, for the next start
+    os.close(forkserver._keeper[0].pidfd)
+    assert ended == (measured[0], False)
 
 
 def test_a_kept_server_ends_when_idle_and_the_next_scope_starts_another(
@@ -624,3 +634,24 @@ def test_a_command_outside_the_warm_process_starts_no_server_ahead(
     assert not forkserver.keeping()  # no `keep`: servers end with their scope
     assert not engine.start_setup(load_settings(project.root), commit, "s.py")
     assert not _servers() and not _lines(library)
+
+
+APPLIED = """
+import os, sys
+os.environ["PREFECT_API_URL"] = "http://127.0.0.1:9/server-api"  # the server's, at import
+import prefect.settings
+from flor_flows.replay import forkserver_main
+forkserver_main.apply_env(dict(os.environ, PREFECT_API_URL="http://127.0.0.1:9/replay-api"))
+print(prefect.settings.get_current_settings().api.url)
+"""
+
+
+def test_prefects_settings_read_at_use_are_not_in_the_key_and_a_fork_applies_its_own() -> None:
+    env = children.child_env()
+    exported = env | {"PREFECT_API_URL": "http://127.0.0.1:4200/api", "PWD": "/elsewhere"}
+    assert forkserver._key(b"import countlib\n", env) == forkserver._key(b"import countlib\n", exported)  # fmt: skip
+    other = env | {"OMP_NUM_THREADS": "1"}  # read by libraries at import: another server
+    assert forkserver._key(b"import countlib\n", env) != forkserver._key(b"import countlib\n", other)  # fmt: skip
+    # a server that imported Prefect with another API: the forked replay reads its own
+    found = subprocess.run([sys.executable, "-c", APPLIED], capture_output=True, text=True)
+    assert (found.returncode, found.stdout.strip()) == (0, "http://127.0.0.1:9/replay-api")

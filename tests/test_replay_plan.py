@@ -439,7 +439,7 @@ def test_only_the_chosen_runs_are_planned_and_split(
     store = history.store()
     split = planning.costs.split
     seen: list[int] = []
-    monkeypatch.setattr(planning.costs, "split", lambda items, *a: seen.append(len(items)) or split(items, *a))  # fmt: skip
+    monkeypatch.setattr(planning.costs, "split", lambda items, *a, **k: seen.append(len(items)) or split(items, *a, **k))  # fmt: skip
     chosen = plan(store, ["grad_norm"], only_missing=False, workers=2, only={history.uid[1]})
     assert {item.run_uid for item in chosen} == {history.uid[1]}
     assert seen == [1]  # one run to split among 2 workers, not the 3 candidates

@@ -137,3 +137,73 @@ def test_the_warm_process_runs_commands_as_the_command_line_does(
     _wait(lambda: not is_fork_server(server), 15, "fork server exit")  # it ends with it
     assert not forks.exists()
     assert not (home / "flor-flows-warm.sock").exists()
+
+
+COUNTED = """
+import os
+with open(os.path.join(os.path.dirname(__file__), "..", "imported"), "a") as f:
+    f.write(f"{os.getpid()}\\n")
+"""
+PARENT = """
+import os
+import countlib
+import flor_flows as flor
+
+with flor.checkpointing():
+    for epoch in flor.loop("epoch", range(3)):
+        flor.log("twice", 2 * epoch)
+"""
+
+
+@pytest.mark.timeout(420)
+def test_server_start_in_a_project_prepares_the_fork_server_of_its_replays(
+    project: Project, tmp_path: Path, prefect_home: Path
+) -> None:
+    (tmp_path / "site" / "countlib").mkdir(parents=True)
+    (tmp_path / "site" / "countlib" / "__init__.py").write_text(COUNTED)
+    imported = tmp_path / "site" / "imported"  # a line per import of countlib
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOR_FLOWS_", "PREFECT_API"))}
+    env |= {"PREFECT_HOME": str(prefect_home), "FLOR_FLOWS_PREFECT": "background"}
+    env |= {"PYTHONPATH": str(tmp_path / "site")}
+    project.write("train.py", PARENT)
+    project.commit("train")
+    recorded = subprocess.run([sys.executable, "train.py"], cwd=project.root, env=env)
+    assert recorded.returncode == 0 and imported.read_text().count("\n") == 1
+
+    started = _flor(env, project.root, "server", "start")
+    try:
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.strip().startswith("http")  # only the URL: the rest on stderr
+        assert "replays of train.py fork from one process that imported countlib" in started.stderr
+        assert imported.read_text().count("\n") == 2  # the fork server's import, waited for
+        pid = int((prefect_home / "flor-flows-warm.pid").read_text())
+        (server,) = [p for p in psutil.Process(pid).children() if is_fork_server(p)]
+
+        # the next command, the API exported meanwhile (read at use: not the server's key),
+        # waits for no library: its replay forks from the server `server start` prepared
+        env["PREFECT_API_URL"] = started.stdout.strip()
+        logged = '        flor.log("twice", 2 * epoch)\n'
+        new = logged + '        flor.log("parent", os.getppid())\n'
+        project.write("train.py", PARENT.replace(logged, new))
+        planned = _flor(env, project.root, "replay", "--apply", "parent", "--dry-run")
+        assert planned.returncode == 0 and "before the first replay" not in planned.stdout
+        replayed = _flor(env, project.root, "replay", "--apply", "parent")
+        assert replayed.returncode == 0, replayed.stderr
+        assert project.store().dataframe(["parent"])["parent"].tolist() == [server.pid] * 3
+        assert imported.read_text().count("\n") == 2
+
+        again = _flor(env, project.root, "prepare")
+        assert again.returncode == 0 and "(it was running already)" in again.stderr
+        assert [p for p in psutil.Process(pid).children() if is_fork_server(p)] == [server]
+    finally:
+        stopped = _flor(env, project.root, "server", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    _wait(lambda: not is_fork_server(server), 15, "fork server exit")  # it ends with the server
+
+    # without the warm process, or outside a project: said; --quiet (`server start`) is silent
+    cold = _flor(env | {"FLOR_FLOWS_WARM": "0"}, project.root, "prepare")
+    assert cold.returncode == 0 and cold.stderr.startswith("flor-flows: nothing prepared: ")
+    outside = _flor(env, tmp_path / "site", "prepare")
+    assert outside.returncode == 2 and "is not inside a git repository" in outside.stderr
+    quiet = _flor(env, tmp_path / "site", "prepare", "--quiet")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")

@@ -81,6 +81,12 @@ def m_real_replay(runner: Runner, sz: Sizes) -> Section:
         Row("the new script re-run from scratch, recorded", "s",
             both(lambda r: r["scratch"]["wall_s"])),
     ]  # fmt: skip
+    rows += [
+        Row("`flor-flows server start` in the project, wall (ours)", "s",
+            {ours.key: val(o, lambda r: r["server_start"]["wall_s"])}),
+        Row("... of which the imports of train.py's fork server it prepared", "s",
+            {ours.key: val(o, lambda r: r["server_start"]["imports"][0])}),
+    ]  # fmt: skip
     run_goal = val(o, lambda r: setup(r) + 0.5)
     for kind, label in LABELS.items():
         goal = {"start": 10, "end": 10, "step": 60}.get(kind)
@@ -227,10 +233,12 @@ def notes(o, t, argv: list[str], before: str, after: str) -> list[str]:  # noqa:
         "`loss.backward()`); each replay computes one of them over the one recorded run.",
         "flor_flows: `.venv/bin/flor-flows replay --apply NAME` in the project, the whole "
         "command timed (the CLI's default `--max-parallel 2`), PREFECT_API_URL naming a `flor-flows server start` of the bench's own "
-        "PREFECT_HOME, started once before the replays and stopped after; the commands run "
-        "in the order of the rows, in one environment, so the first (`lr_now`) also starts the "
-        "fork server that imports torch and the later ones fork from it (kept by the warm "
-        "process). FlorDB: `python -m "
+        "PREFECT_HOME, started once before the replays, in the project and in the commands' "
+        "environment (as a user's shell runs it), and stopped after. Run in a project, "
+        "`server start` prepares the fork server of its latest runs' script (`flor-flows "
+        "prepare`: torch imported once, before it returns; its wall and those imports are "
+        "the two rows after the original run); the commands run in the order of the rows, in "
+        "one environment, and fork from it (kept by the warm process). FlorDB: `python -m "
         "flordb replay --apply NAME` (`--iter epoch=all` for the three statements inside the "
         "epoch loop) with `y` on stdin, the whole command timed.",
         "No-server rows: a fresh PREFECT_HOME, PREFECT_API_URL unset, no server running; "

@@ -8,7 +8,8 @@ the four statements of real_common.STATEMENTS (suffix _r), is recorded from scra
 ./scratch for the ground truth, then written into ./project's working tree and each statement
 is backfilled with `flor-flows replay --apply NAME` in ./project (the step-level one with
 `--max-parallel N`), PREFECT_API_URL naming a `flor-flows server start` of this bench's own
-PREFECT_HOME, started once before and stopped at the end. The plan of each (what `--dry-run`
+PREFECT_HOME, started once before in ./project (which prepares train.py's fork server) and
+stopped at the end. The plan of each (what `--dry-run`
 prints) comes from `resolve(request)`, in this process; the actual time of each planned item
 from the store's replay records. Then the command-line case without a server: a fresh
 PREFECT_HOME, PREFECT_API_URL unset, `flor-flows replay --apply lr_now_c` twice (the second
@@ -95,16 +96,22 @@ class Bench:
         res = rc.run_script(cmd, project, env, self.log)
         return res | rc.phases(self.marks_since(marks), res["started"])
 
-    def server(self, action: str, home: Path) -> str:
-        env = rc.clean_env({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    def server(self, action: str, home: Path) -> dict:
+        """`flor-flows server ACTION` in the project, in the commands' environment (as a
+        user's shell runs it): its stdout, wall, and the imports of the fork servers `start`
+        prepared, as it said them."""
+        env, _ = self.env(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
         self.log.open("a").write(f"\n$ flor-flows server {action} (PREFECT_HOME={home})\n")
+        t0 = time.perf_counter()
         proc = subprocess.run(
-            [FLOR, "server", action], env=env, cwd=self.root, capture_output=True, text=True
+            [FLOR, "server", action], env=env, cwd=self.project, capture_output=True, text=True
         )
+        wall = time.perf_counter() - t0
         self.log.open("a").write(proc.stdout + proc.stderr)
         if action == "start" and proc.returncode != 0:
             raise RuntimeError(f"flor-flows server start failed: {proc.stderr[-500:]}")
-        return proc.stdout
+        imports = [float(s) for s in re.findall(r"fork from one process that imported .* in ([\d.]+) s", proc.stderr)]  # fmt: skip
+        return {"stdout": proc.stdout, "wall_s": wall, "imports": imports}
 
     def plan(self, names: list[str], extra: list[str], env: dict[str, str]) -> dict:
         """The command's plan: each item's iterations and run level from `resolve`, in this
@@ -193,15 +200,15 @@ def main() -> None:
     truth = {k: store_values(bench.root / "scratch", cm.name(k, "_r"), "forward") for k in cm.KINDS}
     (bench.project / "train.py").write_text(cm.script("flor_flows", "_r"))
 
-    out = bench.server("start", bench.home)
-    url = next((w for w in out.split() if w.startswith("http")), None)
+    started = bench.server("start", bench.home)  # in the project: it prepares train.py's replays
+    url = next((w for w in started["stdout"].split() if w.startswith("http")), None)
     if url is None:
-        raise RuntimeError(f"no URL in `flor-flows server start` output: {out!r}")
+        raise RuntimeError(f"no URL in `flor-flows server start` output: {started['stdout']!r}")
     api = {"PREFECT_API_URL": url.rstrip("."), "PREFECT_HOME": str(bench.home)}
     runs, fidelity = {}, {}
     try:
         extras = {  # kind: its statement, the options
-            "start": ("start", []),  # the first command: it also starts the fork server
+            "start": ("start", []),  # the first command: its fork server is prepared
             "end": ("end", []),
             "run": ("run", ["--iter", "epoch=none"]),
             "step": ("step", ["--max-parallel", str(p["step_parallel"])]),
@@ -236,8 +243,8 @@ def main() -> None:
         bench.server("stop", cli_home)
     got = store_values(bench.project, cm.name("start", "_c"), "replay")
     fidelity["cli"] = rc.compare(got, truth["start"])
-    emit(original=original, scratch=scratch, runs=runs, cli=cli, fidelity=fidelity,
-         load_at_end=os.getloadavg())  # fmt: skip
+    emit(original=original, scratch=scratch, server_start=started, runs=runs, cli=cli,
+         fidelity=fidelity, load_at_end=os.getloadavg())  # fmt: skip
 
 
 if __name__ == "__main__":

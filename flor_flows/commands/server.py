@@ -1,4 +1,5 @@
-"""`flor-flows server` and `flor-flows serve`: a Prefect server, and the project's deployments."""
+"""`flor-flows server`, `prepare` and `serve`: a Prefect server, the fork servers of its warm
+process, and the project's deployments."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import os
 import sys
 
 from deployments import serve as serving
+from flor_flows import handover
 from flor_flows.api import check_api
-from flor_flows.errors import RequestError
+from flor_flows.background import prefect_home
+from flor_flows.config import load_settings
+from flor_flows.errors import NotAGitRepository, RequestError, StoreError
+from flor_flows.replay import forkserver
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -29,7 +34,26 @@ def cmd_server(args: argparse.Namespace) -> int:
         )
     if args.action is None:
         return run_server(database, args.host or "127.0.0.1", args.port or 4200)
-    return server_action(args.action, database, args.host or "127.0.0.1", args.port)
+    code = server_action(args.action, database, args.host or "127.0.0.1", args.port)
+    if args.action == "start" and handover.wanted() and forkserver.enabled():
+        # In its warm process, which keeps the fork servers: said on stderr (stdout: the URL).
+        handover.forward(["prepare", "--quiet"], prefect_home())
+    return code
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    """Start and wait for the fork servers of the project's latest runs (`engine.prepare`);
+    each says on stderr how its replays will start."""
+    from flor_flows.replay.engine import prepare
+
+    try:
+        said = prepare(load_settings(args.project_dir))
+    except (NotAGitRepository, StoreError):  # no project, or no run to replay yet
+        if args.quiet:
+            return
+        raise
+    for line in said:
+        print(line, file=sys.stderr)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

@@ -210,6 +210,7 @@ def resolve(request: BackfillRequest) -> Resolved:
         from_start=bool(carried),
         looped=placed.looped,
         only=chosen,
+        root=settings.root,
     )
     if carried:  # said in the plan: why each replay runs from the first iteration
         why = f"from the first iteration: {', '.join(sorted(carried))} carried outside checkpoints"

@@ -41,10 +41,13 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from flor_flows.children import child_env
 from flor_flows.record.replay import Step, from_start, shortcut_steps, steps
 from flor_flows.replay import forkserver
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from flor_flows.replay.history import RunHistory
     from flor_flows.replay.plan import Item
 
@@ -168,11 +171,15 @@ def _executed(run: RunHistory, iterations: tuple[int, ...] | None, run_level: bo
 
 
 def split(
-    items: list[Item], history: dict[str, RunHistory], workers: int, cores: int | None = None
+    items: list[Item],
+    history: dict[str, RunHistory],
+    workers: int,
+    cores: int | None = None,
+    root: Path | None = None,
 ) -> list[Item]:
     """The plan as it runs, `workers` replays at a time on `cores`: the longest replay split
     into segments of its iterations while that shortens the longest replay of the plan,
-    then every item estimated as it runs (`priced`).
+    then every item estimated as it runs (`priced`), its script in project `root`.
 
     A segment starts from the checkpoint before its first iteration and pays the set-up
     again, and more replays at once slow each other (`slowdown`): a split pays off only
@@ -192,11 +199,15 @@ def split(
         if longest >= max(now) - STARTUP_SECONDS:
             break
         items = after
-    return priced(items, history, workers, cores)
+    return priced(items, history, workers, cores, root)
 
 
 def priced(
-    items: list[Item], history: dict[str, RunHistory], workers: int, cores: int | None = None
+    items: list[Item],
+    history: dict[str, RunHistory],
+    workers: int,
+    cores: int | None = None,
+    root: Path | None = None,
 ) -> list[Item]:
     """The items with their estimates as they run: min(workers, len(items)) at once, each
     forked from a ready fork server where replays fork here (`forkserver.enabled`). The
@@ -204,12 +215,17 @@ def priced(
     an earlier command runs (`Item.server_seconds`). A server serves every version whose
     script imports the same libraries: the versions of one entry script, as a rule.
 
-    A server's imports take what the last ones of that script measured on this host (the
-    median, `forkserver.kept`: what forking skips); before any did, the run's whole set-up
-    is taken for them, and its start for that of a fresh replay (start-up and set-up)."""
+    A server's imports take what the last servers of the libraries the entry script (in
+    project `root`) imports measured on this host (the median, `forkserver.measured`: what
+    forking skips); before any did, the run's whole set-up is taken for them, and its start
+    for that of a fresh replay (start-up and set-up)."""
     concurrent = min(workers, len(items))
     forked = forkserver.enabled()
-    kept = {entry: forkserver.kept(entry) for entry in {item.entry_script for item in items}}
+    env = child_env()
+    kept = {
+        entry: forkserver.measured(root / entry, env) if root is not None else None
+        for entry in {item.entry_script for item in items}
+    }
     seen: set[str] = set()  # entry scripts whose server an earlier item waits for
     out = []
     for item in items:

@@ -25,7 +25,13 @@ from typing import Any
 
 from flor_flows import children, pyast
 from flor_flows.config import Settings
-from flor_flows.errors import CodeVersionError, ReplayDiverged, ReplayFailed, Unparsable
+from flor_flows.errors import (
+    CodeVersionError,
+    ReplayDiverged,
+    ReplayFailed,
+    StoreError,
+    Unparsable,
+)
 from flor_flows.propagate import Propagation, Refusal, propagate_files
 from flor_flows.propagate.statements import read
 from flor_flows.record import lifecycle
@@ -36,6 +42,10 @@ from flor_flows.replay.shortcuts import mark
 from flor_flows.replay.skipping import carried_state, shortcuts, skippable_loops
 from flor_flows.replay.worktree import link_untracked, project_root, python_files, view
 from flor_flows.versioning import code
+
+# The entry scripts of the latest runs whose fork servers `prepare` starts: each holds its
+# libraries in memory (torch: ~300 MB) until KEPT_IDLE_SECONDS without a replay.
+PREPARED = 2
 
 
 @dataclass(frozen=True)
@@ -173,6 +183,33 @@ def start_setup(settings: Settings, commit: str, entry_script: str) -> bool:
     return forkserver.prestart(script, source, (settings.root,), children.child_env())
 
 
+def prepare(settings: Settings) -> list[str]:
+    """Start now the fork servers that replays of the project's latest runs will fork from
+    (their entry scripts in the working tree, at most PREPARED), where the warm process keeps
+    servers (`forkserver.keep`), and wait until they are ready: what to say of each. The
+    first command of a session then waits for no library; `flor-flows server start` in a
+    project does this. StoreError if no run can be replayed yet."""
+    from flor_flows.store import recorded
+    from flor_flows.store.history import candidates
+
+    if not forkserver.keeping():
+        return [
+            "flor-flows: nothing prepared: fork servers are kept by the warm process of a "
+            "background server (`flor-flows server start`), unless FLOR_FLOWS_REPLAY_FORK=0"
+        ]
+    runs = candidates(recorded(settings.store_url), None)
+    latest = list(dict.fromkeys(reversed(runs["entry_script"].tolist())))[:PREPARED]
+    if not latest:
+        raise StoreError("no finished run with a code version to replay yet")
+    env = children.child_env()
+    return [
+        forkserver.prepare(entry, settings.root / entry, (settings.root,), env)
+        if (settings.root / entry).is_file()
+        else f"flor-flows: nothing prepared for {entry}: it is not in the working tree"
+        for entry in latest
+    ]
+
+
 def replay(
     version: Version,
     run_uid: str,
@@ -210,7 +247,7 @@ def replay(
     env = children.child_env()
     # First the fork server (started now if need be: the script's imports, shared by the
     # replays that fork from it), then the replay's record: its times are the replay's own.
-    spawn = forkserver.spawner(label, script, cwd, roots, env, on_output, entry=entry_script)
+    spawn = forkserver.spawner(label, script, cwd, roots, env, on_output)
     replay_id = lifecycle.start_replay(
         store,
         record["id"],

@@ -37,7 +37,6 @@ import select
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,20 +48,19 @@ from pathlib import Path
 from typing import IO, Any
 
 from flor_flows.children import Spawn
-from flor_flows.replay import forkserver_main
+from flor_flows.replay import forkserver_main, importtimes
 
 ENV_VAR = "FLOR_FLOWS_REPLAY_FORK"
 PROGRAM = Path(__file__).with_name("forkserver_main.py")
 MAX_SERVERS = 4  # each holds its libraries in memory (torch + sklearn: about 340 MB)
-# Servers of the same libraries whose imports a kept server's price takes the median of:
-# one start competes with a command's flow run for the cores, another had them to itself.
-KEPT_MEASURES = 5
 START_TIMEOUT = 600.0  # seconds a server may take to import the script's libraries
 REQUEST_TIMEOUT = 10.0  # seconds a server may take to fork a replay
 KEPT_IDLE_SECONDS = 600.0  # a kept server (`keep`) ends after this long without a replay
 AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "pidfd_open")
-# What a shell sets per command or directory; no library reads it at import: not in the key.
-SHELL_BOOKKEEPING = frozenset({"PWD", "OLDPWD", "_", "SHLVL"})
+# What a shell sets per command or directory, and Prefect's settings read at use (a forked
+# replay applies its own, `forkserver_main.apply_env`): no library reads them at import,
+# so they are not in the key. One server serves `export PREFECT_API_URL=...` and after.
+NOT_IN_KEY = frozenset({"PWD", "OLDPWD", "_", "SHLVL", *forkserver_main.AT_USE})
 
 
 @dataclass(frozen=True)
@@ -257,21 +255,19 @@ def keeping() -> bool:
     return bool(_keeper) and enabled()
 
 
-def kept(entry: str) -> tuple[float, bool] | None:
-    """How long the imports of the kept servers (`keep`) that forked replays of entry script
-    `entry` took on this host (what a replay forked from one skips; the median of the last
-    KEPT_MEASURES servers' of its libraries), and whether the last still runs; None if none
-    did here."""
-    if not keeping():
-        return None
+def measured(script: Path, env: dict[str, str]) -> tuple[float, bool] | None:
+    """How long a fork server of the libraries `script` imports took to import them on this
+    host, run with `env` (what a replay forked from one skips: the median of the last
+    servers', `importtimes`), and whether a kept one (`keep`) runs now; None if no server of
+    them was measured here, or `script` cannot be read."""
     try:
-        name = (_keeper[0].directory / _entry_file(entry)).read_text()
-    except OSError:
+        key = _key(script.read_bytes(), env)
+    except (OSError, SyntaxError, ValueError):
         return None
-    measured = _measured(_keeper[0].directory / f"{name}.json")
-    if not measured:
+    seconds = importtimes.median(key.imports)
+    if seconds is None:
         return None
-    return statistics.median(measured), _answers(_keeper[0].directory / name)
+    return seconds, keeping() and _answers(_keeper[0].directory / _name(key))
 
 
 @contextlib.contextmanager
@@ -302,10 +298,8 @@ def spawner(
     roots: Iterable[Path],
     env: dict[str, str],
     on_output: Callable[[str], Any],
-    entry: str | None = None,
 ) -> Spawn | None:
-    """How to start a replay of `script` (entry script `entry`) in `cwd` with `env` (and its
-    run context): a fork of the server for them, started now if need be; None for a fresh
+    """How to start a replay of `script` in `cwd` with `env` (and its run context): a fork of the server for them, started now if need be; None for a fresh
     process. `roots` hold the project's own code, which a server never imports."""
     if not enabled():
         return None
@@ -334,7 +328,7 @@ def spawner(
             return None
         if forked is not None and label not in _announced:
             _announced.add(label)
-            _announce(label, server, entry, on_output)
+            _announce(label, server, on_output)
         return forked
 
     return spawn
@@ -364,11 +358,27 @@ def prestart(script: Path, source: bytes, roots: Iterable[Path], env: dict[str, 
     return True
 
 
+def prepare(label: str, script: Path, roots: Iterable[Path], env: dict[str, str]) -> str:
+    """Start now, unless one runs, the kept server (`keep`) that replays of `script` run
+    with `env` will fork from, and wait until it is ready: what to say of it (as a replay
+    would, or why its replays will start fresh processes). Only where servers are kept."""
+    assert keeping()
+    try:
+        key = _key(script.read_bytes(), env)
+        found = _kept(key, script, script.parent, tuple(str(root) for root in roots))
+    except (OSError, SyntaxError, ValueError) as exc:
+        found = f"{script} cannot be read or parsed: {exc}"
+    if isinstance(found, str):
+        return f"flor-flows: replays of {label} start fresh processes: {found}"
+    running = " (it was running already)" if found.process is None else ""
+    return _forking(label, found) + running
+
+
 def _key(source: bytes, env: dict[str, str]) -> Key:
     """The key of a script with `source` run with `env`; SyntaxError if it does not parse."""
     names = forkserver_main.imported_names(source)
     imports = (n for n in names if n.partition(".")[0] not in sys.stdlib_module_names)
-    shared = {k: v for k, v in env.items() if k not in SHELL_BOOKKEEPING}
+    shared = {k: v for k, v in env.items() if k not in NOT_IN_KEY}
     return Key(tuple(dict.fromkeys(imports)), tuple(sorted(shared.items())))
 
 
@@ -412,7 +422,7 @@ def _server(
 def _kept(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server | str:
     """The kept server for `key` (`keep`): the one running, else one started now."""
     keeper = _keeper[0]
-    name = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    name = _name(key)
     path, state = keeper.directory / name, keeper.directory / f"{name}.json"
     with (keeper.directory / f"{name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one start per key across the warm process's commands
@@ -423,22 +433,14 @@ def _kept(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server |
         with (keeper.directory / f"{name}.log").open("ab") as log:
             started = _start(key, script, cwd, roots, str(path), keeper.pidfd, log)
         if isinstance(started, Server):
-            measured = [*_measured(state), started.seconds][-KEPT_MEASURES:]
-            state.write_text(
-                json.dumps(
-                    {"modules": started.modules, "seconds": started.seconds, "measured": measured}
-                )
-            )
+            state.write_text(json.dumps({"modules": started.modules, "seconds": started.seconds}))
+            importtimes.record(key.imports, started.seconds)
         return started
 
 
-def _measured(state: Path) -> list[float]:
-    """What the imports of the earlier servers of a state file took, oldest first."""
-    try:
-        found = json.loads(state.read_text())
-        return [float(s) for s in found.get("measured", [found["seconds"]])]
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, or half written
-        return []
+def _name(key: Key) -> str:
+    """The name of a kept server's files (`keep`)."""
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
 
 
 def _started(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Server | str:
@@ -453,6 +455,8 @@ def _started(key: Key, script: Path, cwd: Path, roots: tuple[str, ...]) -> Serve
         os.close(watch)
     if isinstance(started, str):
         shutil.rmtree(directory, ignore_errors=True)
+    else:
+        importtimes.record(key.imports, started.seconds)
     return started
 
 
@@ -466,15 +470,14 @@ def _answers(path: Path) -> bool:
     return True
 
 
-def _entry_file(entry: str) -> str:
-    return f"entry-{hashlib.sha256(entry.encode()).hexdigest()[:16]}"
+def _announce(label: str, server: Server, on_output: Callable[[str], Any]) -> None:
+    """Say once that `label`'s replays fork (`_forking`)."""
+    on_output(_forking(label, server))
 
 
-def _announce(
-    label: str, server: Server, entry: str | None, on_output: Callable[[str], Any]
-) -> None:
-    """Say once that `label`'s replays fork, from which libraries, and for a kept server
-    how long it stays; note its entry script for the cost model (`kept`)."""
+def _forking(label: str, server: Server) -> str:
+    """That `label`'s replays fork, from which libraries, and for a kept server how long it
+    stays."""
     libraries = ", ".join(server.modules) or "no library"
     said = (
         f"flor-flows: replays of {label} fork from one process that imported {libraries} "
@@ -486,9 +489,7 @@ def _announce(
             f" (kept for the next commands until {minutes:.0f} min without a replay, or until "
             f"`flor-flows server stop`)"
         )
-        if entry is not None:
-            (_keeper[0].directory / _entry_file(entry)).write_text(os.path.basename(server.path))
-    on_output(said)
+    return said
 
 
 def _refuse(what: Key | str, label: str, why: str, on_output: Callable[[str], Any]) -> None:

@@ -63,6 +63,12 @@ class Request(NamedTuple):
     writer: str = ""  # the spare writer handed to this replay, as SPARE_WRITER names it
 
 
+# Prefect settings read when used, not at import: a process that imported Prefect (the warm
+# process, a fork server) may serve a caller whose own differ; they are applied in its child.
+AT_USE = frozenset({
+    "PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING",
+    "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+})  # fmt: skip
 # Modules a library imports lazily on first use, at a cost every replay would pay again
 # (torch: its compiler stack, ~1.5 s, imported by the first optimizer a script creates).
 LAZY = {"torch": ("torch._dynamo",)}
@@ -414,8 +420,7 @@ def become(request: Request) -> None:
     _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM))
     if os.getppid() != _SERVER:  # the server ended before prctl took hold
         os.kill(os.getpid(), signal.SIGTERM)
-    os.environ.clear()
-    os.environ.update(request.env)
+    apply_env(request.env)
     if request.writer:
         os.environ[SPARE_WRITER] = request.writer
     os.chdir(request.cwd)
@@ -426,6 +431,17 @@ def become(request: Request) -> None:
     legacy = sys.modules.get("numpy.random")  # seeded at import; a fresh process reseeds
     if legacy is not None:
         legacy.seed()
+
+
+def apply_env(env: dict[str, str]) -> None:
+    """Make `env` this process's environment, and Prefect's settings read at use (`AT_USE`)
+    its own where this process imported Prefect with others."""
+    before = {k: os.environ.get(k) for k in AT_USE}
+    os.environ.clear()
+    os.environ.update(env)
+    context = sys.modules.get("prefect.context")
+    if context is not None and before != {k: os.environ.get(k) for k in AT_USE}:
+        context.refresh_global_settings_context()
 
 
 def run(script: str) -> None:

@@ -24,6 +24,8 @@ from flor_flows.replay.where import Where, parse_where
 from flor_flows.store import history as reads
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from flor_flows.store.store import Store
 
 
@@ -81,6 +83,7 @@ def plan(
     from_start: bool = False,
     looped: Collection[str] = (),
     only: Collection[str] | None = None,
+    root: Path | None = None,
 ) -> list[Item]:
     """The replays that compute `names` over history, in run order, with estimated costs.
 
@@ -98,7 +101,8 @@ def plan(
     replays run every iteration from the first, each run in one piece. `looped`: the names
     logged inside the loop (`skipping.Logged.looped`), whose run-level values stand for no
     iteration's.
-    `only`: the uids of the runs to plan (None: every candidate).
+    `only`: the uids of the runs to plan (None: every candidate). `root`: the project's
+    working tree, whose entry scripts name the libraries their fork servers import.
     With fewer replays than `workers`, the longest are split into segments at checkpoints.
     """
     names = list(dict.fromkeys(names))
@@ -140,7 +144,7 @@ def plan(
         item = _item(run, iterations, selection, have, names, where, run_level, looped)
         if item is not None:
             items.append(item)
-    return costs.split(items, history, workers)
+    return costs.split(items, history, workers, root=root)
 
 
 def _where_rows(
