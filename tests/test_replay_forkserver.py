@@ -626,6 +626,31 @@ def test_a_command_starts_its_first_replays_server_ahead_when_the_scripts_import
     assert _servers() == [server]
 
 
+def test_prepare_starts_the_kept_server_and_waits_or_says_why_replays_start_fresh(
+    project: Project, library: Path, keeper: subprocess.Popen[bytes]
+) -> None:
+    script = project.write("s.py", PARENT)
+    env = children.child_env()
+    said = forkserver.prepare("s.py", script, [project.root], env)
+    assert _untimed(said).startswith(
+        "flor-flows: replays of s.py fork from one process that imported countlib (kept"
+    )
+    assert len(_lines(library)) == 1  # imported before it returned
+    (server,) = _servers()
+    assert _forked_by(script) == server.pid  # a replay's command finds it
+    again = forkserver.prepare("s.py", script, [project.root], env)
+    assert again.endswith("(it was running already)") and _servers() == [server]
+
+    threaded = project.write("t.py", "import threadlib\n")
+    refused = forkserver.prepare("t.py", threaded, [project.root], env)
+    assert refused.startswith("flor-flows: replays of t.py start fresh processes: ")
+    assert "thread" in refused
+    broken = project.write("b.py", "import (\n")
+    unparsed = forkserver.prepare("b.py", broken, [project.root], env)
+    assert unparsed.startswith("flor-flows: replays of b.py start fresh processes: ")
+    assert "cannot be read or parsed" in unparsed and _servers() == [server]
+
+
 def test_a_command_outside_the_warm_process_starts_no_server_ahead(
     project: Project, library: Path
 ) -> None:
