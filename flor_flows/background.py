@@ -230,6 +230,7 @@ def _start(
     recorded = False
     try:  # a server not recorded could never be found again: it does not outlive this call
         _wait_healthy(server, url, log, timeout)
+        _first_read(url)
         state = ServerState(
             pid=server.pid,
             port=port,
@@ -245,6 +246,15 @@ def _start(
             _terminate(server.pid)
             server.wait(timeout=5)
     return state
+
+
+def _first_read(url: str) -> None:
+    """Have the server just started answer the request a Prefect client makes first (its
+    version, for the compatibility check) now: the server's first answer to it takes about
+    0.5 s, which the first command's flow run would wait for otherwise. A server that does
+    not answer it is the command's to report."""
+    with contextlib.suppress(urllib.error.URLError, OSError):
+        urllib.request.urlopen(f"{url}/admin/version", timeout=HEALTH_TIMEOUT).close()
 
 
 def _wait_healthy(server: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:

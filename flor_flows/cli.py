@@ -150,11 +150,11 @@ def _add_demo(sub: Subparsers) -> None:
 def _add_servers(sub: Subparsers) -> None:
     """`server` (the Prefect server), `prepare` (its fork servers) and `serve` (the
     project's flows)."""
-    server = sub.add_parser(
+    server = _described(
+        sub,
         "server",
-        help="Run a Prefect server for flor-flows (SQLite by default, or PostgreSQL).",
-        description=SERVER_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "Run a Prefect server for flor-flows (SQLite by default, or PostgreSQL).",
+        SERVER_HELP,
     )
     server.add_argument(
         "action",
@@ -171,11 +171,11 @@ def _add_servers(sub: Subparsers) -> None:
     )
     server.set_defaults(func=cmd_server)
 
-    prepare = sub.add_parser(
+    prepare = _described(
+        sub,
         "prepare",
-        help="Start the fork servers the project's next replays fork from, and wait for them.",
-        description=PREPARE_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "Start the fork servers the project's next replays fork from, and wait for them.",
+        PREPARE_HELP,
     )
     prepare.add_argument(
         "--project-dir", type=Path, metavar="DIR", help="the project (git repo); default: cwd"
@@ -187,14 +187,21 @@ def _add_servers(sub: Subparsers) -> None:
     )
     prepare.set_defaults(func=cmd_prepare)
 
-    serve = sub.add_parser(
-        "serve",
-        help=serving.SUMMARY + ".",
-        description=serving.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    serve = _described(sub, "serve", serving.SUMMARY + ".", serving.DESCRIPTION)
     serving.add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+
+def _described(
+    sub: Subparsers, name: str, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """A command whose --help shows `description` as written (its own line breaks)."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _add_train(sub: Subparsers) -> None:

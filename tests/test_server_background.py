@@ -3,6 +3,7 @@ that runs a flow, reused by the next ones, shown and stopped by `flor-flows serv
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -281,3 +283,32 @@ def test_temporary_mode_and_an_explicit_api_url_start_no_background_server(
     assert done.returncode == 2
     assert f"the Prefect API at {dead} does not answer" in done.stderr.splitlines()[-1]
     assert not (home / background.STATE_FILE).exists() and not _servers(home)
+
+
+def test_a_server_started_answers_a_clients_first_request_before_a_command_runs() -> None:
+    """The server's first answer to a Prefect client's version check takes ~0.5 s: asked
+    while the server starts, not in the first command's flow run; a server that does not
+    answer it is left for the command to report."""
+    asked: list[str] = []
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'"3.9.1"')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        background._first_read(f"http://127.0.0.1:{server.server_port}/api")
+    finally:
+        server.shutdown()
+    assert asked == ["/api/admin/version"]
+    with socket.socket() as free:  # nothing listens there: no error
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    background._first_read(f"http://127.0.0.1:{port}/api")
