@@ -675,7 +675,7 @@ def test_prefects_settings_read_at_use_are_not_in_the_key_and_a_fork_applies_its
     env = children.child_env()
     exported = env | {"PREFECT_API_URL": "http://127.0.0.1:4200/api", "PWD": "/elsewhere"}
     assert forkserver._key(b"import countlib\n", env) == forkserver._key(b"import countlib\n", exported)  # fmt: skip
-    other = env | {"OMP_NUM_THREADS": "1"}  # read by libraries at import: another server
+    other = env | {"OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "") + "7"}  # read at import
     assert forkserver._key(b"import countlib\n", env) != forkserver._key(b"import countlib\n", other)  # fmt: skip
     # a server that imported Prefect with another API: the forked replay reads its own
     found = subprocess.run([sys.executable, "-c", APPLIED], capture_output=True, text=True)
