@@ -225,7 +225,14 @@ def test_a_missing_checkpoint_fails_the_replay_in_one_line(
         f"replay of run {uid} (train.py at {commit[:10]}) failed: cannot read checkpoint "
     )
     assert str(failed.value).endswith("(CheckpointError)") and "\n" not in str(failed.value)
-    assert "Traceback (most recent call last):" in seen  # the whole of it, as it came
+    # streamed: where the script met it and the error, not its path through flor-flows
+    said = "\n".join(seen)
+    assert "Traceback" not in said and "flor_flows/" not in said, said
+    assert re.search(r'File ".*train\.py", line \d+, in <module>', said), said
+    assert "flor_flows.errors.CheckpointError: cannot read checkpoint " in said
+    (error,) = project.store().query("SELECT error FROM replays")["error"]
+    assert error.startswith("Traceback (most recent call last):")  # kept whole in the record
+    assert "flor_flows/versioning/checkpoints.py" in error
 
 
 FAILING = """

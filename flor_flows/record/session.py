@@ -60,7 +60,22 @@ def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType
     run = active()
     if run is not None:
         run.failure = "".join(traceback.format_exception(kind, exc, tb))[-4000:]
+        if run.replaying and isinstance(exc, FlorError):
+            print(_ours(kind, exc, tb), file=sys.stderr, flush=True)
+            return
     _previous_excepthook(kind, exc, tb)
+
+
+def _ours(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> str:
+    """flor-flows' own error in a replay, as the frame of the script that called into
+    flor-flows and the error's line: its path through flor-flows is no news to the user
+    (the whole traceback is in the replay's record, `replays.error`)."""
+    frames = traceback.extract_tb(tb)
+    ours = [frame.filename.startswith(_PACKAGE) for frame in frames]
+    start = next((k for k, own in enumerate(ours) if not own), len(frames))  # past a runner
+    end = next((k for k in range(start, len(frames)) if ours[k]), len(frames))  # its call
+    where = "".join(traceback.format_list(frames[start:end][-1:]))
+    return f"{where}{kind.__module__}.{kind.__qualname__}: {exc}"
 
 
 def _on_sigterm(signum: int, _frame: object) -> None:
@@ -95,6 +110,7 @@ def _at_exit() -> None:
 
 
 _previous_excepthook = sys.excepthook
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def _install_hooks() -> None:
