@@ -169,6 +169,12 @@ def _storage_options_env(raw: str) -> str:
     return storage_options_json(options, var)
 
 
+def user_cache(name: str) -> Path:
+    """This user's cache `name` on this host: under XDG_CACHE_HOME (else ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "flor-flows" / name
+
+
 def find_root(start: Path | str | None = None) -> Path:
     """The nearest directory at or above `start` holding `.git` (a file, for worktrees), or
     a code version materialised where its repository is not (marked with `VERSION_MARK`).

@@ -299,8 +299,9 @@ def spawner(
     env: dict[str, str],
     on_output: Callable[[str], Any],
 ) -> Spawn | None:
-    """How to start a replay of `script` in `cwd` with `env` (and its run context): a fork of the server for them, started now if need be; None for a fresh
-    process. `roots` hold the project's own code, which a server never imports."""
+    """How to start a replay of `script` in `cwd` with `env` (and its run context): a fork
+    of the server for them, started now if need be; None for a fresh process. `roots` hold
+    the project's own code, which a server never imports."""
     if not enabled():
         return None
     roots = tuple(str(root) for root in roots)

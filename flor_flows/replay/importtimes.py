@@ -12,10 +12,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
+
+import fsspec
+
+from flor_flows.config import user_cache
+from flor_flows.versioning import paths
 
 # Servers whose imports a price takes the median of: one start competes with a command's
 # flow run for the cores, another had them to itself.
@@ -23,9 +27,8 @@ KEPT = 5
 
 
 def directory() -> Path:
-    """Where this user's measures are kept."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "flor-flows" / "fork-imports"
+    """Where this user's measures are kept (`user_cache`)."""
+    return user_cache("fork-imports")
 
 
 def median(imports: tuple[str, ...]) -> float | None:
@@ -41,14 +44,11 @@ def record(imports: tuple[str, ...], seconds: float) -> None:
     path = _file(imports)
     measured = [*_read(path), seconds][-KEPT:]
     state = {"python": sys.executable, "imports": list(imports), "measured": measured}
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
-    try:
+    with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(state))
-        os.replace(partial, path)  # a reader sees the old measures or the new, whole
-    except OSError:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
+        # a reader sees the old measures or the new, whole; a killed writer's part is cleaned
+        with paths.atomic(fsspec.filesystem("file"), str(path)) as part:
+            Path(part).write_text(json.dumps(state))
 
 
 def _file(imports: tuple[str, ...]) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import fsspec
 
-from flor_flows.config import Settings
+from flor_flows.config import Settings, user_cache
 from flor_flows.errors import CodeArchiveError
 from flor_flows.secrets import redact_url
 from flor_flows.versioning import code, paths, storage
@@ -43,9 +43,8 @@ def location(settings: Settings) -> str:
 
 
 def cache_dir() -> Path:
-    """This host's cache of fetched archives (under XDG_CACHE_HOME, else ~/.cache)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "flor-flows" / "code-versions"
+    """This host's cache of fetched archives (`user_cache`)."""
+    return user_cache("code-versions")
 
 
 def _checked(commit: str) -> str:
